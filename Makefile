@@ -1,0 +1,92 @@
+# sxm — Storage XenMotion toolkit.  See README.md.
+#
+#   make              build everything (in-tree outputs, usable without install)
+#   make check        run every test through prove (TAP)
+#   make check-asan   the same suite, built with ASan + UBSan
+#   make demo         the main job on a built-in default
+#   make bench        benchmarks against qemu-nbd / nbdcopy (printed, not asserted)
+#   make install      PREFIX=/usr/local DESTDIR= ; the plugin goes to nbdkit's plugindir
+
+VERSION   := 0.1.0
+PREFIX    ?= /usr/local
+BINDIR    ?= $(PREFIX)/bin
+MANDIR    ?= $(PREFIX)/share/man
+CC        ?= gcc
+CFLAGS    ?= -O2 -g
+WARNFLAGS := -Wall -Wextra -Werror -Wno-unused-parameter
+ALLCFLAGS := $(WARNFLAGS) -std=gnu11 -fPIC -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
+             -DSXM_VERSION='"$(VERSION)"' -Icommon $(SANFLAGS) $(CFLAGS)
+ALLLDFLAGS := $(SANFLAGS) $(LDFLAGS)
+
+# make check-asan builds with these (see the check-asan target).
+ifeq ($(SANITIZE),1)
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+
+PLUGINDIR  = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
+NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
+
+COMMON_SRCS := common/vhd.c common/bitmap.c common/log.c common/rangelock.c
+COMMON_OBJS := $(COMMON_SRCS:.c=.o)
+COMMON_HDRS := $(wildcard common/*.h)
+
+PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
+TOOLS      :=
+UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
+
+.PHONY: all deps check check-asan demo bench install clean
+all: deps $(PLUGIN) $(TOOLS) $(UNIT_TESTS)
+
+# Installs (as root) whatever Debian packages are missing; a no-op otherwise.
+deps:
+	@scripts/install-deps
+
+common/libsxm.a: $(COMMON_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+common/%.o: common/%.c $(COMMON_HDRS)
+	$(CC) $(ALLCFLAGS) -c -o $@ $<
+
+$(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
+	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $< common/libsxm.a $(ALLLDFLAGS)
+
+client/%: client/%.c common/libsxm.a $(COMMON_HDRS)
+	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS)
+
+tests/unit/test-%: tests/unit/test-%.c tests/unit/tap.h common/libsxm.a $(COMMON_HDRS)
+	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a -lpthread $(ALLLDFLAGS)
+
+TESTS ?= $(UNIT_TESTS) $(sort $(wildcard tests/*.t))
+check: all
+	prove --exec '' $(TESTS)
+
+# The same suite under ASan+UBSan.  Objects are rebuilt with the sanitizers,
+# and rebuilt plain afterwards so that the tree is left as 'make' makes it.
+# nbdkit itself is not instrumented, so the tests preload the runtime into it.
+check-asan: deps
+	$(MAKE) clean
+	$(MAKE) SANITIZE=1 all
+	SXM_ASAN=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  prove --exec '' $(TESTS); rc=$$?; $(MAKE) clean; exit $$rc
+
+demo: all
+	scripts/demo
+
+bench: all
+	bench/vhd-read.sh
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1
+	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
+	install -m 755 $(PLUGIN) $(DESTDIR)$(PLUGINDIR)/
+	for p in doc/*.pod; do \
+	  n=$$(basename $$p .pod); \
+	  pod2man --section=1 --center=sxm --release=$(VERSION) $$p \
+	    > $(DESTDIR)$(MANDIR)/man1/$$n.1; \
+	done
+
+clean:
+	rm -f common/*.o common/libsxm.a $(PLUGIN) $(TOOLS) $(UNIT_TESTS)
+	rm -rf tests/tmp

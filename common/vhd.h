@@ -1,0 +1,133 @@
+/* The VHD format: the one parser in sxm.
+ *
+ * Microsoft's "Virtual Hard Disk Image Format Specification" (v1.0) defines
+ * three disk types: fixed (raw data + 512-byte footer), dynamic (footer copy,
+ * 1 KiB dynamic header, block allocation table (BAT), blocks each made of a
+ * sector bitmap and block_size bytes of data, footer) and differencing
+ * (dynamic + a parent named by locators; an unset sector bit means "read the
+ * parent").  All metadata is big-endian.
+ *
+ * vhd_open_chain() opens an image and, for differencing disks, its parents,
+ * validating every field it later trusts, so that the read and map paths need
+ * no further checks beyond I/O errors.  See doc/design.md, "VHD layer". */
+#ifndef SXM_VHD_H
+#define SXM_VHD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define VHD_SECTOR        512
+#define VHD_FOOTER_SIZE   512
+#define VHD_HEADER_SIZE   1024
+#define VHD_MAX_SIZE      (2040ULL << 30)     /* spec limit, also qemu's */
+#define VHD_MAX_CHAIN     256                 /* parents followed at most */
+#define VHD_MAX_BLOCK     (256U << 20)
+#define VHD_MAX_BAT       (1U << 24)          /* entries actually used */
+#define VHD_MAX_LOCATOR   65536               /* bytes of locator data */
+#define VHD_BAT_UNUSED    0xffffffffU
+#define VHD_NR_LOCATORS   8
+
+enum vhd_type { VHD_TYPE_FIXED = 2, VHD_TYPE_DYNAMIC = 3, VHD_TYPE_DIFF = 4 };
+
+/* How the virtual size is derived; see vhd_virtual_size(). */
+enum vhd_size_rule { VHD_SIZE_AUTO, VHD_SIZE_CHS, VHD_SIZE_CURRENT };
+
+struct vhd_footer {
+  uint32_t features;
+  uint32_t version;
+  uint64_t data_offset;
+  uint32_t timestamp;           /* seconds since 2000-01-01 00:00 UTC */
+  char creator_app[5];          /* NUL-terminated copy of the 4 bytes */
+  uint32_t creator_version;
+  char creator_os[5];
+  uint64_t original_size;
+  uint64_t current_size;
+  uint16_t cylinders;
+  uint8_t heads;
+  uint8_t sectors_per_track;
+  uint32_t type;
+  uint32_t checksum;
+  uint8_t uuid[16];
+  uint8_t saved_state;
+};
+
+struct vhd_locator {
+  char code[5];                 /* "W2ru", "W2ku", "MacX", ... */
+  uint32_t data_space;
+  uint32_t data_length;
+  uint64_t data_offset;
+};
+
+struct vhd_header {
+  uint64_t data_offset;
+  uint64_t table_offset;
+  uint32_t version;
+  uint32_t max_table_entries;
+  uint32_t block_size;
+  uint32_t checksum;
+  uint8_t parent_uuid[16];
+  uint32_t parent_timestamp;
+  char parent_name[1024];       /* UTF-8, decoded from UTF-16BE */
+  struct vhd_locator loc[VHD_NR_LOCATORS];
+};
+
+/* One image file of a chain. */
+struct vhd_layer {
+  char *path;
+  int fd;
+  uint64_t file_size;
+  struct vhd_footer footer;
+  struct vhd_header header;     /* dynamic and differencing only */
+  uint64_t size;                /* virtual size in bytes */
+
+  /* Dynamic and differencing only. */
+  uint32_t block_size;
+  unsigned block_shift;
+  uint32_t bitmap_bytes;        /* sector bitmap, padded to 512 bytes */
+  uint32_t nblocks;             /* BAT entries covering 'size' */
+  uint32_t *bat;                /* host order, VHD_BAT_UNUSED or sector */
+  uint32_t allocated;           /* number of allocated BAT entries */
+  uint8_t **bitmaps;            /* lazily filled cache, see vhd.c */
+
+  char *parent_via;             /* "W2ru ./p.vhd": how the parent was found */
+  struct vhd_layer *parent;
+  unsigned depth;               /* 0 for the top of the chain */
+};
+
+/* Open PATH and its whole parent chain read-only.  On failure returns NULL
+ * and reports the reason through sxm_error(), naming the file, the field and
+ * its file offset. */
+struct vhd_layer *vhd_open_chain (const char *path, enum vhd_size_rule rule);
+void vhd_close_chain (struct vhd_layer *top);
+
+/* Read COUNT bytes at virtual OFFSET (any alignment; OFFSET + COUNT must not
+ * exceed top->size).  Sectors resolve through the chain; sectors allocated in
+ * no layer read as zeros.  Returns 0, or -1 with errno set (EIO on short
+ * reads of a file that changed under us). */
+int vhd_read (struct vhd_layer *top, void *buf, uint64_t count,
+              uint64_t offset);
+
+/* Allocation map of [OFFSET, OFFSET+COUNT): calls FN for maximal runs of
+ * equal allocation, in order.  'allocated' means some layer of the chain
+ * holds data there; otherwise the range reads as zeros.  If FIRST_ONLY, stops
+ * after the first run.  FN returns 0 to go on, non-zero to stop.  Returns 0,
+ * or -1 with errno set. */
+typedef int (*vhd_map_fn) (void *opaque, uint64_t offset, uint64_t length,
+                           bool allocated);
+int vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
+             bool first_only, vhd_map_fn fn, void *opaque);
+
+/* Format helpers, exposed for the tools and the unit tests. */
+uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
+int vhd_footer_parse (const uint8_t *buf,
+                      struct vhd_footer *f, const char *path, uint64_t where);
+uint64_t vhd_virtual_size (const struct vhd_footer *f, enum vhd_size_rule r);
+const char *vhd_type_name (uint32_t type);
+void vhd_uuid_str (const uint8_t uuid[16], char out[37]);
+/* UTF-16 (big- or little-endian) to UTF-8; returns bytes written or -1 on
+ * malformed input.  OUT is always NUL-terminated when OUTLEN > 0. */
+ssize_t vhd_utf16_to_utf8 (const uint8_t *in, size_t inlen, bool big_endian,
+                           char *out, size_t outlen);
+
+#endif
