@@ -446,7 +446,7 @@ static int
 read_locator (struct vhd_layer *l, int i, char *out, size_t outlen)
 {
   const struct vhd_locator *loc = &l->header.loc[i];
-  uint64_t field = l->header.data_offset + HD_LOCATORS + i * HD_LOCATOR_SIZE;
+  uint64_t field = l->footer.data_offset + HD_LOCATORS + i * HD_LOCATOR_SIZE;
   uint8_t *raw;
   ssize_t r = -1;
 
@@ -600,7 +600,7 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
                   "%s: parent %s (via locator %s) has UUID %s, but the "
                   "child expects parent UUID %s (field 'parent_unique_id' "
                   "at offset %" PRIu64 ")", l->path, path, order[o], got,
-                  want, l->header.data_offset + HD_PARENT_UUID);
+                  want, l->footer.data_offset + HD_PARENT_UUID);
         vhd_close_chain (p);
         free (path);
         continue;

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Benchmark: reading a VHD through nbdkit-vhd-plugin vs qemu-nbd -f vpc.
+#
+# 1. Read throughput: an 8 GiB dynamic VHD with 1 GiB allocated (64 x 16 MiB,
+#    evenly spread) copied by nbdcopy to null: from each server, runs
+#    interleaved; medians and the ratio ours/qemu-nbd (goal <= 0.9).
+# 2. A 2040 GiB (VHD maximum, "2 TiB") dynamic VHD with 1% of its blocks
+#    allocated: nbdkit's peak RSS (goal < 64 MiB) and the full-disk map time
+#    (goal < 10 ms), beside qemu-nbd's.
+# Nothing is asserted: this prints numbers.  RUNS=N changes the run count.
+set -euo pipefail
+export PATH="/usr/bin:$PATH"
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PLUGIN="$ROOT/nbdkit-plugin/nbdkit-vhd-plugin.so"
+RUNS=${RUNS:-7}
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/sxm-bench.XXXXXX")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_sock() { for _ in $(seq 1000); do [ -S "$1" ] && return 0; sleep 0.01; done; echo "no socket $1" >&2; return 1; }
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+echo "== setup: 8 GiB dynamic VHD, 64 x 16 MiB allocated"
+raw="$work/src.raw"; vhd="$work/8g.vhd"
+truncate -s 8G "$raw"
+for i in $(seq 0 63); do
+  dd if=/dev/urandom of="$raw" bs=16M count=1 seek=$((i * 8)) conv=notrunc status=none
+done
+qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$raw" "$vhd"
+rm -f "$raw"
+ls -ls "$vhd"
+
+ours_sock="$work/ours.sock"; qemu_sock="$work/qemu.sock"
+nbdkit -f -U "$ours_sock" --exit-with-parent "$PLUGIN" "$vhd" & pids+=($!)
+qemu-nbd -f vpc -r -t -e 8 -k "$qemu_sock" "$vhd" & pids+=($!)
+wait_sock "$ours_sock"; wait_sock "$qemu_sock"
+
+: >"$work/ours.t"; : >"$work/qemu.t"
+for r in $(seq "$RUNS"); do
+  for who in ours qemu; do
+    sock="$work/$who.sock"
+    t0=$(now); nbdcopy "nbd+unix:///?socket=$sock" null:; t1=$(now)
+    echo "$t1 - $t0" | bc -l >>"$work/$who.t"
+  done
+done
+mo=$(median <"$work/ours.t"); mq=$(median <"$work/qemu.t")
+printf '%-34s %10s %10s %8s\n' "read 1 GiB allocated of 8 GiB" "sxm vhd" "qemu-nbd" "ratio"
+printf '%-34s %9.3fs %9.3fs %8.3f   (goal <= 0.9; %d runs, medians)\n' \
+  "nbdcopy -> null: wall time" "$mo" "$mq" "$(echo "$mo / $mq" | bc -l)" "$RUNS"
+printf '%-34s %8.0f %10.0f   MiB/s\n' "throughput" \
+  "$(echo "1024 / $mo" | bc -l)" "$(echo "1024 / $mq" | bc -l)"
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=()
+
+echo "== setup: 2040 GiB dynamic VHD, 1% of blocks allocated"
+big="$work/2t.vhd"
+ROOTDIR="$ROOT" /usr/bin/python3 -c '
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["ROOTDIR"], "tests"))
+import vhdgen
+size = 2040 << 30
+nblocks = size // (2 << 20)
+vhdgen.write_dynamic(sys.argv[1], size, alloc_only=range(0, nblocks, 100))
+' "$big"
+ls -ls "$big"
+
+ours_sock="$work/ours2.sock"; qemu_sock="$work/qemu2.sock"
+nbdkit -f -U "$ours_sock" --exit-with-parent "$PLUGIN" "$big" & ours_pid=$!; pids+=($ours_pid)
+qemu-nbd -f vpc -r -t -e 8 -k "$qemu_sock" "$big" & qemu_pid=$!; pids+=($qemu_pid)
+wait_sock "$ours_sock"; wait_sock "$qemu_sock"
+
+maptime() {
+  /usr/bin/python3 -c '
+import sys, time, statistics
+import nbd
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.connect_uri(sys.argv[1])
+size = h.get_size()
+def walk():
+    off = 0; n = 0
+    while off < size:
+        got = []
+        h.block_status(min(size - off, 0xffffffff - 511), off,
+                       lambda m, o, e, err: got.extend(e) or 0)
+        for i in range(0, len(got), 2):
+            off += got[i]; n += 1
+    return n
+walk()  # warm
+ts = []
+for _ in range(5):
+    t0 = time.perf_counter(); n = walk(); ts.append(time.perf_counter() - t0)
+print(f"{statistics.median(ts)*1000:.2f} {n}")
+' "$1"
+}
+read -r mo_ms mo_n < <(maptime "nbd+unix:///?socket=$ours_sock")
+read -r mq_ms mq_n < <(maptime "nbd+unix:///?socket=$qemu_sock")
+rss() { awk '/VmHWM/ {print $2/1024}' "/proc/$1/status"; }
+printf '%-34s %10s %10s %8s\n' "2040 GiB, 1% allocated" "sxm vhd" "qemu-nbd" "ratio"
+printf '%-34s %8.2fms %8.2fms %8.3f   (goal < 10 ms; %s / %s extents)\n' \
+  "full-disk map (block status walk)" "$mo_ms" "$mq_ms" "$(echo "$mo_ms / $mq_ms" | bc -l)" "$mo_n" "$mq_n"
+printf '%-34s %7.1fMiB %7.1fMiB %8.3f   (goal < 64 MiB)\n' \
+  "server peak RSS (VmHWM)" "$(rss $ours_pid)" "$(rss $qemu_pid)" \
+  "$(echo "$(rss $ours_pid) / $(rss $qemu_pid)" | bc -l)"

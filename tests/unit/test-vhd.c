@@ -1,0 +1,75 @@
+/* Format helpers: checksum, UTF-16 decoding, the virtual size rule. */
+#include <string.h>
+
+#include "endian.h"
+#include "vhd.h"
+#include "tap.h"
+
+static struct vhd_footer
+mkfooter (const char *creator, uint16_t c, uint8_t h, uint8_t s,
+          uint64_t current)
+{
+  struct vhd_footer f;
+  memset (&f, 0, sizeof f);
+  memcpy (f.creator_app, creator, 4);
+  f.cylinders = c;
+  f.heads = h;
+  f.sectors_per_track = s;
+  f.current_size = current;
+  return f;
+}
+
+int
+main (void)
+{
+  uint8_t b[512] = { 0 };
+  char out[64];
+  struct vhd_footer f;
+  const uint8_t le[] = { 'a', 0, 0x3d, 0xd8, 0x00, 0xde, 0xe9, 0, 0, 0 };
+  const uint8_t bad_surrogate[] = { 0x00, 0xdc, 'x', 0 };
+  const uint8_t be[] = { 0, 'p', 0, '.', 0, 'v', 0, 0 };
+
+  b[0] = 1; b[64] = 0xff; b[100] = 2;
+  ok (vhd_checksum (b, 512, 64) == (uint32_t) ~3u,
+      "checksum skips its own field");
+
+  ok (vhd_utf16_to_utf8 (le, sizeof le, false, out, sizeof out) == 7 &&
+      strcmp (out, "a\xf0\x9f\x98\x80\xc3\xa9") == 0,
+      "UTF-16LE with a surrogate pair decodes to UTF-8");
+  ok (vhd_utf16_to_utf8 (be, sizeof be, true, out, sizeof out) == 3 &&
+      strcmp (out, "p.v") == 0, "UTF-16BE decodes, stops at NUL");
+  ok (vhd_utf16_to_utf8 (bad_surrogate, sizeof bad_surrogate, false, out,
+                         sizeof out) == -1, "lone low surrogate refused");
+  ok (vhd_utf16_to_utf8 (le, sizeof le, false, out, 4) == -1,
+      "output overflow refused, not truncated silently");
+
+  f = mkfooter ("vpc ", 301, 4, 17, 10 * 1048576 + 1536);
+  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 301ULL * 4 * 17 * 512,
+      "'vpc ' uses CHS");
+  f = mkfooter ("win ", 301, 4, 17, 10 * 1048576 + 1536);
+  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 10 * 1048576 + 1536,
+      "'win ' uses current_size");
+  f = mkfooter ("tap\0", 301, 4, 17, 10 * 1048576 + 1537);
+  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 10 * 1048576 + 1536,
+      "'tap\\0' uses current_size, rounded down to a sector");
+  f = mkfooter ("tapx", 301, 4, 17, 10 * 1048576 + 1536);
+  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 301ULL * 4 * 17 * 512,
+      "'tapx' is not blktap: CHS");
+  f = mkfooter ("vpc ", 65535, 16, 255, 200ULL << 30);
+  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 200ULL << 30,
+      "maximum geometry means current_size");
+  f = mkfooter ("win ", 301, 4, 17, 10 * 1048576 + 1536);
+  ok (vhd_virtual_size (&f, VHD_SIZE_CHS) == 301ULL * 4 * 17 * 512,
+      "size_from=chs overrides the creator");
+
+  memset (b, 0, sizeof b);
+  memcpy (b, "conectix", 8);
+  be32_store (b + 12, 0x00010000);
+  be32_store (b + 60, 3);
+  be32_store (b + 64, vhd_checksum (b, 512, 64));
+  ok (vhd_footer_parse (b, &f, "t", 0) == 0 && f.type == 3,
+      "a minimal valid footer parses");
+  b[70] ^= 1;
+  ok (vhd_footer_parse (b, &f, "t", 0) == -1, "one flipped bit is caught");
+  return tap_done ();
+}
