@@ -32,10 +32,11 @@ COMMON_HDRS := $(wildcard common/*.h)
 
 PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
 TOOLS      :=
+BENCH_BINS := bench/map-time
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
 .PHONY: all deps check check-asan demo bench install clean
-all: deps $(PLUGIN) $(TOOLS) $(UNIT_TESTS)
+all: deps $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS)
 
 # Installs (as root) whatever Debian packages are missing; a no-op otherwise.
 deps:
@@ -52,6 +53,9 @@ $(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $< common/libsxm.a $(ALLLDFLAGS)
 
 client/%: client/%.c common/libsxm.a $(COMMON_HDRS)
+	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS)
+
+bench/%: bench/%.c common/libsxm.a $(COMMON_HDRS)
 	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS)
 
 tests/unit/test-%: tests/unit/test-%.c tests/unit/tap.h common/libsxm.a $(COMMON_HDRS)
@@ -88,5 +92,5 @@ install: all
 	done
 
 clean:
-	rm -f common/*.o common/libsxm.a $(PLUGIN) $(TOOLS) $(UNIT_TESTS)
+	rm -f common/*.o common/libsxm.a $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS)
 	rm -rf tests/tmp

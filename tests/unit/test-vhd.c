@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "endian.h"
+#include "log.h"
 #include "vhd.h"
 #include "tap.h"
 
@@ -17,6 +18,15 @@ mkfooter (const char *creator, uint16_t c, uint8_t h, uint8_t s,
   f.sectors_per_track = s;
   f.current_size = current;
   return f;
+}
+
+static char last_error[1024];
+
+static void
+capture (enum sxm_log_level level, const char *msg)
+{
+  if (level == SXM_LOG_ERROR)
+    snprintf (last_error, sizeof last_error, "%s", msg);
 }
 
 int
@@ -70,6 +80,11 @@ main (void)
   ok (vhd_footer_parse (b, &f, "t", 0) == 0 && f.type == 3,
       "a minimal valid footer parses");
   b[70] ^= 1;
-  ok (vhd_footer_parse (b, &f, "t", 0) == -1, "one flipped bit is caught");
+  sxm_log_set_sink (capture);
+  ok (vhd_footer_parse (b, &f, "img.vhd", 4096) == -1,
+      "one flipped bit is caught");
+  ok (strstr (last_error, "img.vhd: footer checksum mismatch") &&
+      strstr (last_error, "field 'checksum' at offset 4160"),
+      "the error names file, field and absolute offset: %s", last_error);
   return tap_done ();
 }
