@@ -31,7 +31,7 @@ COMMON_OBJS := $(COMMON_SRCS:.c=.o)
 COMMON_HDRS := $(wildcard common/*.h)
 
 PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
-TOOLS      :=
+TOOLS      := client/sxm-vhd
 BENCH_BINS := bench/map-time
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 

@@ -469,7 +469,7 @@ read_locator (struct vhd_layer *l, int i, char *out, size_t outlen)
   if (!raw)
     return -1;
   if (pread_full (l->fd, raw, loc->data_length, loc->data_offset) == -1) {
-    sxm_error ("%s: reading parent locator %d: %m", l->path, i);
+    sxm_error ("%s: reading parent locator %d: %s", l->path, i, strerror (errno));
     goto out;
   }
   if (strcmp (loc->code, "W2ru") == 0 || strcmp (loc->code, "W2ku") == 0)
@@ -649,8 +649,8 @@ open_dynamic (struct vhd_layer *l, enum vhd_size_rule rule,
     return -1;
   }
   if (pread_full (l->fd, hbuf, sizeof hbuf, hoff) == -1) {
-    sxm_error ("%s: reading dynamic header at %" PRIu64 ": %m", l->path,
-               hoff);
+    sxm_error ("%s: reading dynamic header at %" PRIu64 ": %s", l->path,
+               hoff, strerror (errno));
     return -1;
   }
   if (header_parse (l, hbuf, hoff) == -1)
@@ -707,8 +707,8 @@ open_dynamic (struct vhd_layer *l, enum vhd_size_rule rule,
   }
   if (pread_full (l->fd, l->bat, 4 * (size_t) l->nblocks,
                   h->table_offset) == -1) {
-    sxm_error ("%s: reading the BAT at %" PRIu64 ": %m", l->path,
-               h->table_offset);
+    sxm_error ("%s: reading the BAT at %" PRIu64 ": %s", l->path,
+               h->table_offset, strerror (errno));
     return -1;
   }
   for (i = 0; i < l->nblocks; i++) {
@@ -796,17 +796,17 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   l->depth = depth;
   l->fd = open (path, O_RDONLY | O_CLOEXEC);
   if (l->fd == -1) {
-    sxm_error ("%s: %m", path);
+    sxm_error ("%s: %s", path, strerror (errno));
     goto fail;
   }
   if (fstat (l->fd, &st) == -1) {
-    sxm_error ("%s: fstat: %m", path);
+    sxm_error ("%s: fstat: %s", path, strerror (errno));
     goto fail;
   }
   if (S_ISBLK (st.st_mode)) {
     off_t end = lseek (l->fd, 0, SEEK_END);
     if (end == -1) {
-      sxm_error ("%s: cannot find the size of the block device: %m", path);
+      sxm_error ("%s: cannot find the size of the block device: %s", path, strerror (errno));
       goto fail;
     }
     l->file_size = end;
@@ -827,7 +827,7 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   }
   foot = l->file_size - VHD_FOOTER_SIZE;
   if (pread_full (l->fd, fbuf, sizeof fbuf, foot) == -1) {
-    sxm_error ("%s: reading the footer at %" PRIu64 ": %m", path, foot);
+    sxm_error ("%s: reading the footer at %" PRIu64 ": %s", path, foot, strerror (errno));
     goto fail;
   }
   if (vhd_footer_parse (fbuf, &l->footer, path, foot) == -1) {

@@ -52,9 +52,18 @@ static int
 vhd_config (const char *key, const char *value)
 {
   if (strcmp (key, "file") == 0) {
+    /* Made absolute now, because nbdkit may chdir before opening.  If the
+     * path does not resolve, keep it as given: vhd_open_chain() then reports
+     * the error with the file name, at config_complete time. */
     free (filename);
-    filename = nbdkit_realpath (value);
-    return filename ? 0 : -1;
+    filename = realpath (value, NULL);
+    if (!filename)
+      filename = strdup (value);
+    if (!filename) {
+      nbdkit_error ("strdup: %s", strerror (errno));
+      return -1;
+    }
+    return 0;
   }
   if (strcmp (key, "size_from") == 0) {
     if (strcmp (value, "auto") == 0)

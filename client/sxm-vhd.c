@@ -1,0 +1,282 @@
+/* sxm-vhd: inspect VHD images with the same parser the plugin uses.
+ *
+ *   sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd
+ *   sxm-vhd map  [--json] FILE.vhd
+ *
+ * The writing subcommands (create, snapshot, check, coalesce, resize) belong
+ * to the writable-VHD milestone; until then they fail loudly. */
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "vhd.h"
+
+#ifndef SXM_VERSION
+#define SXM_VERSION "unknown"
+#endif
+
+enum { EXIT_USAGE = 2, EXIT_NOT_IMPLEMENTED = 3 };
+
+static void
+usage (FILE *f)
+{
+  fprintf (f,
+"usage: sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd\n"
+"       sxm-vhd map  [--json] FILE.vhd\n"
+"       sxm-vhd --version | --help\n"
+"\n"
+"info  header fields of FILE and of every parent in its chain\n"
+"map   allocated ranges of the whole chain (what NBD block status reports)\n"
+"\n"
+"Exit status: 0 ok, 1 the image could not be opened or read, 2 usage,\n"
+"3 subcommand not implemented yet (create, snapshot, check, coalesce,\n"
+"resize arrive with the writable-VHD milestone).\n");
+}
+
+/* Print S as a JSON string, escaped. */
+static void
+json_str (const char *s)
+{
+  putchar ('"');
+  for (; *s; s++) {
+    unsigned char c = *s;
+    if (c == '"' || c == '\\')
+      printf ("\\%c", c);
+    else if (c < 0x20)
+      printf ("\\u%04x", c);
+    else
+      putchar (c);
+  }
+  putchar ('"');
+}
+
+/* The 4-byte creator fields may hold NULs or binary; show them printable. */
+static const char *
+printable4 (const char *in, char out[17])
+{
+  char *o = out;
+  int i;
+
+  for (i = 0; i < 4; i++) {
+    unsigned char c = in[i];
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '"')
+      *o++ = c;
+    else
+      o += sprintf (o, "\\x%02x", c);
+  }
+  *o = '\0';
+  return out;
+}
+
+static const char *
+size_rule_used (const struct vhd_layer *l)
+{
+  uint64_t chs = (uint64_t) l->footer.cylinders * l->footer.heads *
+                 l->footer.sectors_per_track * VHD_SECTOR;
+  if (l->size == chs && l->size == l->footer.current_size / VHD_SECTOR * VHD_SECTOR)
+    return "chs = current_size";
+  return l->size == chs ? "chs" : "current_size";
+}
+
+static void
+time_str (uint32_t vhd_ts, char out[32])
+{
+  time_t t = (time_t) vhd_ts + 946684800;      /* VHD epoch: 2000-01-01 */
+  struct tm tm;
+  gmtime_r (&t, &tm);
+  strftime (out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void
+info_human (const struct vhd_layer *l)
+{
+  char uuid[37], ts[32], c1[17], c2[17];
+
+  for (; l; l = l->parent) {
+    vhd_uuid_str (l->footer.uuid, uuid);
+    time_str (l->footer.timestamp, ts);
+    printf ("%s%s\n", l->depth ? "\nparent: " : "", l->path);
+    printf ("  type:           %s\n", vhd_type_name (l->footer.type));
+    printf ("  virtual size:   %" PRIu64 " (%.2f GiB, rule: %s)\n",
+            l->size, l->size / 1073741824.0, size_rule_used (l));
+    printf ("  current size:   %" PRIu64 "\n", l->footer.current_size);
+    printf ("  geometry:       %u/%u/%u (C/H/S)\n", l->footer.cylinders,
+            l->footer.heads, l->footer.sectors_per_track);
+    printf ("  uuid:           %s\n", uuid);
+    printf ("  time stamp:     %s\n", ts);
+    printf ("  creator:        \"%s\" version 0x%08" PRIx32 " on \"%s\"\n",
+            printable4 (l->footer.creator_app, c1), l->footer.creator_version,
+            printable4 (l->footer.creator_os, c2));
+    printf ("  file size:      %" PRIu64 "\n", l->file_size);
+    if (l->footer.type != VHD_TYPE_FIXED) {
+      printf ("  block size:     %" PRIu32 "\n", l->block_size);
+      printf ("  blocks:         %" PRIu32 " allocated of %" PRIu32 "\n",
+              l->allocated, l->nblocks);
+    }
+    if (l->footer.type == VHD_TYPE_DIFF) {
+      vhd_uuid_str (l->header.parent_uuid, uuid);
+      printf ("  parent uuid:    %s\n", uuid);
+      printf ("  parent name:    %s\n", l->header.parent_name);
+      printf ("  parent found:   %s\n", l->parent_via ? l->parent_via : "-");
+    }
+  }
+}
+
+static void
+info_json (const struct vhd_layer *top)
+{
+  const struct vhd_layer *l;
+  char uuid[37], ts[32], c[17];
+
+  printf ("{\"virtual_size\": %" PRIu64 ", \"chain\": [", top->size);
+  for (l = top; l; l = l->parent) {
+    vhd_uuid_str (l->footer.uuid, uuid);
+    time_str (l->footer.timestamp, ts);
+    printf ("%s\n  {\"file\": ", l->depth ? "," : "");
+    json_str (l->path);
+    printf (", \"type\": \"%s\", \"virtual_size\": %" PRIu64
+            ", \"current_size\": %" PRIu64 ", \"size_rule\": \"%s\""
+            ", \"cylinders\": %u, \"heads\": %u, \"sectors_per_track\": %u"
+            ", \"uuid\": \"%s\", \"timestamp\": \"%s\", \"creator_app\": ",
+            vhd_type_name (l->footer.type), l->size, l->footer.current_size,
+            size_rule_used (l), l->footer.cylinders, l->footer.heads,
+            l->footer.sectors_per_track, uuid, ts);
+    json_str (printable4 (l->footer.creator_app, c));
+    printf (", \"file_size\": %" PRIu64, l->file_size);
+    if (l->footer.type != VHD_TYPE_FIXED)
+      printf (", \"block_size\": %" PRIu32 ", \"blocks\": %" PRIu32
+              ", \"blocks_allocated\": %" PRIu32, l->block_size, l->nblocks,
+              l->allocated);
+    if (l->footer.type == VHD_TYPE_DIFF) {
+      vhd_uuid_str (l->header.parent_uuid, uuid);
+      printf (", \"parent_uuid\": \"%s\", \"parent_name\": ", uuid);
+      json_str (l->header.parent_name);
+      printf (", \"parent_via\": ");
+      json_str (l->parent_via ? l->parent_via : "");
+    }
+    printf ("}");
+  }
+  printf ("\n]}\n");
+}
+
+struct map_out {
+  bool json;
+  bool first;
+};
+
+static int
+print_run (void *opaque, uint64_t off, uint64_t len, bool alloc)
+{
+  struct map_out *mo = opaque;
+
+  if (mo->json) {
+    printf ("%s\n  {\"offset\": %" PRIu64 ", \"length\": %" PRIu64
+            ", \"data\": %s}", mo->first ? "" : ",", off, len,
+            alloc ? "true" : "false");
+    mo->first = false;
+  }
+  else
+    printf ("%16" PRIu64 " %16" PRIu64 "  %s\n", off, len,
+            alloc ? "data" : "hole,zero");
+  return 0;
+}
+
+int
+main (int argc, char **argv)
+{
+  static const struct option opts[] = {
+    { "json", no_argument, NULL, 'j' },
+    { "size-from", required_argument, NULL, 's' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 }
+  };
+  static const char *const planned[] = {
+    "create", "snapshot", "check", "coalesce", "resize", NULL
+  };
+  enum vhd_size_rule rule = VHD_SIZE_AUTO;
+  bool json = false;
+  const char *cmd;
+  struct vhd_layer *top;
+  int c, i, r = 0;
+
+  sxm_log_set_program ("sxm-vhd");
+  if (argc >= 2 && strcmp (argv[1], "--help") == 0) {
+    usage (stdout);
+    return 0;
+  }
+  if (argc >= 2 && strcmp (argv[1], "--version") == 0) {
+    printf ("sxm-vhd %s\n", SXM_VERSION);
+    return 0;
+  }
+  if (argc < 2) {
+    usage (stderr);
+    return EXIT_USAGE;
+  }
+  cmd = argv[1];
+  for (i = 0; planned[i]; i++)
+    if (strcmp (cmd, planned[i]) == 0) {
+      fprintf (stderr, "sxm-vhd: '%s' is NOT IMPLEMENTED yet: it arrives "
+               "with the writable-VHD milestone (see doc/design.md)\n", cmd);
+      return EXIT_NOT_IMPLEMENTED;
+    }
+  if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0) {
+    fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
+    usage (stderr);
+    return EXIT_USAGE;
+  }
+  optind = 2;
+  while ((c = getopt_long (argc, argv, "", opts, NULL)) != -1)
+    switch (c) {
+    case 'j': json = true; break;
+    case 's':
+      if (strcmp (optarg, "auto") == 0) rule = VHD_SIZE_AUTO;
+      else if (strcmp (optarg, "chs") == 0) rule = VHD_SIZE_CHS;
+      else if (strcmp (optarg, "current") == 0) rule = VHD_SIZE_CURRENT;
+      else {
+        fprintf (stderr, "sxm-vhd: --size-from=%s: expected auto, chs or "
+                 "current\n", optarg);
+        return EXIT_USAGE;
+      }
+      break;
+    case 'h': usage (stdout); return 0;
+    default: usage (stderr); return EXIT_USAGE;
+    }
+  if (optind != argc - 1) {
+    fprintf (stderr, "sxm-vhd %s: expected exactly one FILE.vhd\n", cmd);
+    return EXIT_USAGE;
+  }
+
+  top = vhd_open_chain (argv[optind], rule);
+  if (!top)
+    return EXIT_FAILURE;
+  if (strcmp (cmd, "info") == 0) {
+    if (json)
+      info_json (top);
+    else
+      info_human (top);
+  }
+  else {
+    struct map_out mo = { json, true };
+    if (json)
+      printf ("[");
+    r = vhd_map (top, 0, top->size, false, print_run, &mo);
+    if (json)
+      printf ("\n]\n");
+    if (r == -1)
+      fprintf (stderr, "sxm-vhd: map of %s failed: %s\n", argv[optind],
+               strerror (errno));
+  }
+  vhd_close_chain (top);
+  if (fflush (stdout) == EOF) {
+    fprintf (stderr, "sxm-vhd: writing output: %s\n", strerror (errno));
+    return EXIT_FAILURE;
+  }
+  return r == -1 ? EXIT_FAILURE : 0;
+}

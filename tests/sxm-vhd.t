@@ -1,0 +1,77 @@
+#!/usr/bin/python3
+# sxm-vhd info/map: the admin's view of an image, from the same parser as
+# the plugin; JSON output is valid and agrees with what NBD clients see.
+
+import json
+import os
+import subprocess
+
+from sxmtest import tap, run_test, nbdkit, nbd_map, ROOT, MiB, GiB
+import vhdgen
+
+TOOL = os.path.join(ROOT, "client", "sxm-vhd")
+
+
+def run(*args):
+    return subprocess.run([TOOL, *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def main(d):
+    # A chain in a directory whose name would break naive JSON or shells.
+    sub = os.path.join(d, 'we"ird $(x) dir')
+    os.mkdir(sub)
+    base = os.path.join(sub, "base.vhd")
+    ub = vhdgen.write_dynamic(base, 5 * GiB, [(0, b"a" * MiB),
+                                              (4 * GiB, b"b" * 4096)])
+    top = os.path.join(sub, "top.vhd")
+    vhdgen.write_dynamic(top, 5 * GiB, [(3 * MiB, b"c" * 512)],
+                         parent=(base, ub))
+
+    r = run("info", "--json", top)
+    tap.eq(r.returncode, 0, "info --json exits 0")
+    try:
+        info = json.loads(r.stdout)
+    except ValueError as e:
+        info = None
+        tap.ok(False, "info --json is valid JSON", f"{e}\n{r.stdout}")
+    if info:
+        tap.eq(info["virtual_size"], 5 * GiB, "info: virtual size")
+        tap.eq([c["type"] for c in info["chain"]], ["differencing", "dynamic"],
+               "info: chain types, top first")
+        tap.eq(info["chain"][0]["file"], top, "info: file name survives quoting")
+        tap.ok(info["chain"][0]["parent_via"].startswith("W2ru "),
+               "info: parent found via the relative locator",
+               info["chain"][0]["parent_via"])
+        tap.eq(info["chain"][1]["blocks_allocated"], 2, "info: base blocks allocated")
+
+    r = run("info", top)
+    tap.ok(r.returncode == 0 and "parent: " + base in r.stdout and
+           "differencing" in r.stdout, "info (human) shows the chain", r.stdout)
+
+    r = run("map", "--json", top)
+    runs = [(e["offset"], e["length"], e["data"]) for e in json.loads(r.stdout)]
+    with nbdkit(d, top) as uri:
+        tap.eq(runs, nbd_map(uri), "map --json equals NBD block status")
+    r = run("map", top)
+    tap.eq(len(r.stdout.splitlines()), len(runs), "map (text): one line a run")
+
+    # Errors and exit codes.
+    bad = os.path.join(d, "bad.vhd")
+    with open(bad, "wb") as f:
+        f.write(b"\0" * 4096)
+    r = run("info", bad)
+    tap.ok(r.returncode == 1 and bad in r.stderr and "field 'cookie'" in r.stderr,
+           "bad image: exit 1, error names file and field", r.stderr)
+    r = run("create", "x.vhd", "1G")
+    tap.ok(r.returncode == 3 and "NOT IMPLEMENTED" in r.stderr,
+           "planned subcommand says NOT IMPLEMENTED, exit 3", r.stderr)
+    r = run("frobnicate")
+    tap.eq(r.returncode, 2, "unknown subcommand: exit 2")
+    r = run("info")
+    tap.eq(r.returncode, 2, "missing file: exit 2")
+    r = run("--help")
+    tap.ok(r.returncode == 0 and "usage:" in r.stdout, "--help")
+
+
+run_test(main)
