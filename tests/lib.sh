@@ -4,6 +4,7 @@
 # python3 earlier in PATH would not.
 export PATH="/usr/bin:$PATH"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export ROOT
 PLUGIN="$ROOT/nbdkit-plugin/nbdkit-vhd-plugin.so"
 scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/$(basename "$0").XXXXXX")
 _tap_n=0

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# make install honours DESTDIR/PREFIX and puts the plugin in nbdkit's plugin
+# directory; the installed plugin loads; man pages are generated.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+dest="$scratch/root"
+make -s -C "$ROOT" install DESTDIR="$dest" PREFIX=/opt/sxm >"$scratch/install.log" 2>&1
+ok $? "make install DESTDIR=... PREFIX=/opt/sxm"
+plugindir=$(pkg-config --variable=plugindir nbdkit)
+[ -x "$dest$plugindir/nbdkit-vhd-plugin.so" ]; ok $? "plugin installed in nbdkit's plugindir ($plugindir)"
+[ -x "$dest/opt/sxm/bin/sxm-vhd" ]; ok $? "sxm-vhd installed under PREFIX/bin"
+env $(nbdkit_env) nbdkit "$dest$plugindir/nbdkit-vhd-plugin.so" --dump-plugin | grep -q '^vhd_types='
+ok $? "installed plugin loads in nbdkit"
+for m in nbdkit-vhd-plugin sxm-vhd; do
+  f="$dest/opt/sxm/share/man/man1/$m.1"
+  [ -s "$f" ] && grep -q '^\.SH "\?NAME' "$f"
+  ok $? "man page $m.1 installed"
+done
+done_testing

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# valgrind over the shared VHD code (the same code the plugin runs): open,
+# map and read a differencing chain and a corrupt image with sxm-vhd and the
+# unit tests; any invalid access or leak fails.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+if ! command -v valgrind >/dev/null; then
+  echo "1..0 # SKIP valgrind not installed"; exit 0
+fi
+if [ -n "${SXM_ASAN:-}" ]; then
+  echo "1..0 # SKIP binaries are ASan-instrumented (valgrind cannot run them)"; exit 0
+fi
+vg() { valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect "$@"; }
+
+/usr/bin/python3 - "$scratch" <<'PY'
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["ROOT"], "tests"))
+import vhdgen
+d = sys.argv[1]
+b = os.path.join(d, "base.vhd")
+u = vhdgen.write_dynamic(b, 64 << 20, [(0, b"x" * 4096), (9 << 20, b"y" * 1536)])
+vhdgen.write_dynamic(os.path.join(d, "top.vhd"), 64 << 20,
+                     [(512, b"z" * 512), (40 << 20, b"w" * 8192)], parent=(b, u))
+with open(os.path.join(d, "bad.vhd"), "wb") as f:
+    f.write(b"\0" * 8192)
+PY
+
+vg "$ROOT/client/sxm-vhd" info --json "$scratch/top.vhd" >/dev/null; ok $? "valgrind: sxm-vhd info on a chain"
+vg "$ROOT/client/sxm-vhd" map "$scratch/top.vhd" >/dev/null; ok $? "valgrind: sxm-vhd map on a chain"
+vg "$ROOT/client/sxm-vhd" info "$scratch/bad.vhd" 2>/dev/null; [ $? -eq 1 ]; ok $? "valgrind: refusal of a bad image is clean (exit 1)"
+for t in "$ROOT"/tests/unit/test-bitmap "$ROOT"/tests/unit/test-vhd; do
+  vg "$t" >/dev/null 2>&1; ok $? "valgrind: $(basename "$t")"
+done
+done_testing
