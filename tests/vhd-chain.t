@@ -147,6 +147,10 @@ def main(d):
     tap.eq(files[0].get_parent_identifier(),
            str(__import__("uuid").UUID(bytes=open(mid, "rb").read()[68:84])),
            "libvhdi: parent identifier is the middle layer's UUID")
+    vi = sh("vhdiinfo", top)
+    tap.ok("Disk type\t\t: Differential" in vi and
+           files[0].get_parent_identifier() in vi,
+           "vhdiinfo: differencing disk with the middle layer as parent", vi)
     other_kind = []
     known_kind = 0
     with open(exp, "rb") as f:
