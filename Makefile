@@ -26,7 +26,7 @@ endif
 PLUGINDIR  = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 
-COMMON_SRCS := common/vhd.c common/bitmap.c common/log.c common/rangelock.c
+COMMON_SRCS := common/vhd.c common/vhd-create.c common/bitmap.c common/log.c common/rangelock.c
 COMMON_OBJS := $(COMMON_SRCS:.c=.o)
 COMMON_HDRS := $(wildcard common/*.h)
 
@@ -52,8 +52,9 @@ common/%.o: common/%.c $(COMMON_HDRS)
 $(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $< common/libsxm.a $(ALLLDFLAGS)
 
+client/sxm-vhd: LDLIBS += -luuid
 client/%: client/%.c common/libsxm.a $(COMMON_HDRS)
-	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS)
+	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS) $(LDLIBS)
 
 bench/%: bench/%.c common/libsxm.a $(COMMON_HDRS)
 	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS)

@@ -1,10 +1,12 @@
-/* sxm-vhd: inspect VHD images with the same parser the plugin uses.
+/* sxm-vhd: create and inspect VHD images with the code the plugin uses.
  *
+ *   sxm-vhd create [--type=dynamic|fixed] [--block-size=SIZE] [--uuid=U] FILE SIZE
+ *   sxm-vhd snapshot [--uuid=U] PARENT CHILD
  *   sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd
  *   sxm-vhd map  [--json] FILE.vhd
  *
- * The writing subcommands (create, snapshot, check, coalesce, resize) belong
- * to the writable-VHD milestone; until then they fail loudly. */
+ * check, coalesce and resize belong to the writable-VHD milestone; until
+ * then they fail loudly. */
 
 #include <errno.h>
 #include <getopt.h>
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <uuid/uuid.h>
 
 #include "log.h"
 #include "vhd.h"
@@ -27,16 +30,23 @@ static void
 usage (FILE *f)
 {
   fprintf (f,
-"usage: sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd\n"
+"usage: sxm-vhd create [--type=dynamic|fixed] [--block-size=SIZE] [--uuid=UUID]\n"
+"                      FILE.vhd SIZE\n"
+"       sxm-vhd snapshot [--uuid=UUID] PARENT.vhd CHILD.vhd\n"
+"       sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd\n"
 "       sxm-vhd map  [--json] FILE.vhd\n"
 "       sxm-vhd --version | --help\n"
 "\n"
-"info  header fields of FILE and of every parent in its chain\n"
-"map   allocated ranges of the whole chain (what NBD block status reports)\n"
+"create    a new empty image (default dynamic, 2M blocks); SIZE and block\n"
+"          size take K, M, G, T suffixes (powers of 1024)\n"
+"snapshot  a new empty differencing child of PARENT (W2ru, W2ku and MacX\n"
+"          locators), same size and block size\n"
+"info      header fields of FILE and of every parent in its chain\n"
+"map       allocated ranges of the whole chain (what NBD block status reports)\n"
 "\n"
-"Exit status: 0 ok, 1 the image could not be opened or read, 2 usage,\n"
-"3 subcommand not implemented yet (create, snapshot, check, coalesce,\n"
-"resize arrive with the writable-VHD milestone).\n");
+"Existing files are never overwritten.  Exit status: 0 ok, 1 the image\n"
+"could not be opened, read or written, 2 usage, 3 subcommand not\n"
+"implemented yet (check, coalesce, resize).\n");
 }
 
 /* Print S as a JSON string, escaped. */
@@ -165,6 +175,38 @@ info_json (const struct vhd_layer *top)
   printf ("\n]}\n");
 }
 
+/* "10G" -> 10 * 2^30.  Plain numbers are bytes. */
+static int
+parse_size (const char *s, uint64_t *out)
+{
+  char *end;
+  unsigned long long v;
+  int shift = 0;
+
+  errno = 0;
+  if (*s < '0' || *s > '9')
+    return -1;
+  v = strtoull (s, &end, 10);
+  if (errno)
+    return -1;
+  switch (*end) {
+  case '\0': break;
+  case 'K': case 'k': shift = 10; end++; break;
+  case 'M': case 'm': shift = 20; end++; break;
+  case 'G': case 'g': shift = 30; end++; break;
+  case 'T': case 't': shift = 40; end++; break;
+  default: return -1;
+  }
+  if (*end == 'i' && end[1] == 'B')
+    end += 2;
+  else if (*end == 'B')
+    end++;
+  if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+    return -1;
+  *out = (uint64_t) v << shift;
+  return 0;
+}
+
 struct map_out {
   bool json;
   bool first;
@@ -195,13 +237,19 @@ main (int argc, char **argv)
     { "size-from", required_argument, NULL, 's' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
+    { "type", required_argument, NULL, 't' },
+    { "block-size", required_argument, NULL, 'b' },
+    { "uuid", required_argument, NULL, 'u' },
     { NULL, 0, NULL, 0 }
   };
   static const char *const planned[] = {
-    "create", "snapshot", "check", "coalesce", "resize", NULL
+    "check", "coalesce", "resize", NULL
   };
   enum vhd_size_rule rule = VHD_SIZE_AUTO;
-  bool json = false;
+  enum vhd_type type = VHD_TYPE_DYNAMIC;
+  uint64_t block_size = 2 << 20;
+  uuid_t uuid;
+  bool json = false, have_uuid = false;
   const char *cmd;
   struct vhd_layer *top;
   int c, i, r = 0;
@@ -226,7 +274,8 @@ main (int argc, char **argv)
                "with the writable-VHD milestone (see doc/design.md)\n", cmd);
       return EXIT_NOT_IMPLEMENTED;
     }
-  if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0) {
+  if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0 &&
+      strcmp (cmd, "create") != 0 && strcmp (cmd, "snapshot") != 0) {
     fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
     usage (stderr);
     return EXIT_USAGE;
@@ -245,9 +294,58 @@ main (int argc, char **argv)
         return EXIT_USAGE;
       }
       break;
+    case 't':
+      if (strcmp (optarg, "dynamic") == 0) type = VHD_TYPE_DYNAMIC;
+      else if (strcmp (optarg, "fixed") == 0) type = VHD_TYPE_FIXED;
+      else {
+        fprintf (stderr, "sxm-vhd: --type=%s: expected dynamic or fixed\n",
+                 optarg);
+        return EXIT_USAGE;
+      }
+      break;
+    case 'b':
+      if (parse_size (optarg, &block_size) == -1 || block_size > UINT32_MAX) {
+        fprintf (stderr, "sxm-vhd: --block-size=%s: not a size\n", optarg);
+        return EXIT_USAGE;
+      }
+      break;
+    case 'u':
+      if (uuid_parse (optarg, uuid) == -1) {
+        fprintf (stderr, "sxm-vhd: --uuid=%s: not a UUID\n", optarg);
+        return EXIT_USAGE;
+      }
+      have_uuid = true;
+      break;
     case 'h': usage (stdout); return 0;
     default: usage (stderr); return EXIT_USAGE;
     }
+  if (!have_uuid)
+    uuid_generate (uuid);
+
+  if (strcmp (cmd, "create") == 0 || strcmp (cmd, "snapshot") == 0) {
+    uint64_t size;
+    char us[37];
+    if (optind != argc - 2) {
+      fprintf (stderr, "sxm-vhd %s: expected two arguments (see --help)\n",
+               cmd);
+      return EXIT_USAGE;
+    }
+    if (strcmp (cmd, "snapshot") == 0)
+      r = vhd_snapshot (argv[optind], argv[optind + 1], uuid);
+    else if (parse_size (argv[optind + 1], &size) == -1) {
+      fprintf (stderr, "sxm-vhd create: size '%s': expected a number with "
+               "an optional K, M, G or T suffix\n", argv[optind + 1]);
+      return EXIT_USAGE;
+    }
+    else
+      r = vhd_create (argv[optind], type, size, block_size, uuid);
+    if (r == 0) {
+      uuid_unparse_lower (uuid, us);
+      printf ("%s\n", us);
+    }
+    return r == 0 ? 0 : EXIT_FAILURE;
+  }
+
   if (optind != argc - 1) {
     fprintf (stderr, "sxm-vhd %s: expected exactly one FILE.vhd\n", cmd);
     return EXIT_USAGE;

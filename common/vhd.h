@@ -118,6 +118,19 @@ typedef int (*vhd_map_fn) (void *opaque, uint64_t offset, uint64_t length,
 int vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
              bool first_only, vhd_map_fn fn, void *opaque);
 
+/* Create a new fixed or dynamic image at PATH (which must not exist) of
+ * SIZE bytes (a multiple of 512); BLOCK_SIZE applies to dynamic images.
+ * Written to a temporary file, synced and renamed into place.  Returns 0,
+ * or -1 after sxm_error(). */
+int vhd_create (const char *path, enum vhd_type type, uint64_t size,
+                uint32_t block_size, const uint8_t uuid[16]);
+
+/* Create CHILD, a new empty differencing image over PARENT (validated as a
+ * whole chain first), with W2ru (relative), W2ku (absolute) and MacX
+ * locators.  Same virtual size and block size as the parent. */
+int vhd_snapshot (const char *parent, const char *child,
+                  const uint8_t uuid[16]);
+
 /* Format helpers, exposed for the tools and the unit tests. */
 uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
 int vhd_footer_parse (const uint8_t *buf,
@@ -129,5 +142,9 @@ void vhd_uuid_str (const uint8_t uuid[16], char out[37]);
  * malformed input.  OUT is always NUL-terminated when OUTLEN > 0. */
 ssize_t vhd_utf16_to_utf8 (const uint8_t *in, size_t inlen, bool big_endian,
                            char *out, size_t outlen);
+/* UTF-8 to UTF-16 (no terminator); returns bytes written or -1 on malformed
+ * input or overflow. */
+ssize_t vhd_utf8_to_utf16 (const char *in, bool big_endian, uint8_t *out,
+                           size_t outlen);
 
 #endif

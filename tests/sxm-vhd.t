@@ -63,7 +63,7 @@ def main(d):
     r = run("info", bad)
     tap.ok(r.returncode == 1 and bad in r.stderr and "field 'cookie'" in r.stderr,
            "bad image: exit 1, error names file and field", r.stderr)
-    r = run("create", "x.vhd", "1G")
+    r = run("coalesce", "x.vhd")
     tap.ok(r.returncode == 3 and "NOT IMPLEMENTED" in r.stderr,
            "planned subcommand says NOT IMPLEMENTED, exit 3", r.stderr)
     r = run("frobnicate")

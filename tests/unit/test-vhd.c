@@ -53,6 +53,19 @@ main (void)
   ok (vhd_utf16_to_utf8 (le, sizeof le, false, out, 4) == -1,
       "output overflow refused, not truncated silently");
 
+  {
+    const char *text = "dir\\p\xc3\xa9\xf0\x9f\x98\x80.vhd";
+    uint8_t u16[64];
+    char back[64];
+    ssize_t n = vhd_utf8_to_utf16 (text, false, u16, sizeof u16);
+    ok (n == 2 * 12 && vhd_utf16_to_utf8 (u16, n, false, back, sizeof back) > 0
+        && strcmp (back, text) == 0, "UTF-8 -> UTF-16LE -> UTF-8 round trip");
+    ok (vhd_utf8_to_utf16 ("\xc3(", true, u16, sizeof u16) == -1,
+        "malformed UTF-8 refused");
+    ok (vhd_utf8_to_utf16 ("abc", true, u16, 4) == -1,
+        "UTF-16 output overflow refused");
+  }
+
   f = mkfooter ("vpc ", 301, 4, 17, 10 * 1048576 + 1536);
   ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 301ULL * 4 * 17 * 512,
       "'vpc ' uses CHS");
