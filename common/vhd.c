@@ -352,7 +352,7 @@ static int
 bat_check (struct vhd_layer *l, const struct region *meta, size_t nmeta)
 {
   uint64_t span = (uint64_t) l->bitmap_bytes + l->block_size;
-  uint64_t data_end = l->file_size - VHD_FOOTER_SIZE;
+  uint64_t data_end = l->data_limit;
   struct bat_ref *refs;
   size_t n = 0, i, j;
   int ret = -1;
@@ -457,8 +457,8 @@ read_locator (struct vhd_layer *l, int i, char *out, size_t outlen)
          VHD_MAX_LOCATOR);
     return -1;
   }
-  if (loc->data_offset > l->file_size - VHD_FOOTER_SIZE ||
-      loc->data_length > l->file_size - VHD_FOOTER_SIZE - loc->data_offset) {
+  if (loc->data_offset > l->data_limit ||
+      loc->data_length > l->data_limit - loc->data_offset) {
     bad (l->path, "parent_locator.data_offset", field + 16,
          "parent locator %d (%s) data at %" PRIu64 "+%" PRIu32
          " lies outside the file", i, loc->code, loc->data_offset,
@@ -634,7 +634,7 @@ open_dynamic (struct vhd_layer *l, enum vhd_size_rule rule,
   uint8_t hbuf[VHD_HEADER_SIZE];
   struct vhd_header *h = &l->header;
   uint64_t hoff = l->footer.data_offset;
-  uint64_t data_end = l->file_size - VHD_FOOTER_SIZE;
+  uint64_t data_end = l->data_limit;
   uint64_t bat_bytes, needed;
   struct region meta[3 + VHD_NR_LOCATORS];
   size_t nmeta = 0;
@@ -777,7 +777,7 @@ static struct vhd_layer *
 open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
             dev_t *devs, ino_t *inos)
 {
-  uint8_t fbuf[VHD_FOOTER_SIZE];
+  uint8_t fbuf[VHD_FOOTER_SIZE], hbuf[VHD_FOOTER_SIZE];
   struct vhd_layer *l;
   struct stat st;
   uint64_t foot;
@@ -830,14 +830,29 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
     sxm_error ("%s: reading the footer at %" PRIu64 ": %s", path, foot, strerror (errno));
     goto fail;
   }
-  if (vhd_footer_parse (fbuf, &l->footer, path, foot) == -1) {
-    uint8_t head[8];
-    if (pread_full (l->fd, head, 8, 0) == 0 &&
-        memcmp (head, "conectix", 8) == 0)
-      sxm_error ("%s: the footer copy at offset 0 is present, so the file "
-                 "looks truncated or its end was overwritten", path);
-    goto fail;
+  l->data_limit = foot;
+  l->footer_at = foot;
+  if (memcmp (fbuf, "conectix", 8) != 0 &&
+      pread_full (l->fd, hbuf, sizeof hbuf, 0) == 0 &&
+      memcmp (hbuf, "conectix", 8) == 0) {
+    /* No footer at the end, but a copy at 0: a dynamic image whose writer
+     * stopped between growing the file and rewriting the footer (sxm's
+     * writer and qemu's both can).  The copy is authoritative, the whole
+     * file is data area, and every block is still checked against it. */
+    if (vhd_footer_parse (hbuf, &l->footer, path, 0) == -1)
+      goto fail;
+    if (l->footer.type == VHD_TYPE_FIXED) {
+      bad (path, "disk_type", FT_TYPE, "footer copy at offset 0 claims a "
+           "fixed disk, which has no copy; the end footer is missing");
+      goto fail;
+    }
+    sxm_debug ("%s: no footer at the end (offset %" PRIu64 "); using the "
+               "copy at offset 0", path, foot);
+    l->data_limit = l->file_size;
+    l->footer_at = UINT64_MAX;
   }
+  else if (vhd_footer_parse (fbuf, &l->footer, path, foot) == -1)
+    goto fail;
   if (l->footer.current_size > VHD_MAX_SIZE) {
     bad (path, "current_size", foot + FT_CUR_SIZE,
          "current size %" PRIu64 " exceeds the VHD maximum of %llu "
@@ -854,7 +869,7 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   }
 
   if (l->footer.type == VHD_TYPE_FIXED) {
-    if (l->size > foot) {
+    if (l->size > l->data_limit) {
       bad (path, "current_size", foot + FT_CUR_SIZE,
            "virtual size %" PRIu64 " is larger than the %" PRIu64
            " data bytes in the file (truncated?)", l->size, foot);

@@ -77,6 +77,11 @@ struct vhd_layer {
   char *path;
   int fd;
   uint64_t file_size;
+  uint64_t data_limit;          /* end of the data area (the end footer, or
+                                   the file end if only the copy at 0 was
+                                   valid) */
+  uint64_t footer_at;           /* offset of a valid end footer, or
+                                   UINT64_MAX */
   struct vhd_footer footer;
   struct vhd_header header;     /* dynamic and differencing only */
   uint64_t size;                /* virtual size in bytes */

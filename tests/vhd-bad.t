@@ -61,12 +61,24 @@ def main(d):
     refuses("a missing file", os.path.join(d, "missing.vhd"),
             r"No such file")
 
-    # Truncated dynamic image: footer gone, copy at 0 still there.
+    # Truncated dynamic image: the end footer is gone, the copy at 0 is
+    # used, and the blocks that the truncation cut are caught.
     good_dynamic(p)
     size = os.path.getsize(p)
     os.truncate(p, size - 3 * 1024 * 1024)
-    refuses("truncated dynamic image", p, field("cookie", size - 3 * MiB - 512),
-            r"footer copy at offset 0 is present")
+    refuses("truncated dynamic image", p, field("BAT entry", BAT),
+            r"extends past the data area ending at %d" % (size - 3 * MiB))
+
+    # Only the end footer lost (a writer stopped after growing the file):
+    # the copy at offset 0 serves, and the data is intact.
+    good_dynamic(p)
+    os.truncate(p, os.path.getsize(p) - 512)
+    with nbdkit(d, p) as uri:
+        h = nbd_connect(uri)
+        tap.eq(h.pread(4096, 0) + h.pread(4096, 4 * MiB),
+               b"\x41" * 4096 + b"\x42" * 4096,
+               "end footer missing: served from the footer copy at 0")
+        h.shutdown()
 
     # Footer fields.
     good_dynamic(p)
