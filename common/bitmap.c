@@ -10,7 +10,7 @@ bitmap_run (const uint8_t *map, uint64_t start, uint64_t end)
   while (i < end && (i & 7) != 0 && bitmap_get (map, i) == v)
     i++;
   if (i < end && (i & 7) == 0) {
-    while (i + 8 <= end && map[i >> 3] == whole)
+    while (i + 8 <= end && bitmap_byte (map, i >> 3) == whole)
       i += 8;
     while (i < end && bitmap_get (map, i) == v)
       i++;
@@ -24,7 +24,7 @@ bitmap_all_set (const uint8_t *map, uint64_t nbits)
   uint64_t i;
 
   for (i = 0; i + 8 <= nbits; i += 8)
-    if (map[i >> 3] != 0xff)
+    if (bitmap_byte (map, i >> 3) != 0xff)
       return false;
   for (; i < nbits; i++)
     if (!bitmap_get (map, i))

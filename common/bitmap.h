@@ -9,22 +9,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Loads and stores are relaxed atomics: the VHD writer sets bits of a
+ * bitmap that readers are scanning (a sector being written may read old or
+ * new, as NBD allows, but never torn).  On x86 they are plain moves. */
+static inline uint8_t
+bitmap_byte (const uint8_t *map, uint64_t byte)
+{
+  return __atomic_load_n (&map[byte], __ATOMIC_RELAXED);
+}
+
 static inline bool
 bitmap_get (const uint8_t *map, uint64_t i)
 {
-  return (map[i >> 3] >> (7 - (i & 7))) & 1;
+  return (bitmap_byte (map, i >> 3) >> (7 - (i & 7))) & 1;
 }
 
 static inline void
 bitmap_set (uint8_t *map, uint64_t i)
 {
-  map[i >> 3] |= (uint8_t) (0x80 >> (i & 7));
+  __atomic_fetch_or (&map[i >> 3], (uint8_t) (0x80 >> (i & 7)),
+                     __ATOMIC_RELAXED);
 }
 
 static inline void
 bitmap_clear (uint8_t *map, uint64_t i)
 {
-  map[i >> 3] &= (uint8_t) ~(0x80 >> (i & 7));
+  __atomic_fetch_and (&map[i >> 3], (uint8_t) ~(0x80 >> (i & 7)),
+                      __ATOMIC_RELAXED);
 }
 
 /* Length of the run of bits equal to bit 'start', from 'start' up to (not

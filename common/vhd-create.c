@@ -18,6 +18,7 @@
 #include "endian.h"
 #include "log.h"
 #include "vhd.h"
+#include "vhd-internal.h"
 
 #define VHD_EPOCH 946684800     /* 2000-01-01 00:00:00 UTC */
 
@@ -91,25 +92,6 @@ make_footer (uint8_t *b, uint64_t size, uint32_t type, uint64_t data_offset,
   be32_store (b + 60, type);
   memcpy (b + 68, uuid, 16);
   be32_store (b + 64, vhd_checksum (b, VHD_FOOTER_SIZE, 64));
-}
-
-static int
-pwrite_full (int fd, const void *buf, size_t count, uint64_t offset)
-{
-  const char *p = buf;
-
-  while (count > 0) {
-    ssize_t r = pwrite (fd, p, count, (off_t) offset);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      return -1;
-    }
-    p += r;
-    count -= r;
-    offset += r;
-  }
-  return 0;
 }
 
 ssize_t
@@ -196,7 +178,7 @@ commit_image (const char *path, uint64_t file_size,
     goto out;
   }
   for (i = 0; i < nparts; i++)
-    if (pwrite_full (fd, parts[i].buf, parts[i].len, parts[i].offset) == -1) {
+    if (vhd_pwrite_full (fd, parts[i].buf, parts[i].len, parts[i].offset) == -1) {
       sxm_error ("%s: writing at %" PRIu64 ": %s", path, parts[i].offset,
                  strerror (errno));
       goto out;

@@ -16,12 +16,11 @@
 #include "endian.h"
 #include "log.h"
 #include "vhd.h"
+#include "vhd-internal.h"
 
-/* Marks a cached sector bitmap whose bits are all set, the common case
- * (qemu and Hyper-V set every bit of a fully written block), so that such
- * blocks cost no memory and read with one pread. */
-#define BITMAP_FULL ((uint8_t *) &bitmap_full_marker)
-static const uint8_t bitmap_full_marker;
+/* All-ones bitmaps are the common case: qemu and Hyper-V set every bit of a
+ * fully written block. */
+const uint8_t vhd_bitmap_full_marker;
 
 /* Bitmaps of up to this many allocated blocks are read at open time, so that
  * the first full-disk map is served from memory; larger images fill the
@@ -60,8 +59,27 @@ bad (const char *path, const char *field, uint64_t offset,
 }
 
 /* pread the whole range or fail; a short read means the file ends early. */
-static int
-pread_full (int fd, void *buf, size_t count, uint64_t offset)
+int
+vhd_pwrite_full (int fd, const void *buf, size_t count, uint64_t offset)
+{
+  const char *p = buf;
+
+  while (count > 0) {
+    ssize_t r = pwrite (fd, p, count, (off_t) offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    p += r;
+    count -= r;
+    offset += r;
+  }
+  return 0;
+}
+
+int
+vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset)
 {
   char *p = buf;
 
@@ -406,8 +424,8 @@ bat_check (struct vhd_layer *l, const struct region *meta, size_t nmeta)
 /* Return block BLK's sector bitmap (allocated blocks only), reading it on
  * first use.  Publication is lock-free: racing readers may both read it,
  * one wins the compare-and-swap and the other frees its copy. */
-static const uint8_t *
-get_bitmap (struct vhd_layer *l, uint32_t blk)
+const uint8_t *
+vhd_get_bitmap (struct vhd_layer *l, uint32_t blk)
 {
   _Atomic (uint8_t *) *slot = (_Atomic (uint8_t *) *) &l->bitmaps[blk];
   uint8_t *p = atomic_load_explicit (slot, memory_order_acquire);
@@ -419,7 +437,7 @@ get_bitmap (struct vhd_layer *l, uint32_t blk)
   p = malloc (l->bitmap_bytes);
   if (!p)
     return NULL;
-  if (pread_full (l->fd, p, l->bitmap_bytes, where) == -1) {
+  if (vhd_pread_full (l->fd, p, l->bitmap_bytes, where) == -1) {
     int e = errno;
     sxm_error ("%s: reading the sector bitmap of block %" PRIu32
                " at offset %" PRIu64 ": %s", l->path, blk, where,
@@ -430,12 +448,12 @@ get_bitmap (struct vhd_layer *l, uint32_t blk)
   }
   if (bitmap_all_set (p, l->block_size / VHD_SECTOR)) {
     free (p);
-    p = BITMAP_FULL;
+    p = VHD_BITMAP_FULL;
   }
   if (!atomic_compare_exchange_strong_explicit (slot, &expected, p,
                                                 memory_order_acq_rel,
                                                 memory_order_acquire)) {
-    if (p != BITMAP_FULL)
+    if (p != VHD_BITMAP_FULL)
       free (p);
     p = expected;
   }
@@ -468,7 +486,7 @@ read_locator (struct vhd_layer *l, int i, char *out, size_t outlen)
   raw = malloc (loc->data_length);
   if (!raw)
     return -1;
-  if (pread_full (l->fd, raw, loc->data_length, loc->data_offset) == -1) {
+  if (vhd_pread_full (l->fd, raw, loc->data_length, loc->data_offset) == -1) {
     sxm_error ("%s: reading parent locator %d: %s", l->path, i, strerror (errno));
     goto out;
   }
@@ -541,7 +559,8 @@ locator_path (const struct vhd_layer *l, const char *code, const char *text)
 }
 
 static struct vhd_layer *open_layer (const char *path, enum vhd_size_rule,
-                                     unsigned depth, dev_t *devs, ino_t *inos);
+                                     unsigned depth, dev_t *devs, ino_t *inos,
+                                     bool rw);
 
 /* Find and open the parent of differencing disk L.  Locators are tried
  * relative ones first (they survive moving a whole SR directory), then
@@ -585,7 +604,7 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
           free (path);
           return -1;
         }
-      p = open_layer (path, rule, l->depth + 1, devs, inos);
+      p = open_layer (path, rule, l->depth + 1, devs, inos, false);
       if (!p) {
         sxm_error ("%s: cannot open parent %s (found via locator %s)",
                    l->path, path, order[o]);
@@ -648,7 +667,7 @@ open_dynamic (struct vhd_layer *l, enum vhd_size_rule rule,
          hoff, VHD_FOOTER_SIZE, data_end - VHD_HEADER_SIZE);
     return -1;
   }
-  if (pread_full (l->fd, hbuf, sizeof hbuf, hoff) == -1) {
+  if (vhd_pread_full (l->fd, hbuf, sizeof hbuf, hoff) == -1) {
     sxm_error ("%s: reading dynamic header at %" PRIu64 ": %s", l->path,
                hoff, strerror (errno));
     return -1;
@@ -705,7 +724,7 @@ open_dynamic (struct vhd_layer *l, enum vhd_size_rule rule,
                l->nblocks);
     return -1;
   }
-  if (pread_full (l->fd, l->bat, 4 * (size_t) l->nblocks,
+  if (vhd_pread_full (l->fd, l->bat, 4 * (size_t) l->nblocks,
                   h->table_offset) == -1) {
     sxm_error ("%s: reading the BAT at %" PRIu64 ": %s", l->path,
                h->table_offset, strerror (errno));
@@ -737,7 +756,7 @@ open_dynamic (struct vhd_layer *l, enum vhd_size_rule rule,
 
   if (l->allocated <= BITMAP_PRELOAD_MAX)
     for (i = 0; i < l->nblocks; i++)
-      if (l->bat[i] != VHD_BAT_UNUSED && !get_bitmap (l, i))
+      if (l->bat[i] != VHD_BAT_UNUSED && !vhd_get_bitmap (l, i))
         return -1;
 
   if (l->footer.type == VHD_TYPE_DIFF)
@@ -750,9 +769,12 @@ close_layer (struct vhd_layer *l)
 {
   uint32_t i;
 
+  if (l->writable)
+    vhd_writer_fini (l);
+
   if (l->bitmaps)
     for (i = 0; i < l->nblocks; i++)
-      if (l->bitmaps[i] != BITMAP_FULL)
+      if (l->bitmaps[i] != VHD_BITMAP_FULL)
         free (l->bitmaps[i]);
   free (l->bitmaps);
   free (l->bat);
@@ -775,7 +797,7 @@ vhd_close_chain (struct vhd_layer *top)
 
 static struct vhd_layer *
 open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
-            dev_t *devs, ino_t *inos)
+            dev_t *devs, ino_t *inos, bool rw)
 {
   uint8_t fbuf[VHD_FOOTER_SIZE], hbuf[VHD_FOOTER_SIZE];
   struct vhd_layer *l;
@@ -794,7 +816,16 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
     return NULL;
   }
   l->depth = depth;
-  l->fd = open (path, O_RDONLY | O_CLOEXEC);
+  l->fd = -1;
+  if (rw) {
+    l->fd = open (path, O_RDWR | O_CLOEXEC);
+    if (l->fd >= 0)
+      l->writable = true;
+    else if (errno != EACCES && errno != EROFS && errno != EPERM)
+      l->fd = -1;
+  }
+  if (l->fd == -1)
+    l->fd = open (path, O_RDONLY | O_CLOEXEC);
   if (l->fd == -1) {
     sxm_error ("%s: %s", path, strerror (errno));
     goto fail;
@@ -826,14 +857,14 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
     goto fail;
   }
   foot = l->file_size - VHD_FOOTER_SIZE;
-  if (pread_full (l->fd, fbuf, sizeof fbuf, foot) == -1) {
+  if (vhd_pread_full (l->fd, fbuf, sizeof fbuf, foot) == -1) {
     sxm_error ("%s: reading the footer at %" PRIu64 ": %s", path, foot, strerror (errno));
     goto fail;
   }
   l->data_limit = foot;
   l->footer_at = foot;
   if (memcmp (fbuf, "conectix", 8) != 0 &&
-      pread_full (l->fd, hbuf, sizeof hbuf, 0) == 0 &&
+      vhd_pread_full (l->fd, hbuf, sizeof hbuf, 0) == 0 &&
       memcmp (hbuf, "conectix", 8) == 0) {
     /* No footer at the end, but a copy at 0: a dynamic image whose writer
      * stopped between growing the file and rewriting the footer (sxm's
@@ -853,6 +884,8 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   }
   else if (vhd_footer_parse (fbuf, &l->footer, path, foot) == -1)
     goto fail;
+  memcpy (l->footer_buf, l->footer_at == UINT64_MAX ? hbuf : fbuf,
+          VHD_FOOTER_SIZE);
   if (l->footer.current_size > VHD_MAX_SIZE) {
     bad (path, "current_size", foot + FT_CUR_SIZE,
          "current size %" PRIu64 " exceeds the VHD maximum of %llu "
@@ -878,6 +911,8 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   }
   else if (open_dynamic (l, rule, devs, inos) == -1)
     goto fail;
+  if (l->writable && vhd_writer_init (l) == -1)
+    goto fail;
   return l;
 
  fail:
@@ -891,19 +926,24 @@ vhd_open_chain (const char *path, enum vhd_size_rule rule)
   dev_t devs[VHD_MAX_CHAIN];
   ino_t inos[VHD_MAX_CHAIN];
 
-  return open_layer (path, rule, 0, devs, inos);
+  return open_layer (path, rule, 0, devs, inos, false);
+}
+
+struct vhd_layer *
+vhd_open_chain_rw (const char *path, enum vhd_size_rule rule)
+{
+  dev_t devs[VHD_MAX_CHAIN];
+  ino_t inos[VHD_MAX_CHAIN];
+
+  return open_layer (path, rule, 0, devs, inos, true);
 }
 
 /* The resolver: splits a virtual range of layer L into pieces, each either
  * stored in one layer's file at a given offset, or zero (allocated nowhere in
  * the chain).  Read and map are both written on top of it, so they cannot
  * disagree about which layer owns a sector. */
-typedef int (*piece_fn) (void *opaque, const struct vhd_layer *src,
-                         uint64_t file_offset, uint64_t voffset,
-                         uint64_t length);
-
-static int
-resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
+int
+vhd_resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
          piece_fn fn, void *opaque)
 {
   int r;
@@ -914,7 +954,7 @@ resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
     return fn (opaque, NULL, 0, off, len);
   if (len > l->size - off) {
     uint64_t inside = l->size - off;
-    if ((r = resolve (l, off, inside, fn, opaque)) != 0)
+    if ((r = vhd_resolve (l, off, inside, fn, opaque)) != 0)
       return r;
     return fn (opaque, NULL, 0, off + inside, len - inside);
   }
@@ -928,24 +968,25 @@ resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
 
     if (n > len)
       n = len;
-    if (l->bat[blk] == VHD_BAT_UNUSED) {
+    if (vhd_bat_get (l, blk) == VHD_BAT_UNUSED) {
       /* Coalesce a run of unallocated blocks into one piece. */
       while (n < len && blk + 1 < l->nblocks &&
-             l->bat[blk + 1] == VHD_BAT_UNUSED) {
+             vhd_bat_get (l, blk + 1) == VHD_BAT_UNUSED) {
         blk++;
         n += l->block_size;
         if (n > len)
           n = len;
       }
-      r = resolve (l->parent, off, n, fn, opaque);
+      r = vhd_resolve (l->parent, off, n, fn, opaque);
     }
     else {
-      const uint8_t *bm = get_bitmap ((struct vhd_layer *) l, blk);
-      uint64_t data = (uint64_t) l->bat[blk] * VHD_SECTOR + l->bitmap_bytes;
+      const uint8_t *bm = vhd_get_bitmap ((struct vhd_layer *) l, blk);
+      uint64_t data = (uint64_t) vhd_bat_get (l, blk) * VHD_SECTOR +
+                      l->bitmap_bytes;
 
       if (!bm)
         return -1;
-      if (bm == BITMAP_FULL)
+      if (bm == VHD_BITMAP_FULL)
         r = fn (opaque, l, data + inblk, off, n);
       else {
         uint64_t pos = inblk, end = inblk + n;
@@ -961,7 +1002,7 @@ resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
           if (bitmap_get (bm, s))
             r = fn (opaque, l, data + pos, voff, piece);
           else
-            r = resolve (l->parent, voff, piece, fn, opaque);
+            r = vhd_resolve (l->parent, voff, piece, fn, opaque);
           pos += piece;
         }
       }
@@ -990,7 +1031,7 @@ read_piece (void *opaque, const struct vhd_layer *src, uint64_t file_offset,
     memset (dst, 0, length);
     return 0;
   }
-  if (pread_full (src->fd, dst, length, file_offset) == -1) {
+  if (vhd_pread_full (src->fd, dst, length, file_offset) == -1) {
     int e = errno;
     sxm_error ("%s: read of %" PRIu64 " bytes at offset %" PRIu64
                " failed: %s", src->path, length, file_offset,
@@ -1011,7 +1052,7 @@ vhd_read (struct vhd_layer *top, void *buf, uint64_t count, uint64_t offset)
     errno = EINVAL;
     return -1;
   }
-  return resolve (top, offset, count, read_piece, &rs) == -1 ? -1 : 0;
+  return vhd_resolve (top, offset, count, read_piece, &rs) == -1 ? -1 : 0;
 }
 
 struct map_state {
@@ -1101,7 +1142,7 @@ vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
     errno = EINVAL;
     return -1;
   }
-  r = resolve (top, offset, count, map_piece, &ms);
+  r = vhd_resolve (top, offset, count, map_piece, &ms);
   if (r == -1)
     return -1;
   if (r == 0)

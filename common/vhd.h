@@ -13,9 +13,12 @@
 #ifndef SXM_VHD_H
 #define SXM_VHD_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "rangelock.h"
 
 #define VHD_SECTOR        512
 #define VHD_FOOTER_SIZE   512
@@ -95,6 +98,19 @@ struct vhd_layer {
   uint32_t allocated;           /* number of allocated BAT entries */
   uint8_t **bitmaps;            /* lazily filled cache, see vhd.c */
 
+  /* Writer state (top layer opened with VHD_OPEN_WRITE only); see
+   * vhd-write.c for the locking and the crash-safe ordering. */
+  bool writable;
+  uint8_t footer_buf[VHD_FOOTER_SIZE];  /* the footer as read */
+  pthread_mutex_t meta;         /* dirty lists, bitmap bits, data_end */
+  pthread_mutex_t flush_lock;   /* one flush at a time */
+  struct rangelock block_locks; /* per block: allocation, partial bitmaps */
+  uint64_t data_end;            /* where the next block goes */
+  uint8_t *dirty;               /* per block: DIRTY_* flags */
+  uint32_t *dirty_list;
+  size_t ndirty, dirty_cap;
+  bool footer_dirty;
+
   char *parent_via;             /* "W2ru ./p.vhd": how the parent was found */
   struct vhd_layer *parent;
   unsigned depth;               /* 0 for the top of the chain */
@@ -104,6 +120,25 @@ struct vhd_layer {
  * and reports the reason through sxm_error(), naming the file, the field and
  * its file offset. */
 struct vhd_layer *vhd_open_chain (const char *path, enum vhd_size_rule rule);
+
+/* The same, but the top image is opened read-write if the file allows it
+ * (top->writable says whether it was).  Parents are always read-only. */
+struct vhd_layer *vhd_open_chain_rw (const char *path,
+                                     enum vhd_size_rule rule);
+
+/* Writes to a writable top layer (vhd-write.c).  Any alignment.  Data
+ * reaches the file at once; the metadata that makes it visible after a
+ * restart (BAT entries, sector bitmaps, footer) is written by vhd_flush(),
+ * after the data is durable.  Return 0, or -1 with errno set. */
+int vhd_write (struct vhd_layer *top, const void *buf, uint64_t count,
+               uint64_t offset);
+/* Make [offset, offset+count) read as zeros.  If FAST_ONLY and that needs
+ * any writing (a range not already zero through the chain), fail with
+ * ENOTSUP before doing anything. */
+int vhd_zero (struct vhd_layer *top, uint64_t count, uint64_t offset,
+              bool fast_only);
+/* Make every write completed before the call durable. */
+int vhd_flush (struct vhd_layer *top);
 void vhd_close_chain (struct vhd_layer *top);
 
 /* Read COUNT bytes at virtual OFFSET (any alignment; OFFSET + COUNT must not

@@ -91,7 +91,7 @@ vhd_config_complete (void)
     nbdkit_error ("you must give the VHD to serve: nbdkit vhd FILE.vhd");
     return -1;
   }
-  chain = vhd_open_chain (filename, size_rule);
+  chain = vhd_open_chain_rw (filename, size_rule);
   if (!chain)
     return -1;
   for (l = chain; l; l = l->parent)
@@ -105,7 +105,7 @@ vhd_config_complete (void)
 }
 
 #define vhd_config_help \
-  "[file=]<FILENAME>     (required) The VHD image to serve (read-only).\n" \
+  "[file=]<FILENAME>     (required) The VHD image to serve.\n" \
   "size_from=auto|chs|current  Virtual size rule (default auto, as qemu)."
 
 static void
@@ -118,15 +118,15 @@ vhd_dump_plugin (void)
   printf ("vhd_max_size=%llu\n", VHD_MAX_SIZE);
   printf ("vhd_size_from=auto,chs,current\n");
   printf ("vhd_block_status=yes\n");
-  printf ("vhd_write=no\n");
+  printf ("vhd_write=yes\n");
 }
 
 static void *
 vhd_open (int readonly)
 {
-  if (!readonly)
-    nbdkit_debug ("writes are not implemented yet: the export is "
-                  "read-only");
+  if (!readonly && !chain->writable)
+    nbdkit_debug ("%s is not writable here: the export is read-only",
+                  chain->path);
   return chain;
 }
 
@@ -136,11 +136,49 @@ vhd_get_size (void *handle)
   return ((struct vhd_layer *) handle)->size;
 }
 
-/* Writing is a later feature: saying no here makes nbdkit export the disk
- * read-only and refuse writes with EPERM before they reach us. */
+/* A file we could only open read-only makes a read-only export: nbdkit
+ * then refuses writes with EPERM before they reach us. */
 static int
 vhd_can_write (void *handle)
 {
+  return ((struct vhd_layer *) handle)->writable;
+}
+
+static int
+vhd_can_fast_zero (void *handle)
+{
+  return 1;
+}
+
+static int
+vhd_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  if (vhd_write (handle, buf, count, offset) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+/* FUA is emulated by nbdkit with a flush after the write. */
+static int
+vhd_zero_cb (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  if (vhd_zero (handle, count, offset, flags & NBDKIT_FLAG_FAST_ZERO) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+vhd_flush_cb (void *handle, uint32_t flags)
+{
+  if (vhd_flush (handle) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
   return 0;
 }
 
@@ -208,6 +246,10 @@ static struct nbdkit_plugin plugin = {
   .can_multi_conn    = vhd_can_multi_conn,
   .can_extents       = vhd_can_extents,
   .pread             = vhd_pread,
+  .pwrite            = vhd_pwrite,
+  .zero              = vhd_zero_cb,
+  .flush             = vhd_flush_cb,
+  .can_fast_zero     = vhd_can_fast_zero,
   .extents           = vhd_extents,
 };
 

@@ -43,6 +43,7 @@ nbdkit_env() {
 # start_nbdkit PLUGIN ARGS...: sets $uri.
 start_nbdkit() {
   local sock="$scratch/nbd.sock"
+  rm -f "$sock"
   env $(nbdkit_env) nbdkit -f -U "$sock" --exit-with-parent "$@" \
     >"$scratch/nbdkit.log" 2>&1 &
   nbdkit_pid=$!

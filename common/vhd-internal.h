@@ -1,0 +1,38 @@
+/* Shared between the VHD reader (vhd.c), creator (vhd-create.c) and writer
+ * (vhd-write.c); not part of the API used by the plugin and tools. */
+#ifndef SXM_VHD_INTERNAL_H
+#define SXM_VHD_INTERNAL_H
+
+#include "vhd.h"
+
+/* A cached sector bitmap whose bits are all set: costs no memory, and the
+ * block reads with one pread. */
+extern const uint8_t vhd_bitmap_full_marker;
+#define VHD_BITMAP_FULL ((uint8_t *) &vhd_bitmap_full_marker)
+
+/* BAT entries are published by the writer with a release store after the
+ * block's bitmap pointer, so a reader that sees the entry finds the bitmap. */
+static inline uint32_t
+vhd_bat_get (const struct vhd_layer *l, uint32_t blk)
+{
+  return __atomic_load_n (&l->bat[blk], __ATOMIC_ACQUIRE);
+}
+
+const uint8_t *vhd_get_bitmap (struct vhd_layer *l, uint32_t blk);
+
+/* The resolver: splits a virtual range of layer L into pieces, each stored
+ * in one layer's file at FILE_OFFSET (SRC != NULL) or zero (SRC == NULL).
+ * FN returns 0 to go on, 1 to stop, -1 on error. */
+typedef int (*piece_fn) (void *opaque, const struct vhd_layer *src,
+                         uint64_t file_offset, uint64_t voffset,
+                         uint64_t length);
+int vhd_resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
+                 piece_fn fn, void *opaque);
+
+int vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset);
+int vhd_pwrite_full (int fd, const void *buf, size_t count, uint64_t offset);
+
+int vhd_writer_init (struct vhd_layer *l);
+void vhd_writer_fini (struct vhd_layer *l);
+
+#endif
