@@ -81,6 +81,7 @@ demo: all
 
 bench: all
 	bench/vhd-read.sh
+	bench/vhd-write.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1

@@ -3,10 +3,11 @@
  * Crash safety (see doc/design.md, "Writes"): data goes to the file at once,
  * but nothing on disk points at new data until it is durable.  New blocks
  * are appended at data_end (the file is grown with ftruncate, so their
- * unwritten parts read as zeros); their BAT entries and sector bitmaps, and
- * any bitmap bits set in existing blocks, live in memory, marked dirty, and
- * are written by vhd_flush() only after an fdatasync() of the data, followed
- * by a second fdatasync().  The footer is rewritten at the new end at flush
+ * unwritten parts read as zeros; their bitmap and a footer after them are
+ * written at once to claim the space).  Their BAT entries, and bitmap bits
+ * set in existing blocks, live in memory, marked dirty, and are written by
+ * vhd_flush() only after an fdatasync() of the data, followed by a second
+ * fdatasync().  The footer is rewritten at the new end at flush
  * time; a crash between growing the file and that rewrite leaves no end
  * footer, and the reader then uses the footer copy at offset 0.
  *
@@ -199,15 +200,29 @@ write_in_block (struct vhd_layer *l, uint32_t blk, const uint8_t *buf,
   }
   pthread_mutex_unlock (&l->meta);
 
-  if (vhd_pwrite_full (l->fd, l->parent ? wide : buf, wlen,
+  /* Write the new block's bitmap and a footer after it now, although no
+   * BAT entry on disk points here yet: it claims their space, so that a
+   * full file system fails this write (cleanly: the space stays orphaned)
+   * rather than a later flush, which could then never complete. */
+  if (!l->parent) {
+    bm = malloc (l->bitmap_bytes);
+    if (!bm)
+      goto out;
+    memset (bm, 0xff, l->bitmap_bytes);
+  }
+  else
+    for (s = (wvoff - bstart) / VHD_SECTOR;
+         s < (wvoff - bstart + wlen + VHD_SECTOR - 1) / VHD_SECTOR; s++)
+      bitmap_set (bm, s);
+  if (vhd_pwrite_full (l->fd, bm, l->bitmap_bytes, start) == -1 ||
+      vhd_pwrite_full (l->fd, l->footer_buf, VHD_FOOTER_SIZE,
+                       start + l->bitmap_bytes + l->block_size) == -1 ||
+      vhd_pwrite_full (l->fd, l->parent ? wide : buf, wlen,
                        start + l->bitmap_bytes + (wvoff - bstart)) == -1)
     goto out;                   /* the appended space stays orphaned */
 
   pthread_mutex_lock (&l->meta);
   if (l->parent) {
-    for (s = (wvoff - bstart) / VHD_SECTOR;
-         s < (wvoff - bstart + wlen + VHD_SECTOR - 1) / VHD_SECTOR; s++)
-      bitmap_set (bm, s);
     __atomic_store_n (&l->bitmaps[blk], bm, __ATOMIC_RELEASE);
     bm = NULL;
   }
