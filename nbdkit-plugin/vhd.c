@@ -1,14 +1,22 @@
 /* nbdkit-vhd-plugin: serve a VHD image (fixed, dynamic or a differencing
- * chain) over NBD, with its sparseness reported through block status.
+ * chain) over NBD, with its sparseness reported through block status, or a
+ * whole SR: every <uuid>.vhd of a directory as the export named <uuid>.
  *
- * All format knowledge lives in common/vhd.c; this file only maps nbdkit's
- * callbacks onto it.  The chain is opened once, at config_complete time, so
- * a bad image stops nbdkit from starting at all.  Reads need no lock: the
- * BAT is immutable after open and bitmaps are published lock-free. */
+ * All format knowledge lives in common/vhd*.c; this file only maps nbdkit's
+ * callbacks onto it.  With file=, the chain is opened once, at
+ * config_complete time, so a bad image stops nbdkit from starting at all.
+ * With sr=, an image is opened by the first connection that names it and
+ * shared by all connections to it (one writer state per file), closed (and
+ * flushed) when the last one goes. */
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,8 +31,19 @@
 #endif
 
 static char *filename;
+static char *sr_dir;
 static enum vhd_size_rule size_rule = VHD_SIZE_AUTO;
-static struct vhd_layer *chain;
+static struct vhd_layer *chain;         /* file= mode */
+
+/* sr= mode: images open now, shared by their connections. */
+struct sr_image {
+  char uuid[37];
+  struct vhd_layer *chain;
+  unsigned refs;
+  struct sr_image *next;
+};
+static struct sr_image *sr_open_images;
+static pthread_mutex_t sr_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void
 log_to_nbdkit (enum sxm_log_level level, const char *msg)
@@ -46,6 +65,25 @@ vhd_unload (void)
 {
   vhd_close_chain (chain);
   free (filename);
+  free (sr_dir);
+}
+
+/* A canonical UUID, 8-4-4-4-12 hex digits: the only export names sr mode
+ * accepts, so no name can reach outside the directory. */
+static bool
+is_uuid (const char *s)
+{
+  int i;
+
+  for (i = 0; i < 36; i++) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (s[i] != '-')
+        return false;
+    }
+    else if (!isxdigit ((unsigned char) s[i]))
+      return false;
+  }
+  return s[36] == '\0';
 }
 
 static int
@@ -61,6 +99,17 @@ vhd_config (const char *key, const char *value)
       filename = strdup (value);
     if (!filename) {
       nbdkit_error ("strdup: %s", strerror (errno));
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "sr") == 0) {
+    struct stat st;
+    free (sr_dir);
+    sr_dir = realpath (value, NULL);
+    if (!sr_dir || stat (sr_dir, &st) == -1 || !S_ISDIR (st.st_mode)) {
+      nbdkit_error ("sr=%s: not a directory%s%s", value,
+                    sr_dir ? "" : ": ", sr_dir ? "" : strerror (errno));
       return -1;
     }
     return 0;
@@ -87,8 +136,15 @@ vhd_config_complete (void)
 {
   const struct vhd_layer *l;
 
+  if (filename && sr_dir) {
+    nbdkit_error ("give either a file or sr=DIR, not both");
+    return -1;
+  }
+  if (sr_dir)
+    return 0;
   if (!filename) {
-    nbdkit_error ("you must give the VHD to serve: nbdkit vhd FILE.vhd");
+    nbdkit_error ("you must give the VHD to serve: nbdkit vhd FILE.vhd "
+                  "(or a directory of <uuid>.vhd: nbdkit vhd sr=DIR)");
     return -1;
   }
   chain = vhd_open_chain_rw (filename, size_rule);
@@ -105,7 +161,8 @@ vhd_config_complete (void)
 }
 
 #define vhd_config_help \
-  "[file=]<FILENAME>     (required) The VHD image to serve.\n" \
+  "[file=]<FILENAME>     The VHD image to serve, or:\n" \
+  "sr=<DIRECTORY>        Serve every <uuid>.vhd in it as export <uuid>.\n" \
   "size_from=auto|chs|current  Virtual size rule (default auto, as qemu)."
 
 static void
@@ -119,15 +176,132 @@ vhd_dump_plugin (void)
   printf ("vhd_size_from=auto,chs,current\n");
   printf ("vhd_block_status=yes\n");
   printf ("vhd_write=yes\n");
+  printf ("vhd_sr=yes\n");
+}
+
+static int
+vhd_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  DIR *dir;
+  struct dirent *d;
+  int r = 0;
+
+  if (!sr_dir)
+    return nbdkit_use_default_export (exports);
+  dir = opendir (sr_dir);
+  if (!dir) {
+    nbdkit_error ("%s: %s", sr_dir, strerror (errno));
+    return -1;
+  }
+  while (r == 0 && (d = readdir (dir)) != NULL) {
+    size_t n = strlen (d->d_name);
+    char name[37];
+    if (n != 40 || strcmp (d->d_name + 36, ".vhd") != 0)
+      continue;
+    memcpy (name, d->d_name, 36);
+    name[36] = '\0';
+    if (is_uuid (name))
+      r = nbdkit_add_export (exports, name, "VHD image");
+  }
+  closedir (dir);
+  return r;
+}
+
+static struct vhd_layer *
+sr_acquire (const char *name)
+{
+  struct sr_image *im;
+  struct vhd_layer *c = NULL;
+  char *path = NULL;
+
+  if (!is_uuid (name)) {
+    nbdkit_error ("export name \"%s\" is not a VHD UUID in %s; list the "
+                  "exports with: nbdinfo --list URI", name, sr_dir);
+    errno = ENOENT;
+    return NULL;
+  }
+  pthread_mutex_lock (&sr_lock);
+  for (im = sr_open_images; im; im = im->next)
+    if (strcmp (im->uuid, name) == 0) {
+      im->refs++;
+      c = im->chain;
+      goto out;
+    }
+  if (asprintf (&path, "%s/%s.vhd", sr_dir, name) == -1) {
+    path = NULL;
+    goto out;
+  }
+  if (access (path, F_OK) == -1) {
+    nbdkit_error ("export \"%s\": no %s in %s; list the exports with: "
+                  "nbdinfo --list URI", name, path + strlen (sr_dir) + 1,
+                  sr_dir);
+    goto out;
+  }
+  im = calloc (1, sizeof *im);
+  if (!im)
+    goto out;
+  im->chain = vhd_open_chain_rw (path, size_rule);
+  if (!im->chain) {
+    free (im);
+    goto out;
+  }
+  memcpy (im->uuid, name, 37);
+  im->refs = 1;
+  im->next = sr_open_images;
+  sr_open_images = im;
+  c = im->chain;
+ out:
+  pthread_mutex_unlock (&sr_lock);
+  free (path);
+  return c;
+}
+
+static void
+sr_release (struct vhd_layer *c)
+{
+  struct sr_image **pp, *im;
+
+  pthread_mutex_lock (&sr_lock);
+  for (pp = &sr_open_images; (im = *pp) != NULL; pp = &im->next)
+    if (im->chain == c) {
+      if (--im->refs == 0) {
+        *pp = im->next;
+        vhd_close_chain (im->chain);      /* flushes */
+        free (im);
+      }
+      break;
+    }
+  pthread_mutex_unlock (&sr_lock);
 }
 
 static void *
 vhd_open (int readonly)
 {
-  if (!readonly && !chain->writable)
+  struct vhd_layer *c = chain;
+
+  if (sr_dir) {
+    const char *name = nbdkit_export_name ();
+    if (!name || !*name) {
+      nbdkit_error ("this server serves an SR (%s): choose an export by its "
+                    "VHD UUID, e.g. nbd+unix:///UUID?socket=...; list them "
+                    "with: nbdinfo --list URI", sr_dir);
+      return NULL;
+    }
+    c = sr_acquire (name);
+    if (!c)
+      return NULL;
+  }
+  if (!readonly && !c->writable)
     nbdkit_debug ("%s is not writable here: the export is read-only",
-                  chain->path);
-  return chain;
+                  c->path);
+  return c;
+}
+
+static void
+vhd_close (void *handle)
+{
+  if (sr_dir)
+    sr_release (handle);
 }
 
 static int64_t
@@ -241,6 +415,8 @@ static struct nbdkit_plugin plugin = {
   .magic_config_key  = "file",
   .dump_plugin       = vhd_dump_plugin,
   .open              = vhd_open,
+  .close             = vhd_close,
+  .list_exports      = vhd_list_exports,
   .get_size          = vhd_get_size,
   .can_write         = vhd_can_write,
   .can_multi_conn    = vhd_can_multi_conn,
