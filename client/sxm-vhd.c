@@ -4,9 +4,9 @@
  *   sxm-vhd snapshot [--uuid=U] PARENT CHILD
  *   sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd
  *   sxm-vhd map  [--json] FILE.vhd
+ *   sxm-vhd check FILE.vhd
  *
- * check, coalesce and resize belong to the writable-VHD milestone; until
- * then they fail loudly. */
+ * coalesce and resize are not implemented yet and fail loudly. */
 
 #include <errno.h>
 #include <getopt.h>
@@ -24,7 +24,8 @@
 #define SXM_VERSION "unknown"
 #endif
 
-enum { EXIT_USAGE = 2, EXIT_NOT_IMPLEMENTED = 3 };
+enum { EXIT_USAGE = 2, EXIT_NOT_IMPLEMENTED = 3, EXIT_REPAIRABLE = 4,
+       EXIT_CORRUPT = 5 };
 
 static void
 usage (FILE *f)
@@ -35,6 +36,7 @@ usage (FILE *f)
 "       sxm-vhd snapshot [--uuid=UUID] PARENT.vhd CHILD.vhd\n"
 "       sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd\n"
 "       sxm-vhd map  [--json] FILE.vhd\n"
+"       sxm-vhd check FILE.vhd\n"
 "       sxm-vhd --version | --help\n"
 "\n"
 "create    a new empty image (default dynamic, 2M blocks); SIZE and block\n"
@@ -43,10 +45,12 @@ usage (FILE *f)
 "          locators), same size and block size\n"
 "info      header fields of FILE and of every parent in its chain\n"
 "map       allocated ranges of the whole chain (what NBD block status reports)\n"
+"check     full consistency check of FILE and its parents\n"
 "\n"
-"Existing files are never overwritten.  Exit status: 0 ok, 1 the image\n"
-"could not be opened, read or written, 2 usage, 3 subcommand not\n"
-"implemented yet (check, coalesce, resize).\n");
+"Existing files are never overwritten.  Exit status: 0 ok (check: clean),\n"
+"1 the image could not be opened, read or written (system error), 2 usage,\n"
+"3 subcommand not implemented yet (coalesce, resize), 4 check: repairable\n"
+"(safe to serve), 5 invalid or corrupt image.\n");
 }
 
 /* Print S as a JSON string, escaped. */
@@ -207,6 +211,13 @@ parse_size (const char *s, uint64_t *out)
   return 0;
 }
 
+static void
+print_finding (void *opaque, enum vhd_check_result sev, const char *msg)
+{
+  static const char *const tag[] = { "note", "repairable", "corrupt" };
+  printf ("%s: %s\n", tag[sev], msg);
+}
+
 struct map_out {
   bool json;
   bool first;
@@ -243,7 +254,7 @@ main (int argc, char **argv)
     { NULL, 0, NULL, 0 }
   };
   static const char *const planned[] = {
-    "check", "coalesce", "resize", NULL
+    "coalesce", "resize", NULL
   };
   enum vhd_size_rule rule = VHD_SIZE_AUTO;
   enum vhd_type type = VHD_TYPE_DYNAMIC;
@@ -275,6 +286,7 @@ main (int argc, char **argv)
       return EXIT_NOT_IMPLEMENTED;
     }
   if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0 &&
+      strcmp (cmd, "check") != 0 &&
       strcmp (cmd, "create") != 0 && strcmp (cmd, "snapshot") != 0) {
     fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
     usage (stderr);
@@ -352,8 +364,21 @@ main (int argc, char **argv)
   }
 
   top = vhd_open_chain (argv[optind], rule);
-  if (!top)
-    return EXIT_FAILURE;
+  if (!top) {
+    if (strcmp (cmd, "check") == 0 && vhd_last_open_was_invalid ()) {
+      printf ("%s: corrupt (see the error above)\n", argv[optind]);
+      return EXIT_CORRUPT;
+    }
+    return vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
+  }
+  if (strcmp (cmd, "check") == 0) {
+    enum vhd_check_result res = vhd_check (top, print_finding, NULL);
+    static const char *const word[] = { "clean", "repairable", "corrupt" };
+    printf ("%s: %s\n", argv[optind], word[res]);
+    vhd_close_chain (top);
+    return res == VHD_CHECK_CLEAN ? 0
+           : res == VHD_CHECK_REPAIRABLE ? EXIT_REPAIRABLE : EXIT_CORRUPT;
+  }
   if (strcmp (cmd, "info") == 0) {
     if (json)
       info_json (top);

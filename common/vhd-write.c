@@ -2,9 +2,10 @@
  *
  * Crash safety (see doc/design.md, "Writes"): data goes to the file at once,
  * but nothing on disk points at new data until it is durable.  New blocks
- * are appended at data_end (the file is grown with ftruncate, so their
- * unwritten parts read as zeros; their bitmap and a footer after them are
- * written at once to claim the space).  Their BAT entries, and bitmap bits
+ * are appended at data_end (a footer written after them grows the file, so
+ * their unwritten parts read as zeros and the file keeps a valid end footer
+ * whenever the process dies; their bitmap is written at once too, claiming
+ * the space).  Their BAT entries, and bitmap bits
  * set in existing blocks, live in memory, marked dirty, and are written by
  * vhd_flush() only after an fdatasync() of the data, followed by a second
  * fdatasync().  The footer is rewritten at the new end at flush
@@ -191,19 +192,14 @@ write_in_block (struct vhd_layer *l, uint32_t blk, const uint8_t *buf,
     goto out;
   }
   l->data_end += l->bitmap_bytes + l->block_size;
-  if (ftruncate (l->fd, l->data_end + VHD_FOOTER_SIZE) == -1) {
-    e = errno;
-    l->data_end = start;        /* nothing else was appended meanwhile */
-    pthread_mutex_unlock (&l->meta);
-    errno = e;
-    goto out;
-  }
   pthread_mutex_unlock (&l->meta);
 
-  /* Write the new block's bitmap and a footer after it now, although no
-   * BAT entry on disk points here yet: it claims their space, so that a
-   * full file system fails this write (cleanly: the space stays orphaned)
-   * rather than a later flush, which could then never complete. */
+  /* First a footer after the new block: writing it grows the file (so the
+   * block's unwritten parts are holes, reading zeros) and keeps a valid
+   * footer at the end whenever the process dies.  Then the block's bitmap,
+   * although no BAT entry on disk points here yet: both claim their space
+   * now, so a full file system fails this write (cleanly: the space stays
+   * orphaned) rather than a later flush, which could then never complete. */
   if (!l->parent) {
     bm = malloc (l->bitmap_bytes);
     if (!bm)
@@ -214,9 +210,9 @@ write_in_block (struct vhd_layer *l, uint32_t blk, const uint8_t *buf,
     for (s = (wvoff - bstart) / VHD_SECTOR;
          s < (wvoff - bstart + wlen + VHD_SECTOR - 1) / VHD_SECTOR; s++)
       bitmap_set (bm, s);
-  if (vhd_pwrite_full (l->fd, bm, l->bitmap_bytes, start) == -1 ||
-      vhd_pwrite_full (l->fd, l->footer_buf, VHD_FOOTER_SIZE,
+  if (vhd_pwrite_full (l->fd, l->footer_buf, VHD_FOOTER_SIZE,
                        start + l->bitmap_bytes + l->block_size) == -1 ||
+      vhd_pwrite_full (l->fd, bm, l->bitmap_bytes, start) == -1 ||
       vhd_pwrite_full (l->fd, l->parent ? wide : buf, wlen,
                        start + l->bitmap_bytes + (wvoff - bstart)) == -1)
     goto out;                   /* the appended space stays orphaned */

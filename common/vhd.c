@@ -43,6 +43,14 @@ enum {
   HD_LOCATORS = 576, HD_LOCATOR_SIZE = 24,
 };
 
+static __thread bool open_invalid;
+
+bool
+vhd_last_open_was_invalid (void)
+{
+  return open_invalid;
+}
+
 /* Report a bad field: "FILE: WHAT (field NAME at offset N)". */
 static void __attribute__ ((format (printf, 4, 5)))
 bad (const char *path, const char *field, uint64_t offset,
@@ -51,6 +59,7 @@ bad (const char *path, const char *field, uint64_t offset,
   char what[512];
   va_list ap;
 
+  open_invalid = true;
   va_start (ap, fmt);
   vsnprintf (what, sizeof what, fmt, ap);
   va_end (ap);
@@ -599,6 +608,7 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
       }
       for (unsigned d = 0; d <= l->depth; d++)
         if (devs[d] == st.st_dev && inos[d] == st.st_ino) {
+          open_invalid = true;
           sxm_error ("%s: differencing chain loop: parent %s (via %s) is "
                      "already in the chain", l->path, path, order[o]);
           free (path);
@@ -637,9 +647,11 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
     }
 
   if (mismatch[0]) {
+    open_invalid = true;
     sxm_error ("%s", mismatch);
     return -1;
   }
+  open_invalid = true;
   sxm_error ("%s: parent \"%s\" (UUID %s) not found; locators tried: %s",
              l->path, l->header.parent_name, want,
              tlen ? tried : "none usable");
@@ -805,6 +817,7 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   uint64_t foot;
 
   if (depth >= VHD_MAX_CHAIN) {
+    open_invalid = true;
     sxm_error ("%s: differencing chain deeper than %d images", path,
                VHD_MAX_CHAIN);
     return NULL;
@@ -852,6 +865,7 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   inos[depth] = st.st_ino;
 
   if (l->file_size < VHD_FOOTER_SIZE) {
+    open_invalid = true;
     sxm_error ("%s: file is %" PRIu64 " bytes, too small for a VHD "
                "footer (512 bytes)", path, l->file_size);
     goto fail;
@@ -926,6 +940,7 @@ vhd_open_chain (const char *path, enum vhd_size_rule rule)
   dev_t devs[VHD_MAX_CHAIN];
   ino_t inos[VHD_MAX_CHAIN];
 
+  open_invalid = false;
   return open_layer (path, rule, 0, devs, inos, false);
 }
 
@@ -935,6 +950,7 @@ vhd_open_chain_rw (const char *path, enum vhd_size_rule rule)
   dev_t devs[VHD_MAX_CHAIN];
   ino_t inos[VHD_MAX_CHAIN];
 
+  open_invalid = false;
   return open_layer (path, rule, 0, devs, inos, true);
 }
 

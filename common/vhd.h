@@ -171,6 +171,22 @@ int vhd_create (const char *path, enum vhd_type type, uint64_t size,
 int vhd_snapshot (const char *parent, const char *child,
                   const uint8_t uuid[16]);
 
+/* Check an opened chain (vhd-check.c): opening already refused everything
+ * that makes reads wrong; this reports what a writer can leave behind (no
+ * end footer, footer copies that differ: repairable; unreferenced space:
+ * informational) and reads every sector bitmap.  REPORT is called for each
+ * finding with its severity. */
+enum vhd_check_result { VHD_CHECK_CLEAN, VHD_CHECK_REPAIRABLE,
+                        VHD_CHECK_CORRUPT };
+typedef void (*vhd_check_report) (void *opaque, enum vhd_check_result sev,
+                                  const char *msg);
+enum vhd_check_result vhd_check (struct vhd_layer *top,
+                                 vhd_check_report report, void *opaque);
+
+/* True if the last failed vhd_open_chain*() in this thread failed because
+ * the image is invalid (rather than for an I/O or system error). */
+bool vhd_last_open_was_invalid (void);
+
 /* Format helpers, exposed for the tools and the unit tests. */
 uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
 int vhd_footer_parse (const uint8_t *buf,

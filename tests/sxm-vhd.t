@@ -61,8 +61,31 @@ def main(d):
     with open(bad, "wb") as f:
         f.write(b"\0" * 4096)
     r = run("info", bad)
-    tap.ok(r.returncode == 1 and bad in r.stderr and "field 'cookie'" in r.stderr,
-           "bad image: exit 1, error names file and field", r.stderr)
+    tap.ok(r.returncode == 5 and bad in r.stderr and "field 'cookie'" in r.stderr,
+           "bad image: exit 5, error names file and field", r.stderr)
+    r = run("info", os.path.join(d, "missing.vhd"))
+    tap.eq(r.returncode, 1, "missing file: exit 1 (system error)")
+
+    # check: clean / repairable / corrupt, with distinct exit codes.
+    r = run("check", top)
+    tap.ok(r.returncode == 0 and r.stdout.strip().endswith("clean"),
+           "check of a good chain: clean, exit 0", r.stdout + r.stderr)
+    cut = os.path.join(d, "cut.vhd")
+    vhdgen.write_dynamic(cut, 8 * MiB, [(0, b"q" * 4096)])
+    os.truncate(cut, os.path.getsize(cut) - 512)
+    r = run("check", cut)
+    tap.ok(r.returncode == 4 and "no footer at the end" in r.stdout,
+           "check, end footer missing: repairable, exit 4", r.stdout)
+    diff = os.path.join(d, "diff.vhd")
+    vhdgen.write_dynamic(diff, 8 * MiB, [(0, b"q" * 4096)])
+    vhdgen.patch(diff, 0 + 24, b"\x00\x00\x00\x01")      # head copy time stamp
+    vhdgen.fix_checksum(diff, 0, 512, 64)
+    r = run("check", diff)
+    tap.ok(r.returncode == 4 and "differs from the footer" in r.stdout,
+           "check, footer copies differ: repairable, exit 4", r.stdout)
+    r = run("check", bad)
+    tap.ok(r.returncode == 5 and "corrupt" in r.stdout and "field 'cookie'" in r.stderr,
+           "check of a corrupt image: exit 5, reason on stderr", r.stdout + r.stderr)
     r = run("coalesce", "x.vhd")
     tap.ok(r.returncode == 3 and "NOT IMPLEMENTED" in r.stderr,
            "planned subcommand says NOT IMPLEMENTED, exit 3", r.stderr)

@@ -28,7 +28,8 @@ PY
 
 vg "$ROOT/client/sxm-vhd" info --json "$scratch/top.vhd" >/dev/null; ok $? "valgrind: sxm-vhd info on a chain"
 vg "$ROOT/client/sxm-vhd" map "$scratch/top.vhd" >/dev/null; ok $? "valgrind: sxm-vhd map on a chain"
-vg "$ROOT/client/sxm-vhd" info "$scratch/bad.vhd" 2>/dev/null; [ $? -eq 1 ]; ok $? "valgrind: refusal of a bad image is clean (exit 1)"
+vg "$ROOT/client/sxm-vhd" info "$scratch/bad.vhd" 2>/dev/null; [ $? -eq 5 ]; ok $? "valgrind: refusal of a bad image is clean (exit 5)"
+vg "$ROOT/client/sxm-vhd" check "$scratch/top.vhd" >/dev/null; ok $? "valgrind: sxm-vhd check on a chain"
 for t in "$ROOT"/tests/unit/test-bitmap "$ROOT"/tests/unit/test-vhd; do
   vg "$t" >/dev/null 2>&1; ok $? "valgrind: $(basename "$t")"
 done
