@@ -346,6 +346,15 @@ vhd_zero_cb (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   return 0;
 }
 
+/* Trim is advisory in NBD: accepted and ignored.  Space is not reclaimed
+ * (that needs block deallocation, a later feature), and nothing a client
+ * reads changes, which the protocol allows. */
+static int
+vhd_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return 0;
+}
+
 static int
 vhd_flush_cb (void *handle, uint32_t flags)
 {
@@ -425,6 +434,7 @@ static struct nbdkit_plugin plugin = {
   .pwrite            = vhd_pwrite,
   .zero              = vhd_zero_cb,
   .flush             = vhd_flush_cb,
+  .trim              = vhd_trim,
   .can_fast_zero     = vhd_can_fast_zero,
   .extents           = vhd_extents,
 };
