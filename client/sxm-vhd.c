@@ -6,10 +6,14 @@
  *   sxm-vhd map  [--json] FILE.vhd
  *   sxm-vhd check FILE.vhd
  *
- * coalesce and resize are not implemented yet and fail loudly. */
+ *   sxm-vhd coalesce [--force] CHILD.vhd
+ *
+ * resize is not implemented yet and fails loudly. */
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +41,7 @@ usage (FILE *f)
 "       sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd\n"
 "       sxm-vhd map  [--json] FILE.vhd\n"
 "       sxm-vhd check FILE.vhd\n"
+"       sxm-vhd coalesce [--force] CHILD.vhd\n"
 "       sxm-vhd --version | --help\n"
 "\n"
 "create    a new empty image (default dynamic, 2M blocks); SIZE and block\n"
@@ -46,10 +51,12 @@ usage (FILE *f)
 "info      header fields of FILE and of every parent in its chain\n"
 "map       allocated ranges of the whole chain (what NBD block status reports)\n"
 "check     full consistency check of FILE and its parents\n"
+"coalesce  merge differencing CHILD into its parent (refused if the parent\n"
+"          has another child in its directory, unless --force)\n"
 "\n"
 "Existing files are never overwritten.  Exit status: 0 ok (check: clean),\n"
 "1 the image could not be opened, read or written (system error), 2 usage,\n"
-"3 subcommand not implemented yet (coalesce, resize), 4 check: repairable\n"
+"3 subcommand not implemented yet (resize), 4 check: repairable\n"
 "(safe to serve), 5 invalid or corrupt image.\n");
 }
 
@@ -211,6 +218,80 @@ parse_size (const char *s, uint64_t *out)
   return 0;
 }
 
+/* coalesce: refuse when another image in the parent's directory is also a
+ * child of the parent (it would see its parent change), then merge. */
+static int
+coalesce (const char *child_path, bool force)
+{
+  struct vhd_layer *child = vhd_open_chain (child_path, VHD_SIZE_AUTO);
+  char *parent = NULL, *pdir = NULL, *dircopy = NULL, *self = NULL;
+  uint8_t puuid[16];
+  uint64_t copied;
+  DIR *dir;
+  struct dirent *d;
+  int ret = EXIT_FAILURE;
+
+  if (!child)
+    return vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
+  if (child->footer.type != VHD_TYPE_DIFF) {
+    fprintf (stderr, "sxm-vhd coalesce: %s is not a differencing image\n",
+             child_path);
+    vhd_close_chain (child);
+    return EXIT_USAGE;
+  }
+  parent = realpath (child->parent->path, NULL);
+  self = realpath (child_path, NULL);
+  memcpy (puuid, child->parent->footer.uuid, 16);
+  vhd_close_chain (child);
+  if (!parent || !self || !(dircopy = strdup (parent)))
+    goto out;
+  pdir = dirname (dircopy);
+  dir = opendir (pdir);
+  if (!dir) {
+    fprintf (stderr, "sxm-vhd: %s: %s\n", pdir, strerror (errno));
+    goto out;
+  }
+  while ((d = readdir (dir)) != NULL) {
+    char *p, *rp;
+    size_t n = strlen (d->d_name);
+    if (n < 4 || strcasecmp (d->d_name + n - 4, ".vhd") != 0)
+      continue;
+    if (asprintf (&p, "%s/%s", pdir, d->d_name) == -1)
+      continue;
+    rp = realpath (p, NULL);
+    if (rp && strcmp (rp, self) != 0 && strcmp (rp, parent) != 0 &&
+        vhd_is_child_of (rp, puuid)) {
+      fprintf (stderr, "sxm-vhd coalesce: %s has another child, %s: "
+               "merging %s into it would change what that child reads%s\n",
+               parent, rp, child_path,
+               force ? " (--force given: going on)" : "; refusing (use "
+               "--force if that child is to be discarded)");
+      if (!force) {
+        free (rp);
+        free (p);
+        closedir (dir);
+        ret = EXIT_USAGE;
+        goto out;
+      }
+    }
+    free (rp);
+    free (p);
+  }
+  closedir (dir);
+  if (vhd_coalesce (child_path, &copied) == -1) {
+    ret = vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
+    goto out;
+  }
+  printf ("coalesced %" PRIu64 " bytes of %s into %s; %s is now redundant\n",
+          copied, child_path, parent, child_path);
+  ret = 0;
+ out:
+  free (parent);
+  free (self);
+  free (dircopy);
+  return ret;
+}
+
 static void
 print_finding (void *opaque, enum vhd_check_result sev, const char *msg)
 {
@@ -251,16 +332,17 @@ main (int argc, char **argv)
     { "type", required_argument, NULL, 't' },
     { "block-size", required_argument, NULL, 'b' },
     { "uuid", required_argument, NULL, 'u' },
+    { "force", no_argument, NULL, 'f' },
     { NULL, 0, NULL, 0 }
   };
   static const char *const planned[] = {
-    "coalesce", "resize", NULL
+    "resize", NULL
   };
   enum vhd_size_rule rule = VHD_SIZE_AUTO;
   enum vhd_type type = VHD_TYPE_DYNAMIC;
   uint64_t block_size = 2 << 20;
   uuid_t uuid;
-  bool json = false, have_uuid = false;
+  bool json = false, have_uuid = false, force = false;
   const char *cmd;
   struct vhd_layer *top;
   int c, i, r = 0;
@@ -286,7 +368,7 @@ main (int argc, char **argv)
       return EXIT_NOT_IMPLEMENTED;
     }
   if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0 &&
-      strcmp (cmd, "check") != 0 &&
+      strcmp (cmd, "check") != 0 && strcmp (cmd, "coalesce") != 0 &&
       strcmp (cmd, "create") != 0 && strcmp (cmd, "snapshot") != 0) {
     fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
     usage (stderr);
@@ -328,6 +410,7 @@ main (int argc, char **argv)
       }
       have_uuid = true;
       break;
+    case 'f': force = true; break;
     case 'h': usage (stdout); return 0;
     default: usage (stderr); return EXIT_USAGE;
     }
@@ -362,6 +445,9 @@ main (int argc, char **argv)
     fprintf (stderr, "sxm-vhd %s: expected exactly one FILE.vhd\n", cmd);
     return EXIT_USAGE;
   }
+
+  if (strcmp (cmd, "coalesce") == 0)
+    return coalesce (argv[optind], force);
 
   top = vhd_open_chain (argv[optind], rule);
   if (!top) {

@@ -171,6 +171,15 @@ int vhd_create (const char *path, enum vhd_type type, uint64_t size,
 int vhd_snapshot (const char *parent, const char *child,
                   const uint8_t uuid[16]);
 
+/* Merge differencing image CHILD into its parent (vhd-coalesce.c): every
+ * sector CHILD holds is written into the parent through the crash-safe
+ * writer; CHILD is only read, so an interrupted run is resumed by running
+ * it again.  The caller must make sure the parent has no other child.
+ * *COPIED gets the bytes written.  Returns 0, or -1 after sxm_error(). */
+int vhd_coalesce (const char *child, uint64_t *copied);
+/* Whether PATH is a differencing VHD whose parent has UUID (quiet). */
+bool vhd_is_child_of (const char *path, const uint8_t uuid[16]);
+
 /* Check an opened chain (vhd-check.c): opening already refused everything
  * that makes reads wrong; this reports what a writer can leave behind (no
  * end footer, footer copies that differ: repairable; unreferenced space:
