@@ -7,8 +7,10 @@
  *   sxm-vhd check FILE.vhd
  *
  *   sxm-vhd coalesce [--force] CHILD.vhd
+ *   sxm-vhd resize FILE.vhd NEW_SIZE
  *
- * resize is not implemented yet and fails loudly. */
+ * 'repair' (for check's repairable findings) is not implemented yet and
+ * fails loudly. */
 
 #include <dirent.h>
 #include <errno.h>
@@ -42,6 +44,7 @@ usage (FILE *f)
 "       sxm-vhd map  [--json] FILE.vhd\n"
 "       sxm-vhd check FILE.vhd\n"
 "       sxm-vhd coalesce [--force] CHILD.vhd\n"
+"       sxm-vhd resize FILE.vhd NEW_SIZE\n"
 "       sxm-vhd --version | --help\n"
 "\n"
 "create    a new empty image (default dynamic, 2M blocks); SIZE and block\n"
@@ -53,10 +56,11 @@ usage (FILE *f)
 "check     full consistency check of FILE and its parents\n"
 "coalesce  merge differencing CHILD into its parent (refused if the parent\n"
 "          has another child in its directory, unless --force)\n"
+"resize    grow a dynamic or differencing image (offline)\n"
 "\n"
 "Existing files are never overwritten.  Exit status: 0 ok (check: clean),\n"
 "1 the image could not be opened, read or written (system error), 2 usage,\n"
-"3 subcommand not implemented yet (resize), 4 check: repairable\n"
+"3 subcommand not implemented yet (repair), 4 check: repairable\n"
 "(safe to serve), 5 invalid or corrupt image.\n");
 }
 
@@ -336,7 +340,7 @@ main (int argc, char **argv)
     { NULL, 0, NULL, 0 }
   };
   static const char *const planned[] = {
-    "resize", NULL
+    "repair", NULL
   };
   enum vhd_size_rule rule = VHD_SIZE_AUTO;
   enum vhd_type type = VHD_TYPE_DYNAMIC;
@@ -369,6 +373,7 @@ main (int argc, char **argv)
     }
   if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0 &&
       strcmp (cmd, "check") != 0 && strcmp (cmd, "coalesce") != 0 &&
+      strcmp (cmd, "resize") != 0 &&
       strcmp (cmd, "create") != 0 && strcmp (cmd, "snapshot") != 0) {
     fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
     usage (stderr);
@@ -417,6 +422,17 @@ main (int argc, char **argv)
   if (!have_uuid)
     uuid_generate (uuid);
 
+  if (strcmp (cmd, "resize") == 0) {
+    uint64_t size;
+    if (optind != argc - 2 || parse_size (argv[optind + 1], &size) == -1) {
+      fprintf (stderr, "sxm-vhd resize: expected FILE.vhd NEW_SIZE (with an "
+               "optional K, M, G or T suffix)\n");
+      return EXIT_USAGE;
+    }
+    if (vhd_resize (argv[optind], size) == -1)
+      return vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
+    return 0;
+  }
   if (strcmp (cmd, "create") == 0 || strcmp (cmd, "snapshot") == 0) {
     uint64_t size;
     char us[37];

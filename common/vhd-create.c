@@ -58,13 +58,12 @@ chs_for (uint64_t size, uint16_t *c, uint8_t *h, uint8_t *s)
   *s = spt;
 }
 
-/* Footer for a new image.  Our creator code "sxm " is unknown to the size
- * rule, which then trusts CHS; so when CHS cannot express SIZE exactly we
- * store the maximum geometry, which every reader (qemu, us, Hyper-V) takes
- * to mean "use current_size". */
-static void
-make_footer (uint8_t *b, uint64_t size, uint32_t type, uint64_t data_offset,
-             const uint8_t uuid[16])
+/* Set a footer's size (current size and geometry) and checksum.  Creator
+ * codes such as our "sxm " make readers trust CHS; so when CHS cannot
+ * express SIZE exactly we store the maximum geometry, which every reader
+ * (qemu, us, Hyper-V) takes to mean "use current_size". */
+void
+vhd_footer_set_size (uint8_t *b, uint64_t size)
 {
   uint16_t c;
   uint8_t h, s;
@@ -75,6 +74,18 @@ make_footer (uint8_t *b, uint64_t size, uint32_t type, uint64_t data_offset,
     h = 16;
     s = 255;
   }
+  be64_store (b + 48, size);
+  be16_store (b + 56, c);
+  b[58] = h;
+  b[59] = s;
+  be32_store (b + 64, 0);
+  be32_store (b + 64, vhd_checksum (b, VHD_FOOTER_SIZE, 64));
+}
+
+static void
+make_footer (uint8_t *b, uint64_t size, uint32_t type, uint64_t data_offset,
+             const uint8_t uuid[16])
+{
   memset (b, 0, VHD_FOOTER_SIZE);
   memcpy (b, "conectix", 8);
   be32_store (b + 8, 2);                       /* features: reserved bit */
@@ -85,13 +96,9 @@ make_footer (uint8_t *b, uint64_t size, uint32_t type, uint64_t data_offset,
   be32_store (b + 32, 0x00000001);
   memcpy (b + 36, "Wi2k", 4);                  /* as Hyper-V and blktap */
   be64_store (b + 40, size);
-  be64_store (b + 48, size);
-  be16_store (b + 56, c);
-  b[58] = h;
-  b[59] = s;
   be32_store (b + 60, type);
   memcpy (b + 68, uuid, 16);
-  be32_store (b + 64, vhd_checksum (b, VHD_FOOTER_SIZE, 64));
+  vhd_footer_set_size (b, size);
 }
 
 ssize_t

@@ -32,6 +32,9 @@ int vhd_resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
 int vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset);
 int vhd_pwrite_full (int fd, const void *buf, size_t count, uint64_t offset);
 
+/* Set a footer buffer's current size, geometry and checksum. */
+void vhd_footer_set_size (uint8_t *footer, uint64_t size);
+
 int vhd_writer_init (struct vhd_layer *l);
 void vhd_writer_fini (struct vhd_layer *l);
 

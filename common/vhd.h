@@ -177,6 +177,9 @@ int vhd_snapshot (const char *parent, const char *child,
  * it again.  The caller must make sure the parent has no other child.
  * *COPIED gets the bytes written.  Returns 0, or -1 after sxm_error(). */
 int vhd_coalesce (const char *child, uint64_t *copied);
+/* Grow a dynamic or differencing image to NEW_SIZE (offline), relocating
+ * the BAT to the end of the file if it is too small (vhd-resize.c). */
+int vhd_resize (const char *path, uint64_t new_size);
 /* Whether PATH is a differencing VHD whose parent has UUID (quiet). */
 bool vhd_is_child_of (const char *path, const uint8_t uuid[16]);
 

@@ -86,7 +86,7 @@ def main(d):
     r = run("check", bad)
     tap.ok(r.returncode == 5 and "corrupt" in r.stdout and "field 'cookie'" in r.stderr,
            "check of a corrupt image: exit 5, reason on stderr", r.stdout + r.stderr)
-    r = run("resize", "x.vhd", "2G")
+    r = run("repair", "x.vhd")
     tap.ok(r.returncode == 3 and "NOT IMPLEMENTED" in r.stderr,
            "planned subcommand says NOT IMPLEMENTED, exit 3", r.stderr)
     r = run("frobnicate")
