@@ -3,6 +3,8 @@
 #ifndef SXM_VHD_INTERNAL_H
 #define SXM_VHD_INTERNAL_H
 
+#include <errno.h>
+
 #include "vhd.h"
 
 /* A cached sector bitmap whose bits are all set: costs no memory, and the
@@ -19,6 +21,29 @@ vhd_bat_get (const struct vhd_layer *l, uint32_t blk)
 }
 
 const uint8_t *vhd_get_bitmap (struct vhd_layer *l, uint32_t blk);
+
+/* 0 if [offset, offset+count) lies within the virtual disk, else -1 with
+ * errno EINVAL. */
+static inline int
+vhd_check_range (const struct vhd_layer *l, uint64_t offset, uint64_t count)
+{
+  if (offset > l->size || count > l->size - offset) {
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+/* For writes: also EROFS unless the layer was opened for writing. */
+static inline int
+vhd_check_write (const struct vhd_layer *l, uint64_t offset, uint64_t count)
+{
+  if (!l->writable) {
+    errno = EROFS;
+    return -1;
+  }
+  return vhd_check_range (l, offset, count);
+}
 
 /* The resolver: splits a virtual range of layer L into pieces, each stored
  * in one layer's file at FILE_OFFSET (SRC != NULL) or zero (SRC == NULL).

@@ -248,14 +248,8 @@ vhd_write (struct vhd_layer *l, const void *buf, uint64_t count,
 {
   const uint8_t *p = buf;
 
-  if (!l->writable) {
-    errno = EROFS;
+  if (vhd_check_write (l, offset, count) == -1)
     return -1;
-  }
-  if (offset > l->size || count > l->size - offset) {
-    errno = EINVAL;
-    return -1;
-  }
   if (l->footer.type == VHD_TYPE_FIXED)
     return vhd_pwrite_full (l->fd, buf, count, offset);
   if (l->footer_at == UINT64_MAX) {
@@ -299,14 +293,8 @@ vhd_zero (struct vhd_layer *l, uint64_t count, uint64_t offset,
   static const uint8_t zeros[65536];
   int r;
 
-  if (!l->writable) {
-    errno = EROFS;
+  if (vhd_check_write (l, offset, count) == -1)
     return -1;
-  }
-  if (offset > l->size || count > l->size - offset) {
-    errno = EINVAL;
-    return -1;
-  }
   if (l->footer.type == VHD_TYPE_FIXED) {
     /* Punching a hole is cheap where the file system can; else write. */
     if (fallocate (l->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,

@@ -1064,10 +1064,8 @@ vhd_read (struct vhd_layer *top, void *buf, uint64_t count, uint64_t offset)
 {
   struct read_state rs = { buf, offset };
 
-  if (offset > top->size || count > top->size - offset) {
-    errno = EINVAL;
+  if (vhd_check_range (top, offset, count) == -1)
     return -1;
-  }
   return vhd_resolve (top, offset, count, read_piece, &rs) == -1 ? -1 : 0;
 }
 
@@ -1154,10 +1152,8 @@ vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
                           .first_only = first_only };
   int r;
 
-  if (offset > top->size || count > top->size - offset) {
-    errno = EINVAL;
+  if (vhd_check_range (top, offset, count) == -1)
     return -1;
-  }
   r = vhd_resolve (top, offset, count, map_piece, &ms);
   if (r == -1)
     return -1;

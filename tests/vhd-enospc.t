@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 # A full file system under a writable VHD: writes fail with ENOSPC (or EIO)
 # to the client, earlier flushed writes survive, and the image still opens
-# and reads consistently after a restart.  Needs root to mount a 24 MiB
-# tmpfs; skipped otherwise.
+# and reads consistently after a restart; on a read-only file system the
+# export is read-only.  Needs root to mount a 24 MiB tmpfs; skipped
+# otherwise.
 
 import os
 import subprocess
@@ -60,6 +61,21 @@ def main(d):
                        "flushed write is there")
                 h.shutdown()
             os.unlink(img)
+
+        # A read-only file system: the export is read-only, reads work.
+        img = os.path.join(mnt, "ro.vhd")
+        sh(TOOL, "create", img, "64M")
+        subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+        with nbdkit(d, img) as uri:
+            h = nbd_connect(uri)
+            tap.ok(h.is_read_only(), "read-only file system: read-only export")
+            tap.eq(h.pread(4096, 0), bytes(4096), "read-only file system: reads work")
+            try:
+                h.pwrite(b"x" * 512, 0)
+                tap.ok(False, "read-only file system: writes refused")
+            except nbd.Error as e:
+                tap.ok(True, f"read-only file system: writes refused ({e.errno})")
+            h.shutdown()
     finally:
         subprocess.run(["umount", "-l", mnt])
 
