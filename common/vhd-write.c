@@ -295,24 +295,12 @@ vhd_zero (struct vhd_layer *l, uint64_t count, uint64_t offset,
 
   if (vhd_check_write (l, offset, count) == -1)
     return -1;
-  if (l->footer.type == VHD_TYPE_FIXED) {
-    /* Punching a hole is cheap where the file system can; else write. */
-    if (fallocate (l->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                   offset, count) == 0)
-      return 0;
-    if (fast_only) {
-      errno = ENOTSUP;
-      return -1;
-    }
-    while (count > 0) {
-      uint64_t n = count < sizeof zeros ? count : sizeof zeros;
-      if (vhd_pwrite_full (l->fd, zeros, n, offset) == -1)
-        return -1;
-      offset += n;
-      count -= n;
-    }
+  /* A fixed image: punching a hole is cheap where the file system can;
+   * otherwise the zeros are written below like any data. */
+  if (l->footer.type == VHD_TYPE_FIXED &&
+      fallocate (l->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                 offset, count) == 0)
     return 0;
-  }
   /* Already zero through the whole chain (unallocated everywhere): no work
    * and no allocation. */
   r = vhd_resolve (l, offset, count, zero_piece, NULL);

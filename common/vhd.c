@@ -934,24 +934,26 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
   return NULL;
 }
 
-struct vhd_layer *
-vhd_open_chain (const char *path, enum vhd_size_rule rule)
+static struct vhd_layer *
+open_chain (const char *path, enum vhd_size_rule rule, bool rw)
 {
   dev_t devs[VHD_MAX_CHAIN];
   ino_t inos[VHD_MAX_CHAIN];
 
   open_invalid = false;
-  return open_layer (path, rule, 0, devs, inos, false);
+  return open_layer (path, rule, 0, devs, inos, rw);
+}
+
+struct vhd_layer *
+vhd_open_chain (const char *path, enum vhd_size_rule rule)
+{
+  return open_chain (path, rule, false);
 }
 
 struct vhd_layer *
 vhd_open_chain_rw (const char *path, enum vhd_size_rule rule)
 {
-  dev_t devs[VHD_MAX_CHAIN];
-  ino_t inos[VHD_MAX_CHAIN];
-
-  open_invalid = false;
-  return open_layer (path, rule, 0, devs, inos, true);
+  return open_chain (path, rule, true);
 }
 
 /* The resolver: splits a virtual range of layer L into pieces, each either
