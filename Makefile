@@ -5,6 +5,7 @@
 #   make check-asan   the same suite, built with ASan + UBSan
 #   make demo         the main job on a built-in default
 #   make bench        benchmarks against qemu-nbd / nbdcopy (printed, not asserted)
+#   make fuzz         libFuzzer harnesses, FUZZ_SECONDS each (default 60)
 #   make install      PREFIX=/usr/local DESTDIR= ; the plugin goes to nbdkit's plugindir
 
 VERSION   := 0.1.0
@@ -33,10 +34,12 @@ COMMON_HDRS := $(wildcard common/*.h)
 PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
 TOOLS      := client/sxm-vhd
 BENCH_BINS := bench/map-time
+FUZZERS    := tests/fuzz/fuzz-vhd-open
+FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
-.PHONY: all deps check check-asan demo bench install clean
-all: deps $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS)
+.PHONY: all deps check check-asan demo bench fuzz install clean
+all: deps $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
 
 # Installs (as root) whatever Debian packages are missing; a no-op otherwise.
 deps:
@@ -61,6 +64,20 @@ bench/%: bench/%.c common/libsxm.a $(COMMON_HDRS)
 
 tests/unit/test-%: tests/unit/test-%.c tests/unit/tap.h common/libsxm.a $(COMMON_HDRS)
 	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a -lpthread $(ALLLDFLAGS)
+
+# libFuzzer harnesses: clang, ASan+UBSan, the common/ sources compiled in.
+tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(COMMON_SRCS) $(COMMON_HDRS) | deps
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Icommon \
+	  -o $@ $< $(COMMON_SRCS) -lpthread
+
+# make fuzz FUZZ_SECONDS=N: each harness for N seconds from generated seeds.
+fuzz: all
+	rm -rf tests/fuzz/work && mkdir -p tests/fuzz/work/corpus
+	/usr/bin/python3 tests/fuzz/make-seeds.py tests/fuzz/work/seeds
+	tests/fuzz/fuzz-vhd-open -max_total_time=$(FUZZ_SECONDS) -max_len=262144 \
+	  -rss_limit_mb=2048 -print_final_stats=1 \
+	  tests/fuzz/work/corpus tests/fuzz/work/seeds
 
 TESTS ?= $(UNIT_TESTS) $(sort $(wildcard tests/*.t))
 check: all
@@ -94,5 +111,5 @@ install: all
 	done
 
 clean:
-	rm -f common/*.o common/libsxm.a $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS)
-	rm -rf tests/tmp
+	rm -f common/*.o common/libsxm.a $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
+	rm -rf tests/tmp tests/fuzz/work
