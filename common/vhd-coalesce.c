@@ -13,14 +13,11 @@
  * change: callers must refuse that (sxm-vhd checks the parent's directory). */
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "bitmap.h"
-#include "endian.h"
 #include "log.h"
 #include "vhd.h"
 #include "vhd-internal.h"
@@ -118,41 +115,3 @@ vhd_coalesce (const char *child_path, uint64_t *copied)
   return ret;
 }
 
-/* Whether PATH is a differencing VHD whose parent UUID is UUID.  Quiet: a
- * file that is not a VHD is simply not a child. */
-bool
-vhd_is_child_of (const char *path, const uint8_t uuid[16])
-{
-  uint8_t f[VHD_FOOTER_SIZE], h[VHD_HEADER_SIZE];
-  uint64_t size, hoff;
-  bool res = false;
-  int fd;
-  off_t end;
-
-  fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1)
-    return false;
-  end = lseek (fd, 0, SEEK_END);
-  if (end < VHD_FOOTER_SIZE + VHD_HEADER_SIZE)
-    goto out;
-  size = end;
-  /* The end footer, or the copy at 0 (a writer may have left only that). */
-  if (vhd_pread_full (fd, f, sizeof f, size - VHD_FOOTER_SIZE) == -1 ||
-      memcmp (f, "conectix", 8) != 0 ||
-      vhd_checksum (f, sizeof f, 64) != be32_load (f + 64))
-    if (vhd_pread_full (fd, f, sizeof f, 0) == -1 ||
-        memcmp (f, "conectix", 8) != 0 ||
-        vhd_checksum (f, sizeof f, 64) != be32_load (f + 64))
-      goto out;
-  if (be32_load (f + 60) != VHD_TYPE_DIFF)
-    goto out;
-  hoff = be64_load (f + 16);
-  if (hoff > size - VHD_HEADER_SIZE ||
-      vhd_pread_full (fd, h, sizeof h, hoff) == -1 ||
-      memcmp (h, "cxsparse", 8) != 0)
-    goto out;
-  res = memcmp (h + 40, uuid, 16) == 0;
- out:
-  close (fd);
-  return res;
-}

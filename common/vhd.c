@@ -59,6 +59,8 @@ bad (const char *path, const char *field, uint64_t offset,
   char what[512];
   va_list ap;
 
+  if (!path)                    /* quiet: the caller only wants yes/no */
+    return;
   open_invalid = true;
   va_start (ap, fmt);
   vsnprintf (what, sizeof what, fmt, ap);
@@ -807,14 +809,61 @@ vhd_close_chain (struct vhd_layer *top)
   }
 }
 
+/* Read the footer of an open image into FBUF: the one at the end, or, when
+ * the end holds no footer cookie but offset 0 does, the copy at 0 (a writer
+ * stopped between growing the file and rewriting the footer; sxm's writer
+ * and qemu's both can).  *FROM_COPY says which.  -1 on I/O error. */
+static int
+locate_footer (int fd, uint64_t file_size, uint8_t *fbuf, bool *from_copy)
+{
+  uint8_t head[VHD_FOOTER_SIZE];
+
+  if (vhd_pread_full (fd, fbuf, VHD_FOOTER_SIZE,
+                      file_size - VHD_FOOTER_SIZE) == -1)
+    return -1;
+  *from_copy = false;
+  if (memcmp (fbuf, "conectix", 8) != 0 &&
+      vhd_pread_full (fd, head, sizeof head, 0) == 0 &&
+      memcmp (head, "conectix", 8) == 0) {
+    memcpy (fbuf, head, VHD_FOOTER_SIZE);
+    *from_copy = true;
+  }
+  return 0;
+}
+
+bool
+vhd_is_child_of (const char *path, const uint8_t uuid[16])
+{
+  uint8_t f[VHD_FOOTER_SIZE], h[VHD_HEADER_SIZE];
+  struct vhd_footer footer;
+  struct stat st;
+  bool from_copy, res = false;
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+
+  if (fd == -1)
+    return false;
+  if (fstat (fd, &st) == 0 && S_ISREG (st.st_mode) &&
+      st.st_size >= VHD_FOOTER_SIZE + VHD_HEADER_SIZE &&
+      locate_footer (fd, st.st_size, f, &from_copy) == 0 &&
+      vhd_footer_parse (f, &footer, NULL, 0) == 0 &&
+      footer.type == VHD_TYPE_DIFF &&
+      footer.data_offset <= (uint64_t) st.st_size - VHD_HEADER_SIZE &&
+      vhd_pread_full (fd, h, sizeof h, footer.data_offset) == 0 &&
+      memcmp (h + HD_COOKIE, "cxsparse", 8) == 0)
+    res = memcmp (h + HD_PARENT_UUID, uuid, 16) == 0;
+  close (fd);
+  return res;
+}
+
 static struct vhd_layer *
 open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
             dev_t *devs, ino_t *inos, bool rw)
 {
-  uint8_t fbuf[VHD_FOOTER_SIZE], hbuf[VHD_FOOTER_SIZE];
+  uint8_t fbuf[VHD_FOOTER_SIZE];
   struct vhd_layer *l;
   struct stat st;
   uint64_t foot;
+  bool from_copy;
 
   if (depth >= VHD_MAX_CHAIN) {
     open_invalid = true;
@@ -871,21 +920,19 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
     goto fail;
   }
   foot = l->file_size - VHD_FOOTER_SIZE;
-  if (vhd_pread_full (l->fd, fbuf, sizeof fbuf, foot) == -1) {
-    sxm_error ("%s: reading the footer at %" PRIu64 ": %s", path, foot, strerror (errno));
+  if (locate_footer (l->fd, l->file_size, fbuf, &from_copy) == -1) {
+    sxm_error ("%s: reading the footer at %" PRIu64 ": %s", path, foot,
+               strerror (errno));
     goto fail;
   }
+  if (vhd_footer_parse (fbuf, &l->footer, path, from_copy ? 0 : foot) == -1)
+    goto fail;
+  memcpy (l->footer_buf, fbuf, VHD_FOOTER_SIZE);
   l->data_limit = foot;
   l->footer_at = foot;
-  if (memcmp (fbuf, "conectix", 8) != 0 &&
-      vhd_pread_full (l->fd, hbuf, sizeof hbuf, 0) == 0 &&
-      memcmp (hbuf, "conectix", 8) == 0) {
-    /* No footer at the end, but a copy at 0: a dynamic image whose writer
-     * stopped between growing the file and rewriting the footer (sxm's
-     * writer and qemu's both can).  The copy is authoritative, the whole
-     * file is data area, and every block is still checked against it. */
-    if (vhd_footer_parse (hbuf, &l->footer, path, 0) == -1)
-      goto fail;
+  if (from_copy) {
+    /* The copy is authoritative, the whole file is data area, and every
+     * block is still checked against it. */
     if (l->footer.type == VHD_TYPE_FIXED) {
       bad (path, "disk_type", FT_TYPE, "footer copy at offset 0 claims a "
            "fixed disk, which has no copy; the end footer is missing");
@@ -896,10 +943,6 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
     l->data_limit = l->file_size;
     l->footer_at = UINT64_MAX;
   }
-  else if (vhd_footer_parse (fbuf, &l->footer, path, foot) == -1)
-    goto fail;
-  memcpy (l->footer_buf, l->footer_at == UINT64_MAX ? hbuf : fbuf,
-          VHD_FOOTER_SIZE);
   if (l->footer.current_size > VHD_MAX_SIZE) {
     bad (path, "current_size", foot + FT_CUR_SIZE,
          "current size %" PRIu64 " exceeds the VHD maximum of %llu "

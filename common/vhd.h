@@ -180,7 +180,8 @@ int vhd_coalesce (const char *child, uint64_t *copied);
 /* Grow a dynamic or differencing image to NEW_SIZE (offline), relocating
  * the BAT to the end of the file if it is too small (vhd-resize.c). */
 int vhd_resize (const char *path, uint64_t new_size);
-/* Whether PATH is a differencing VHD whose parent has UUID (quiet). */
+/* Whether PATH is a differencing VHD whose parent has UUID (quiet; finds
+ * the footer exactly as opening does). */
 bool vhd_is_child_of (const char *path, const uint8_t uuid[16]);
 
 /* Check an opened chain (vhd-check.c): opening already refused everything
@@ -201,6 +202,7 @@ bool vhd_last_open_was_invalid (void);
 
 /* Format helpers, exposed for the tools and the unit tests. */
 uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
+/* PATH NULL: validate quietly (no error report). */
 int vhd_footer_parse (const uint8_t *buf,
                       struct vhd_footer *f, const char *path, uint64_t where);
 uint64_t vhd_virtual_size (const struct vhd_footer *f, enum vhd_size_rule r);
