@@ -148,6 +148,26 @@ def sh(*cmd, **kw):
     return p.stdout
 
 
+def run_threads(fn, n):
+    """Run fn(0) .. fn(n-1) in parallel threads; return the exceptions they
+    raised, as repr strings."""
+    import threading
+    errors = []
+
+    def wrap(i):
+        try:
+            fn(i)
+        except Exception as e:
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return errors
+
+
 def nbd_connect(uri):
     import nbd
     h = nbd.NBD()

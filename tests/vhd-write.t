@@ -11,12 +11,11 @@ import hashlib
 import os
 import random
 import subprocess
-import threading
 
 import nbd
 import pyvhdi
 
-from sxmtest import (tap, run_test, nbdkit, nbd_connect, nbd_map, sh,
+from sxmtest import (tap, run_test, run_threads, nbdkit, nbd_connect, nbd_map, sh,
                      files_equal, ROOT, MiB, GiB)
 
 TOOL = os.path.join(ROOT, "client", "sxm-vhd")
@@ -242,28 +241,19 @@ def main(d):
         if label == "dynamic":
             sh(TOOL, "create", p, "256M")
         with nbdkit(d, p) as uri:
-            errors = []
-
             def writer(wid):
-                try:
-                    h = nbd_connect(uri)
-                    for blk in range(0, 64):
-                        base_off = blk * 2 * MiB
-                        for k in range(wid, 64, 8):      # 64 sectors a block
-                            h.pwrite(bytes([wid + 1]) * SECTOR,
-                                     base_off + k * SECTOR)
-                    priv = 200 * MiB + wid * MiB
-                    h.pwrite(bytes([0x80 + wid]) * MiB, priv)
-                    h.flush()
-                    h.shutdown()
-                except Exception as e:
-                    errors.append(repr(e))
+                h = nbd_connect(uri)
+                for blk in range(0, 64):
+                    base_off = blk * 2 * MiB
+                    for k in range(wid, 64, 8):          # 64 sectors a block
+                        h.pwrite(bytes([wid + 1]) * SECTOR,
+                                 base_off + k * SECTOR)
+                priv = 200 * MiB + wid * MiB
+                h.pwrite(bytes([0x80 + wid]) * MiB, priv)
+                h.flush()
+                h.shutdown()
 
-            ts = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
+            errors = run_threads(writer, 8)
             tap.ok(not errors, f"concurrent {label}: 8 writers, no errors", errors)
         with nbdkit(d, p, "-r") as uri:
             h = nbd_connect(uri)
