@@ -27,12 +27,12 @@ endif
 PLUGINDIR  = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 
-COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/bitmap.c common/log.c common/rangelock.c
+COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/bitmap.c common/log.c common/rangelock.c common/size.c
 COMMON_OBJS := $(COMMON_SRCS:.c=.o)
 COMMON_HDRS := $(wildcard common/*.h)
 
 PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
-TOOLS      := client/sxm-vhd
+TOOLS      := client/sxm-vhd client/sxm-copy
 BENCH_BINS := bench/map-time
 FUZZERS    := tests/fuzz/fuzz-vhd-open
 FUZZ_SECONDS ?= 60
@@ -56,6 +56,12 @@ $(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $< common/libsxm.a $(ALLLDFLAGS)
 
 client/sxm-vhd: LDLIBS += -luuid
+
+COPY_SRCS := $(wildcard client/copy/*.c)
+client/sxm-copy: client/sxm-copy.c $(COPY_SRCS) client/copy/copy.h common/libsxm.a $(COMMON_HDRS)
+	$(CC) $(ALLCFLAGS) -o $@ client/sxm-copy.c $(COPY_SRCS) common/libsxm.a \
+	  $(ALLLDFLAGS) $(shell pkg-config --libs libnbd) -lpthread
+
 client/%: client/%.c common/libsxm.a $(COMMON_HDRS)
 	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS) $(LDLIBS)
 

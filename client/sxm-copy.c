@@ -1,0 +1,471 @@
+/* sxm-copy: copy a disk between NBD exports, files and block devices,
+ * reading only what the source's allocation map says holds data.
+ * See doc/sxm-copy.pod for the user's view and doc/design.md for the
+ * checkpoint format and the retry rules. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "copy/copy.h"
+#include "size.h"
+
+/* Exit codes (documented in doc/sxm-copy.pod). */
+enum {
+  EXIT_OK = 0,
+  EXIT_FAILED = 1,              /* failed or interrupted mid-copy */
+  EXIT_USAGE = 2,               /* bad arguments or checkpoint */
+  EXIT_DIFFERS = 3,             /* --verify found a difference */
+  EXIT_REFUSED = 4,             /* refused before writing anything */
+};
+
+static struct copy_opts opts = {
+  .connections = 0,             /* default: one per core, 2 to 4 */
+  .requests = 8,
+  .request_size = 1 << 20,
+  .segment_size = 32 << 20,
+  .zero_detect = true,
+  .flush = true,
+  .retries = 5,
+  .checkpoint_interval = 5,
+};
+
+enum progress_mode { PROGRESS_NONE, PROGRESS_BAR, PROGRESS_JSON };
+static enum progress_mode progress;
+static FILE *progress_fp;
+static bool quiet, json_summary;
+static double t_start, last_print, last_save;
+static volatile sig_atomic_t interrupted;
+
+static void
+on_signal (int sig)
+{
+  interrupted = sig;
+}
+
+static void
+usage (FILE *fp)
+{
+  fprintf (fp,
+"Usage: sxm-copy [OPTIONS] SOURCE DESTINATION\n"
+"Copy a disk, reading only the extents the source reports as allocated.\n"
+"SOURCE and DESTINATION: an NBD URI (nbd://, nbds://, nbd+unix://,\n"
+"nbds+unix://; TLS credentials via tls-psk-file= or tls-certificates=),\n"
+"a file or a block device; DESTINATION may also be null:.\n"
+"\n"
+"  -C, --connections=N     connections per side (default: one per core,\n"
+"                          2 to 4; 1 unless both NBD ends allow multi-conn)\n"
+"  -R, --requests=N        requests in flight per connection (default 8)\n"
+"      --request-size=SIZE largest read/write (default 1M, at most 32M)\n"
+"      --segment-size=SIZE unit of work and of checkpoints (default 32M)\n"
+"  -p, --progress[=json[:FD]]  progress bar on stderr, or JSON lines on FD\n"
+"      --json              print the final summary as JSON on stdout\n"
+"      --verify            after copying, compare source and destination\n"
+"      --verify-only       only compare, copy nothing\n"
+"      --checkpoint=FILE   record progress in FILE; resume from it\n"
+"      --checkpoint-interval=SECONDS  destination flush + save (default 5)\n"
+"      --rate=BYTES        limit source reads to BYTES per second (K/M/G)\n"
+"      --retries=N         reconnect attempts per failure (default 5)\n"
+"      --target-is-zero    the destination is known to read zeros\n"
+"      --no-zero-detect    write all-zero source blocks as data\n"
+"      --no-flush          do not flush the destination at the end\n"
+"  -q, --quiet             no summary\n"
+"  -v, --verbose           debug messages from libnbd\n"
+"      --help, --version\n"
+"Exit: 0 done, 1 failed mid-copy, 2 usage, 3 verify found a difference,\n"
+"4 refused before writing (unreachable, TLS, read-only, too small).\n");
+}
+
+static int
+parse_uint (const char *s, unsigned lo, unsigned hi, unsigned *out)
+{
+  char *end;
+  unsigned long v;
+
+  errno = 0;
+  v = strtoul (s, &end, 10);
+  if (errno || end == s || *end || v < lo || v > hi)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+static void
+human (char *buf, size_t n, double v)
+{
+  const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+  int i = 0;
+
+  while (v >= 1024 && i < 5) {
+    v /= 1024;
+    i++;
+  }
+  snprintf (buf, n, i ? "%.1f %s" : "%.0f %s", v, u[i]);
+}
+
+static uint64_t
+load (uint64_t *p)
+{
+  return __atomic_load_n (p, __ATOMIC_RELAXED);
+}
+
+/* Progress is measured in allocated source bytes: the work there is. */
+static void
+print_progress (struct copy *cp, bool last)
+{
+  double now = mono_now (), el = now - t_start;
+  uint64_t done = load (&cp->alloc_done), total = cp->alloc_total;
+  double rate = el > 0 ? done / el : 0;
+  double eta = rate > 0 ? (total - done) / rate : -1;
+  double pct = total ? 100.0 * done / total : 100;
+
+  if (done > total)
+    done = total;
+  if (progress == PROGRESS_JSON) {
+    fprintf (progress_fp,
+             "{\"phase\": \"%s\", \"done\": %" PRIu64 ", \"total\": %" PRIu64
+             ", \"percent\": %.1f, \"rate\": %.0f, \"eta\": %.1f, "
+             "\"elapsed\": %.3f, \"read\": %" PRIu64 ", \"written\": %" PRIu64
+             ", \"zeroed\": %" PRIu64 ", \"skipped\": %" PRIu64
+             ", \"final\": %s}\n",
+             cp->mode == MODE_COPY ? "copy" : "verify", done, total, pct,
+             rate, last ? 0.0 : eta, el, load (&cp->bytes_read),
+             load (&cp->bytes_written), load (&cp->bytes_zeroed),
+             load (&cp->bytes_skipped), last ? "true" : "false");
+    fflush (progress_fp);
+  }
+  else {
+    char d[32], t[32], r[32];
+    int width = 30, fill = (int) (pct / 100 * width);
+    human (d, sizeof d, done);
+    human (t, sizeof t, total);
+    human (r, sizeof r, rate);
+    fprintf (progress_fp, "\r%s [%.*s%*s] %5.1f%% %s / %s  %s/s  eta %s",
+             cp->mode == MODE_COPY ? "copy  " : "verify",
+             fill, "==============================", width - fill, "", pct,
+             d, t, r, last ? "0s   " : "");
+    if (!last && eta >= 0)
+      fprintf (progress_fp, "%.0fs   ", eta);
+    if (last || !isatty (fileno (progress_fp)))
+      fputc ('\n', progress_fp);
+    fflush (progress_fp);
+  }
+}
+
+static void
+monitor (struct copy *cp, bool last)
+{
+  double now = mono_now ();
+
+  if (interrupted && !cp->abort) {
+    fprintf (stderr, "\nsxm-copy: interrupted (signal %d): stopping%s\n",
+             (int) interrupted, opts.checkpoint ? ", saving the checkpoint" : "");
+    __atomic_store_n (&cp->failed, 1, __ATOMIC_RELAXED);
+    __atomic_store_n (&cp->abort, 1, __ATOMIC_RELAXED);
+  }
+  if (opts.checkpoint && cp->mode == MODE_COPY && cp->ckpt_dirty &&
+      (last || now - last_save >= 1)) {
+    checkpoint_save (opts.checkpoint, cp);
+    last_save = now;
+  }
+  if (progress != PROGRESS_NONE) {
+    bool tty = progress == PROGRESS_BAR && isatty (fileno (progress_fp));
+    if (last || now - last_print >= (tty ? 0.2 : 1)) {
+      print_progress (cp, last);
+      last_print = now;
+    }
+  }
+}
+
+/* The allocation map of the whole source, summed per segment: the progress
+ * total and, on resume, the work already done. */
+static int
+count_alloc (void *opaque, uint64_t off, uint64_t len, bool zero)
+{
+  struct copy *cp = opaque;
+
+  while (!zero && len > 0) {
+    uint64_t seg = off / cp->o->segment_size;
+    uint64_t n = (seg + 1) * cp->o->segment_size - off;
+    if (n > len)
+      n = len;
+    cp->seg_alloc[seg] += n;
+    cp->alloc_total += n;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+static void
+summary (struct copy *cp, double wall, int status)
+{
+  char v[32], a[32], r[32], w[32], z[32], s[32];
+  double mbs = wall > 0 ? cp->alloc_total / wall / (1 << 20) : 0;
+
+  if (json_summary) {
+    printf ("{\"source\": \"%s\", \"destination\": \"%s\", \"status\": \"%s\", "
+            "\"virtual_size\": %" PRIu64 ", \"allocated\": %" PRIu64
+            ", \"read\": %" PRIu64 ", \"written\": %" PRIu64
+            ", \"zeroed\": %" PRIu64 ", \"skipped\": %" PRIu64
+            ", \"retries\": %" PRIu64 ", \"wall_seconds\": %.3f"
+            ", \"mib_per_second\": %.1f, \"connections\": %u}\n",
+            cp->src->name, cp->dst->name,
+            status == EXIT_OK ? "ok" : status == EXIT_DIFFERS ? "differs"
+                                                               : "failed",
+            cp->size, cp->alloc_total, cp->bytes_read, cp->bytes_written,
+            cp->bytes_zeroed, cp->bytes_skipped, cp->retries_done, wall, mbs,
+            opts.connections);
+    fflush (stdout);
+  }
+  if (quiet)
+    return;
+  human (v, sizeof v, cp->size);
+  human (a, sizeof a, cp->alloc_total);
+  human (r, sizeof r, cp->bytes_read);
+  human (w, sizeof w, cp->bytes_written);
+  human (z, sizeof z, cp->bytes_zeroed);
+  human (s, sizeof s, cp->bytes_skipped);
+  fprintf (stderr,
+           "sxm-copy: %s -> %s: %s\n"
+           "  virtual size %s, allocated %s\n"
+           "  read %s, written %s, zeroed %s, skipped %s\n"
+           "  %.3f s, %.1f MiB/s of allocated data, %u connection%s%s\n",
+           cp->src->name, cp->dst->name,
+           status == EXIT_OK ? "done" : status == EXIT_DIFFERS
+                                        ? "DIFFERENT" : "FAILED",
+           v, a, r, w, z, s, wall, mbs, opts.connections,
+           opts.connections == 1 ? "" : "s",
+           cp->retries_done ? ", after retries" : "");
+}
+
+int
+main (int argc, char **argv)
+{
+  enum { O_REQSIZE = 256, O_SEGSIZE, O_JSON, O_VERIFY, O_VERIFY_ONLY,
+         O_CKPT, O_CKPT_INT, O_RATE, O_RETRIES, O_TZERO, O_NOZD, O_NOFLUSH,
+         O_HELP, O_VERSION };
+  static const struct option long_opts[] = {
+    { "connections", required_argument, NULL, 'C' },
+    { "requests", required_argument, NULL, 'R' },
+    { "request-size", required_argument, NULL, O_REQSIZE },
+    { "segment-size", required_argument, NULL, O_SEGSIZE },
+    { "progress", optional_argument, NULL, 'p' },
+    { "json", no_argument, NULL, O_JSON },
+    { "verify", no_argument, NULL, O_VERIFY },
+    { "verify-only", no_argument, NULL, O_VERIFY_ONLY },
+    { "checkpoint", required_argument, NULL, O_CKPT },
+    { "checkpoint-interval", required_argument, NULL, O_CKPT_INT },
+    { "rate", required_argument, NULL, O_RATE },
+    { "retries", required_argument, NULL, O_RETRIES },
+    { "target-is-zero", no_argument, NULL, O_TZERO },
+    { "no-zero-detect", no_argument, NULL, O_NOZD },
+    { "no-flush", no_argument, NULL, O_NOFLUSH },
+    { "quiet", no_argument, NULL, 'q' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, O_HELP },
+    { "version", no_argument, NULL, O_VERSION },
+    { 0 }
+  };
+  bool verify = false, verify_only = false, conn_given = false;
+  struct endpoint src = { 0 }, dst = { 0 };
+  struct conn src0 = { 0 }, dst0 = { 0 };
+  struct copy cp = { .o = &opts, .src = &src, .dst = &dst,
+                     .lock = PTHREAD_MUTEX_INITIALIZER,
+                     .finished = PTHREAD_COND_INITIALIZER };
+  int c, status = EXIT_OK;
+  double wall;
+  char *end;
+
+  while ((c = getopt_long (argc, argv, "C:R:p::qv", long_opts, NULL)) != -1) {
+    switch (c) {
+    case 'C':
+      if (parse_uint (optarg, 1, 64, &opts.connections) == -1)
+        goto bad_arg;
+      conn_given = true;
+      break;
+    case 'R':
+      if (parse_uint (optarg, 1, 1024, &opts.requests) == -1)
+        goto bad_arg;
+      break;
+    case O_REQSIZE:
+      if (parse_size (optarg, &opts.request_size) == -1 ||
+          opts.request_size < 4096 || opts.request_size > (32 << 20) ||
+          opts.request_size % 512)
+        goto bad_arg;
+      break;
+    case O_SEGSIZE:
+      if (parse_size (optarg, &opts.segment_size) == -1 ||
+          opts.segment_size < (1 << 20) || opts.segment_size > (1ull << 31))
+        goto bad_arg;
+      break;
+    case 'p':
+      if (optarg == NULL) {
+        progress = PROGRESS_BAR;
+        progress_fp = stderr;
+      }
+      else if (strncmp (optarg, "json", 4) == 0 &&
+               (optarg[4] == 0 || optarg[4] == ':')) {
+        unsigned fd = 2;
+        if (optarg[4] == ':' && parse_uint (optarg + 5, 1, 1 << 20, &fd) == -1)
+          goto bad_arg;
+        progress = PROGRESS_JSON;
+        progress_fp = fd == 2 ? stderr : fd == 1 ? stdout : fdopen (fd, "w");
+        if (progress_fp == NULL) {
+          fprintf (stderr, "sxm-copy: --progress=%s: fd %u: %m\n", optarg, fd);
+          exit (EXIT_USAGE);
+        }
+      }
+      else
+        goto bad_arg;
+      break;
+    case O_JSON: json_summary = true; break;
+    case O_VERIFY: verify = true; break;
+    case O_VERIFY_ONLY: verify_only = true; break;
+    case O_CKPT: opts.checkpoint = optarg; break;
+    case O_CKPT_INT:
+      opts.checkpoint_interval = strtod (optarg, &end);
+      if (*end || !(opts.checkpoint_interval > 0))
+        goto bad_arg;
+      break;
+    case O_RATE:
+      if (parse_size (optarg, &opts.rate) == -1 || opts.rate == 0)
+        goto bad_arg;
+      break;
+    case O_RETRIES:
+      if (parse_uint (optarg, 0, 100, &opts.retries) == -1)
+        goto bad_arg;
+      break;
+    case O_TZERO: opts.target_is_zero = true; break;
+    case O_NOZD: opts.zero_detect = false; break;
+    case O_NOFLUSH: opts.flush = false; break;
+    case 'q': quiet = true; break;
+    case 'v': opts.verbose = true; break;
+    case O_HELP: usage (stdout); exit (EXIT_OK);
+    case O_VERSION: printf ("sxm-copy %s\n", SXM_VERSION); exit (EXIT_OK);
+    default:
+      usage (stderr);
+      exit (EXIT_USAGE);
+    bad_arg:
+      fprintf (stderr, "sxm-copy: bad value for %s: '%s'\n",
+               argv[optind - 1], optarg);
+      exit (EXIT_USAGE);
+    }
+  }
+  if (argc - optind != 2) {
+    usage (stderr);
+    exit (EXIT_USAGE);
+  }
+  if (verify_only && opts.checkpoint) {
+    fprintf (stderr, "sxm-copy: --verify-only copies nothing: --checkpoint "
+             "makes no sense with it\n");
+    exit (EXIT_USAGE);
+  }
+  if (opts.verbose)
+    setenv ("LIBNBD_DEBUG", "1", 1);
+  signal (SIGPIPE, SIG_IGN);
+
+  /* Probe both ends; nothing has been written if this fails. */
+  if (endpoint_open (&src, argv[optind], false, false, 0, &src0) == -1)
+    exit (EXIT_REFUSED);
+  if (endpoint_open (&dst, argv[optind + 1], true, !verify_only, src.size,
+                     &dst0) == -1)
+    exit (EXIT_REFUSED);
+  if (!verify_only && dst.readonly) {
+    fprintf (stderr, "sxm-copy: %s: destination is read-only\n", dst.name);
+    exit (EXIT_REFUSED);
+  }
+  if (dst.size < src.size) {
+    fprintf (stderr, "sxm-copy: %s: destination is smaller (%" PRIu64
+             " bytes) than the source %s (%" PRIu64 " bytes)\n",
+             dst.name, dst.size, src.name, src.size);
+    exit (EXIT_REFUSED);
+  }
+  if (opts.connections == 0) {
+    long n = sysconf (_SC_NPROCESSORS_ONLN);
+    opts.connections = n < 2 ? 2 : n > 4 ? 4 : n;
+  }
+  if ((src.ops == &nbd_ops && !src.multi_conn) ||
+      (dst.ops == &nbd_ops && !dst.multi_conn)) {
+    if (conn_given && opts.connections > 1)
+      fprintf (stderr, "sxm-copy: %s does not allow multi-conn: using one "
+               "connection\n", !src.multi_conn ? src.name : dst.name);
+    opts.connections = 1;
+  }
+
+  cp.size = src.size;
+  cp.nseg = (src.size + opts.segment_size - 1) / opts.segment_size;
+  cp.done_map = calloc ((cp.nseg + 7) / 8 + 1, 1);
+  cp.seg_alloc = calloc (cp.nseg + 1, sizeof *cp.seg_alloc);
+  if (cp.done_map == NULL || cp.seg_alloc == NULL) {
+    fprintf (stderr, "sxm-copy: out of memory\n");
+    exit (EXIT_FAILED);
+  }
+  cp.dst_zero = opts.target_is_zero || dst.zero_init;
+  if (opts.checkpoint && !verify_only) {
+    int r = checkpoint_load (opts.checkpoint, &cp);
+    if (r == -1)
+      exit (EXIT_USAGE);
+    if (r == 1 && !quiet)
+      fprintf (stderr, "sxm-copy: resuming from checkpoint %s\n",
+               opts.checkpoint);
+    /* Record the copy's identity before the first byte is written. */
+    if (checkpoint_save (opts.checkpoint, &cp) == -1)
+      exit (EXIT_USAGE);
+  }
+
+  signal (SIGINT, on_signal);
+  signal (SIGTERM, on_signal);
+  t_start = mono_now ();
+  if (src.ops->extents (&src0, 0, src.size, count_alloc, &cp) == -1) {
+    fprintf (stderr, "sxm-copy: %s: reading the allocation map: %s\n",
+             src.name, src.ops == &nbd_ops ? nbd_last_error () : strerror (errno));
+    exit (EXIT_FAILED);
+  }
+  for (uint64_t i = 0; i < cp.nseg; i++)
+    if (cp.done_map[i / 8] & (0x80 >> (i % 8)))
+      cp.alloc_done += cp.seg_alloc[i];
+
+  if (!verify_only) {
+    cp.mode = MODE_COPY;
+    if (copy_run (&cp, opts.connections, &src0, &dst0, monitor) == -1)
+      status = EXIT_FAILED;
+    else if (opts.checkpoint)
+      unlink (opts.checkpoint);       /* finished: nothing to resume */
+  }
+  if (status == EXIT_OK && (verify || verify_only)) {
+    struct copy vc = cp;
+    vc.mode = MODE_VERIFY;
+    vc.alloc_done = vc.bytes_read = vc.bytes_written = 0;
+    vc.bytes_zeroed = vc.bytes_skipped = 0;
+    memset (vc.done_map, 0, (vc.nseg + 7) / 8);
+    pthread_mutex_init (&vc.lock, NULL);
+    pthread_cond_init (&vc.finished, NULL);
+    last_print = 0;
+    if (copy_run (&vc, opts.connections, &src0, &dst0, monitor) == -1)
+      status = EXIT_FAILED;
+    else if (vc.first_diff != SEG_NONE) {
+      fprintf (stderr, "sxm-copy: verify: first difference at offset %" PRIu64
+               " (0x%" PRIx64 "): %s\n", vc.first_diff, vc.first_diff,
+               vc.diff_what);
+      status = EXIT_DIFFERS;
+    }
+    else if (!quiet)
+      fprintf (stderr, "sxm-copy: verify: %s and %s are identical "
+               "(%" PRIu64 " bytes compared)\n", src.name, dst.name,
+               vc.bytes_read);
+    if (verify_only)
+      cp = vc;
+  }
+  wall = mono_now () - t_start;
+  summary (&cp, wall, status);
+  src.ops->disconnect (&src0);
+  dst.ops->disconnect (&dst0);
+  free (cp.done_map);
+  free (cp.seg_alloc);
+  return status;
+}
