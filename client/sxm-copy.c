@@ -38,7 +38,7 @@ enum progress_mode { PROGRESS_NONE, PROGRESS_BAR, PROGRESS_JSON };
 static enum progress_mode progress;
 static FILE *progress_fp;
 static bool quiet, json_summary;
-static double t_start, last_print, last_save;
+static double t_start, last_print;
 static volatile sig_atomic_t interrupted;
 
 static void
@@ -167,11 +167,10 @@ monitor (struct copy *cp, bool last)
     __atomic_store_n (&cp->failed, 1, __ATOMIC_RELAXED);
     __atomic_store_n (&cp->abort, 1, __ATOMIC_RELAXED);
   }
-  if (opts.checkpoint && cp->mode == MODE_COPY && cp->ckpt_dirty &&
-      (last || now - last_save >= 1)) {
+  /* Saved whenever a destination flush made more segments durable; the
+   * flushes themselves are --checkpoint-interval apart per worker. */
+  if (opts.checkpoint && cp->mode == MODE_COPY && cp->ckpt_dirty)
     checkpoint_save (opts.checkpoint, cp);
-    last_save = now;
-  }
   if (progress != PROGRESS_NONE) {
     bool tty = progress == PROGRESS_BAR && isatty (fileno (progress_fp));
     if (last || now - last_print >= (tty ? 0.2 : 1)) {
@@ -400,8 +399,9 @@ main (int argc, char **argv)
   cp.size = src.size;
   cp.nseg = (src.size + opts.segment_size - 1) / opts.segment_size;
   cp.done_map = calloc ((cp.nseg + 7) / 8 + 1, 1);
+  cp.counted_map = calloc ((cp.nseg + 7) / 8 + 1, 1);
   cp.seg_alloc = calloc (cp.nseg + 1, sizeof *cp.seg_alloc);
-  if (cp.done_map == NULL || cp.seg_alloc == NULL) {
+  if (cp.done_map == NULL || cp.seg_alloc == NULL || cp.counted_map == NULL) {
     fprintf (stderr, "sxm-copy: out of memory\n");
     exit (EXIT_FAILED);
   }
@@ -427,8 +427,10 @@ main (int argc, char **argv)
     exit (EXIT_FAILED);
   }
   for (uint64_t i = 0; i < cp.nseg; i++)
-    if (cp.done_map[i / 8] & (0x80 >> (i % 8)))
+    if (cp.done_map[i / 8] & (0x80 >> (i % 8))) {
       cp.alloc_done += cp.seg_alloc[i];
+      cp.counted_map[i / 8] |= 0x80 >> (i % 8);
+    }
 
   if (!verify_only) {
     cp.mode = MODE_COPY;
@@ -443,6 +445,7 @@ main (int argc, char **argv)
     vc.alloc_done = vc.bytes_read = vc.bytes_written = 0;
     vc.bytes_zeroed = vc.bytes_skipped = 0;
     memset (vc.done_map, 0, (vc.nseg + 7) / 8);
+    memset (vc.counted_map, 0, (vc.nseg + 7) / 8);
     pthread_mutex_init (&vc.lock, NULL);
     pthread_cond_init (&vc.finished, NULL);
     last_print = 0;
@@ -466,6 +469,7 @@ main (int argc, char **argv)
   src.ops->disconnect (&src0);
   dst.ops->disconnect (&dst0);
   free (cp.done_map);
+  free (cp.counted_map);
   free (cp.seg_alloc);
   return status;
 }

@@ -83,7 +83,9 @@ struct worker {
   bool fatal;
   char errmsg[512];
   bool dst_lost;
+  struct conn *map_failed;      /* which side a failed block status was on */
   bool dirty;                   /* wrote since the last flush */
+  double rate_wait;             /* seconds until the next read may start */
 };
 
 static char *zero_buf;          /* request_size of zeros, read-only */
@@ -114,26 +116,26 @@ is_zero (const char *p, size_t n)
   return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
 }
 
-/* Pace reads to --rate: each read reserves its slot on a shared clock. */
-static void
-rate_wait (struct copy *cp, uint64_t len)
+/* Pace reads to --rate with a shared clock: a read may start once the
+ * clock allows, and reserves its own slot.  Returns 0 when the read may go
+ * now, else the seconds to wait (the worker keeps serving completions
+ * meanwhile rather than sleeping with requests in flight). */
+static double
+rate_slot (struct copy *cp, uint64_t len)
 {
-  double now, start;
+  double now, wait = 0;
 
   if (cp->o->rate == 0)
-    return;
+    return 0;
   pthread_mutex_lock (&cp->lock);
   now = mono_now ();
-  start = cp->rate_next > now ? cp->rate_next : now;
-  cp->rate_next = start + (double) len / cp->o->rate;
+  if (cp->rate_next > now + 0.0005)
+    wait = cp->rate_next - now;
+  else
+    cp->rate_next = (cp->rate_next > now ? cp->rate_next : now) +
+                    (double) len / cp->o->rate;
   pthread_mutex_unlock (&cp->lock);
-  while (start > now && !aborted (cp)) {
-    double d = start - now < 0.1 ? start - now : 0.1;
-    struct timespec ts = { .tv_sec = (time_t) d,
-                           .tv_nsec = (long) ((d - (time_t) d) * 1e9) };
-    nanosleep (&ts, NULL);
-    now = mono_now ();
-  }
+  return wait;
 }
 
 /* ---- requests -------------------------------------------------------- */
@@ -226,7 +228,11 @@ op_fail (struct worker *w, struct op *op, struct req *r, int err)
     else
       snprintf (w->errmsg, sizeof w->errmsg, "%s", strerror (err));
   }
-  if (r && r->conn == &w->dst && r->conn->ep->ops->is_dead (r->conn))
+  if (r && (err == ESHUTDOWN || err == ENOTCONN || err == ECONNRESET ||
+            err == EPIPE || err == ETIMEDOUT))
+    r->conn->broken = true;     /* e.g. a server shutting down (NBD_ESHUTDOWN) */
+  if (r && r->conn == &w->dst &&
+      (r->conn->broken || r->conn->ep->ops->is_dead (r->conn)))
     w->dst_lost = true;
   w->failing = true;
   if (permanent (err))
@@ -314,6 +320,7 @@ plan_zeros (struct worker *w, struct seg *s, uint64_t off, uint64_t len)
     int err = errno;
     free (d.e);
     errno = err;
+    w->map_failed = &w->dst;
     return -2;
   }
   for (size_t i = 0; i < d.n && r == 0; i++) {
@@ -344,6 +351,7 @@ plan_segment (struct worker *w, struct seg *s)
     int err = errno;
     free (l.e);
     errno = err;
+    w->map_failed = &w->src;
     return -2;
   }
   for (size_t i = 0; i < l.n && r == 0; i++) {
@@ -402,8 +410,14 @@ next_segment (struct worker *w)
     return s;
   case -2:
     snprintf (w->errmsg, sizeof w->errmsg,
-              "%s: block status at offset %" PRIu64 ": %s",
-              cp->src->name, s->start, strerror (errno));
+              "%s: block status in %" PRIu64 "-%" PRIu64 ": %s",
+              w->map_failed->ep->name, s->start, s->end, strerror (errno));
+    if (errno == ESHUTDOWN || errno == ENOTCONN || errno == ECONNRESET ||
+        errno == EPIPE)
+      w->map_failed->broken = true;
+    if (w->map_failed == &w->dst &&
+        (w->dst.broken || w->dst.ep->ops->is_dead (&w->dst)))
+      w->dst_lost = true;
     s->failed = true;
     w->failing = true;
     return NULL;
@@ -430,8 +444,12 @@ seg_finished (struct worker *w, struct seg *s)
   struct copy *cp = w->cp;
 
   seg_unlink (w, s);
-  stat_add (&cp->bytes_skipped, s->skipped);
-  stat_add (&cp->alloc_done, cp->seg_alloc[s->idx]);
+  /* Counted once, even if a lost destination makes us redo it. */
+  if (!bitmap_get (cp->counted_map, s->idx)) {
+    bitmap_set (cp->counted_map, s->idx);
+    stat_add (&cp->bytes_skipped, s->skipped);
+    stat_add (&cp->alloc_done, cp->seg_alloc[s->idx]);
+  }
   if (cp->mode == MODE_COPY) {
     if (w->npending == w->pending_cap) {
       size_t cap = w->pending_cap ? w->pending_cap * 2 : 64;
@@ -463,7 +481,6 @@ start_op (struct worker *w, struct op *op)
   switch (op->kind) {
   case OP_COPY:
     op->buf = w->free_bufs[--w->nfree];
-    rate_wait (cp, op->len);
     start_req (w, op, &w->src, RQ_READ, op->off, op->len, op->buf, false);
     break;
   case OP_ZERO:
@@ -481,7 +498,6 @@ start_op (struct worker *w, struct op *op)
     break;
   case OP_CMP:
     op->buf = w->free_bufs[--w->nfree];
-    rate_wait (cp, op->len);
     start_req (w, op, &w->src, RQ_READ, op->off, op->len, op->buf, false);
     start_req (w, op, &w->dst, RQ_READ, op->off, op->len,
                op->buf + cp->o->request_size, false);
@@ -605,7 +621,8 @@ handle_done (struct worker *w, struct req *r)
   }
   else if (r->err)
     op_fail (w, op, r, r->err);
-  else if (!op->failed) {
+  else if (!op->failed && !w->failing) {
+    /* (Once failing, nothing new starts: the segment is redone.) */
     switch (op->kind) {
     case OP_COPY:
       if (r->kind == RQ_READ)
@@ -656,21 +673,30 @@ process_done (struct worker *w)
   }
 }
 
-/* Wait for any NBD connection with requests in flight to make progress. */
+/* Wait for any NBD connection with requests in flight to make progress,
+ * or for the rate limiter's next slot. */
 static void
 wait_io (struct worker *w)
 {
   struct pollfd fds[2];
   struct conn *cs[2];
-  int n = 0;
+  int n = 0, timeout = 1000;
 
+  if (w->rate_wait > 0) {
+    timeout = w->rate_wait < 0.1 ? (int) (w->rate_wait * 1000) + 1 : 100;
+    w->rate_wait = 0;
+  }
   if (w->src.ep->ops->poll_setup (&w->src, &fds[n]))
     cs[n++] = &w->src;
   if (w->dst.ep->ops->poll_setup (&w->dst, &fds[n]))
     cs[n++] = &w->dst;
-  if (n == 0)
+  if (n == 0) {
+    /* Nothing to poll: pacing, or requests on a connection that died and
+     * whose completions libnbd has yet to deliver. */
+    usleep (timeout < 1000 ? timeout * 1000 : 1000);
     return;
-  if (poll (fds, n, 1000) <= 0)
+  }
+  if (poll (fds, n, timeout) <= 0)
     return;
   for (int i = 0; i < n; i++)
     if (fds[i].revents)
@@ -700,6 +726,9 @@ fill (struct worker *w)
     }
     op = &s->ops[s->next_op];
     if (op->kind != OP_ZERO && w->nfree == 0)
+      break;
+    if ((op->kind == OP_COPY || op->kind == OP_CMP) &&
+        (w->rate_wait = rate_slot (w->cp, op->len)) > 0)
       break;
     s->next_op++;
     start_op (w, op);
@@ -736,8 +765,7 @@ recover (struct worker *w)
       return false;
     stat_add (&cp->retries_done, 1);
     delay = 0.5 * (1u << (w->attempt - 1));
-    if (!cp->o->verbose)
-      fprintf (stderr, "sxm-copy: %s; retry %u of %u in %.1f s\n",
+    fprintf (stderr, "sxm-copy: %s; retry %u of %u in %.1f s\n",
                w->errmsg, w->attempt, cp->o->retries, delay);
     for (double t = 0; t < delay && !aborted (cp); t += 0.1)
       usleep (100000);
@@ -745,12 +773,14 @@ recover (struct worker *w)
       return false;
     bool ok = true;
     for (struct conn *c = &w->src; ok && c <= &w->dst; c++) {
-      if (!c->ep->ops->is_dead (c))
+      if (!c->broken && !c->ep->ops->is_dead (c))
         continue;
       if (c == &w->dst)
         w->dst_lost = true;
       c->ep->ops->disconnect (c);
+      c->broken = false;
       if (c->ep->ops->connect (c) == -1) {
+        c->broken = true;
         snprintf (w->errmsg, sizeof w->errmsg, "%s: cannot reconnect: %s",
                   c->ep->name, c->ep->ops == &nbd_ops ? nbd_last_error ()
                                                        : strerror (errno));
@@ -779,8 +809,6 @@ recover (struct worker *w)
                ? n->start + cp->o->segment_size : cp->size;
       n->next = w->retry;
       w->retry = n;
-      __atomic_fetch_sub (&cp->alloc_done, cp->seg_alloc[n->idx],
-                          __ATOMIC_RELAXED);
     }
     w->npending = 0;
     w->dst_lost = false;
@@ -884,9 +912,12 @@ worker_init (struct worker *w, struct copy *cp, unsigned idx,
     w->own_conns = true;
     w->src.ep = cp->src;
     w->dst.ep = cp->dst;
-    if (cp->src->ops->connect (&w->src) == -1)
-      return -1;
-    if (cp->dst->ops->connect (&w->dst) == -1) {
+    if (cp->src->ops->connect (&w->src) == -1 ||
+        cp->dst->ops->connect (&w->dst) == -1) {
+      struct conn *c = w->src.nbd || cp->src->ops != &nbd_ops ? &w->dst
+                                                              : &w->src;
+      fprintf (stderr, "sxm-copy: %s: cannot open connection %u: %s\n",
+               c->ep->name, idx + 1, nbd_last_error ());
       cp->src->ops->disconnect (&w->src);
       return -1;
     }

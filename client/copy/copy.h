@@ -69,6 +69,7 @@ struct conn {
   struct worker *w;
   struct nbd_handle *nbd;
   unsigned inflight;
+  bool broken;                  /* an error said the server is going away */
   /* file destinations: written ranges whose writeback was started and
    * whose pages are dropped once it finishes (file-ops.c) */
   struct { uint64_t off, len; } wb[WRITEBACK_WINDOW];
@@ -130,6 +131,7 @@ struct copy {
   uint64_t nseg;
   uint64_t next_seg;            /* atomic: next segment to hand out */
   uint8_t *done_map;            /* segments durable on the destination */
+  uint8_t *counted_map;         /* segments already in the statistics */
   uint32_t *seg_alloc;          /* allocated bytes per segment (from the map) */
   uint64_t alloc_total;
   bool dst_zero;                /* the destination read zeros when we began */

@@ -24,8 +24,11 @@ nbd_probe (struct endpoint *ep, struct conn *c)
   int64_t size;
 
   ep->ops = &nbd_ops;
-  if (nbd_ops.connect (c) == -1)
+  if (nbd_ops.connect (c) == -1) {
+    fprintf (stderr, "sxm-copy: %s: cannot connect: %s\n", ep->name,
+             nbd_last_error ());
     return -1;
+  }
   h = c->nbd;
   size = nbd_get_size (h);
   if (size < 0) {

@@ -24,16 +24,13 @@ nbd_connect_ep (struct conn *c)
 {
   struct nbd_handle *h = nbd_create ();
 
-  if (h == NULL) {
-    fprintf (stderr, "sxm-copy: %s: %s\n", c->ep->name, nbd_last_error ());
+  /* Failures are reported by the caller, which knows the context. */
+  if (h == NULL)
     return -1;
-  }
   if (nbd_set_handle_name (h, c->ep->is_dest ? "dst" : "src") == -1 ||
       nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_set_uri_allow_local_file (h, true) == -1 ||
       nbd_connect_uri (h, c->ep->name) == -1) {
-    fprintf (stderr, "sxm-copy: %s: cannot connect: %s\n",
-             c->ep->name, nbd_last_error ());
     nbd_close (h);
     return -1;
   }
@@ -53,11 +50,13 @@ nbd_disconnect (struct conn *c)
   }
 }
 
+/* Anything but ready-or-busy (dead, closed, shut down, still connecting
+ * after a failure) needs a new connection. */
 static bool
 nbd_is_dead (struct conn *c)
 {
-  return c->nbd == NULL || nbd_aio_is_dead (c->nbd) ||
-         nbd_aio_is_closed (c->nbd);
+  return c->nbd == NULL ||
+         !(nbd_aio_is_ready (c->nbd) || nbd_aio_is_processing (c->nbd));
 }
 
 struct extents_ctx {
@@ -131,11 +130,16 @@ nbd_done_cb (void *opaque, int *error)
 
 /* libnbd does not call the completion callback of a command it refused to
  * start; the caller completes it. */
+static bool nbd_is_dead (struct conn *c);
+
 static int
 started (struct conn *c, int64_t cookie)
 {
   if (cookie == -1) {
-    errno = nbd_get_errno () ? nbd_get_errno () : ENOTCONN;
+    /* On a dead handle libnbd says "invalid state" (EINVAL), which would
+     * look permanent; it is a lost connection. */
+    errno = nbd_is_dead (c) ? ENOTCONN
+            : nbd_get_errno () ? nbd_get_errno () : EIO;
     return -1;
   }
   c->inflight++;
