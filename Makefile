@@ -105,6 +105,7 @@ demo: all
 bench: all
 	bench/vhd-read.sh
 	bench/vhd-write.sh
+	bench/copy.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1

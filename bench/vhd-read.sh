@@ -9,27 +9,17 @@
 #    (goal < 10 ms), beside qemu-nbd's.
 # Nothing is asserted: this prints numbers.  RUNS=N changes the run count.
 set -euo pipefail
-export PATH="/usr/bin:$PATH"
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PLUGIN="$ROOT/nbdkit-plugin/nbdkit-vhd-plugin.so"
+. "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-7}
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/sxm-bench.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_sock() { for _ in $(seq 1000); do [ -S "$1" ] && return 0; sleep 0.01; done; echo "no socket $1" >&2; return 1; }
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "== setup: 8 GiB dynamic VHD, 64 x 16 MiB allocated"
-raw="$work/src.raw"; vhd="$work/8g.vhd"
-truncate -s 8G "$raw"
-for i in $(seq 0 63); do
-  dd if=/dev/urandom of="$raw" bs=16M count=1 seek=$((i * 8)) conv=notrunc status=none
-done
-qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$raw" "$vhd"
-rm -f "$raw"
+vhd="$work/8g.vhd"
+sample_vhd "$vhd" "$work/src.raw"
 ls -ls "$vhd"
 
 ours_sock="$work/ours.sock"; qemu_sock="$work/qemu.sock"

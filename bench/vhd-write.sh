@@ -8,9 +8,7 @@
 # servers (qemu-img create -f vpc, force_size), so both allocate as they go.
 # Prints medians and the ratios ours/qemu-nbd (goal >= 1.0 both).
 set -euo pipefail
-export PATH="/usr/bin:$PATH"
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PLUGIN="$ROOT/nbdkit-plugin/nbdkit-vhd-plugin.so"
+. "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-4G}
@@ -18,7 +16,6 @@ work=$(mktemp -d "${TMPDIR:-/var/tmp}/sxm-wbench.XXXXXX")
 srv=
 cleanup() { [ -n "$srv" ] && kill "$srv" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 serve() {   # serve WHO IMAGE -> sets $uri and $srv
   local sock="$work/$1.sock"; rm -f "$sock"
