@@ -62,7 +62,7 @@ struct endpoint {
   bool is_bdev, created;
 };
 
-#define WRITEBACK_WINDOW 8
+#define WRITEBACK_WINDOW 16
 
 struct conn {
   struct endpoint *ep;
