@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # valgrind over the shared VHD code (the same code the plugin runs): open,
 # map and read a differencing chain and a corrupt image with sxm-vhd and the
-# unit tests; any invalid access or leak fails.
+# unit tests; and over sxm-copy (threads, libnbd callbacks, checkpoint,
+# verify) copying from a real nbdkit.  Any invalid access or leak fails.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -33,4 +34,13 @@ vg "$ROOT/client/sxm-vhd" check "$scratch/top.vhd" >/dev/null; ok $? "valgrind: 
 for t in "$ROOT"/tests/unit/test-bitmap "$ROOT"/tests/unit/test-vhd; do
   vg "$t" >/dev/null 2>&1; ok $? "valgrind: $(basename "$t")"
 done
+# sxm-copy: the chain served by the plugin -> a new file, with a checkpoint
+# and --verify; then a verify-only that finds a planted difference (exit 3).
+start_nbdkit "$PLUGIN" -r "$scratch/top.vhd"
+vg "$ROOT/client/sxm-copy" -q --verify --checkpoint="$scratch/ck" "$uri" "$scratch/copy.raw"
+ok $? "valgrind: sxm-copy nbd -> file with --checkpoint --verify"
+printf 'Q' | dd of="$scratch/copy.raw" bs=1 seek=$((40 << 20)) conv=notrunc status=none
+vg "$ROOT/client/sxm-copy" -q --verify-only "$uri" "$scratch/copy.raw" 2>/dev/null
+[ $? -eq 3 ]; ok $? "valgrind: sxm-copy --verify-only finding a difference (exit 3)"
+stop_nbdkit
 done_testing
