@@ -27,7 +27,10 @@ nbd_connect_ep (struct conn *c)
   /* Failures are reported by the caller, which knows the context. */
   if (h == NULL)
     return -1;
+  /* Buffers are only used after a successful read: libnbd need not zero
+   * them first (that memset was 5% of a copy's CPU). */
   if (nbd_set_handle_name (h, c->ep->is_dest ? "dst" : "src") == -1 ||
+      nbd_set_pread_initialize (h, false) == -1 ||
       nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_set_uri_allow_local_file (h, true) == -1 ||
       nbd_connect_uri (h, c->ep->name) == -1) {
