@@ -32,6 +32,7 @@ static struct copy_opts opts = {
   .flush = true,
   .retries = 5,
   .checkpoint_interval = 5,
+  .timeout = 60,
 };
 
 enum progress_mode { PROGRESS_NONE, PROGRESS_BAR, PROGRESS_JSON };
@@ -70,14 +71,18 @@ usage (FILE *fp)
 "      --checkpoint-interval=SECONDS  destination flush + save (default 5)\n"
 "      --rate=BYTES        limit source reads to BYTES per second (K/M/G)\n"
 "      --retries=N         reconnect attempts per failure (default 5)\n"
+"      --timeout=SECONDS   a server silent this long with requests pending\n"
+"                          is treated as lost (default 60, 0 = wait forever)\n"
 "      --target-is-zero    the destination is known to read zeros\n"
 "      --no-zero-detect    write all-zero source blocks as data\n"
 "      --no-flush          do not flush the destination at the end\n"
+"      --insecure          allow plaintext nbd:// to a non-loopback host\n"
 "  -q, --quiet             no summary\n"
 "  -v, --verbose           debug messages from libnbd\n"
 "      --help, --version\n"
 "Exit: 0 done, 1 failed mid-copy, 2 usage, 3 verify found a difference,\n"
-"4 refused before writing (unreachable, TLS, read-only, too small).\n");
+"4 refused before writing (unreachable, TLS or its policy, read-only,\n"
+"too small).\n");
 }
 
 static int
@@ -247,7 +252,7 @@ main (int argc, char **argv)
 {
   enum { O_REQSIZE = 256, O_SEGSIZE, O_JSON, O_VERIFY, O_VERIFY_ONLY,
          O_CKPT, O_CKPT_INT, O_RATE, O_RETRIES, O_TZERO, O_NOZD, O_NOFLUSH,
-         O_HELP, O_VERSION };
+         O_INSECURE, O_TIMEOUT, O_HELP, O_VERSION };
   static const struct option long_opts[] = {
     { "connections", required_argument, NULL, 'C' },
     { "requests", required_argument, NULL, 'R' },
@@ -264,6 +269,8 @@ main (int argc, char **argv)
     { "target-is-zero", no_argument, NULL, O_TZERO },
     { "no-zero-detect", no_argument, NULL, O_NOZD },
     { "no-flush", no_argument, NULL, O_NOFLUSH },
+    { "insecure", no_argument, NULL, O_INSECURE },
+    { "timeout", required_argument, NULL, O_TIMEOUT },
     { "quiet", no_argument, NULL, 'q' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, O_HELP },
@@ -342,6 +349,12 @@ main (int argc, char **argv)
     case O_TZERO: opts.target_is_zero = true; break;
     case O_NOZD: opts.zero_detect = false; break;
     case O_NOFLUSH: opts.flush = false; break;
+    case O_INSECURE: src.insecure = dst.insecure = true; break;
+    case O_TIMEOUT:
+      opts.timeout = strtod (optarg, &end);
+      if (*end || !(opts.timeout >= 0))
+        goto bad_arg;
+      break;
     case 'q': quiet = true; break;
     case 'v': opts.verbose = true; break;
     case O_HELP: usage (stdout); exit (EXIT_OK);
@@ -368,6 +381,7 @@ main (int argc, char **argv)
     setenv ("LIBNBD_DEBUG", "1", 1);
   signal (SIGPIPE, SIG_IGN);
 
+  src.timeout = dst.timeout = opts.timeout;
   /* Probe both ends; nothing has been written if this fails. */
   if (endpoint_open (&src, argv[optind], false, false, 0, &src0) == -1)
     exit (EXIT_REFUSED);

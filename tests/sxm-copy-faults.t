@@ -3,7 +3,9 @@
 # the checkpoint; a destination that fails writes for a while (nbdkit's
 # error filter) or drops off and comes back (server killed and restarted);
 # a source that goes away; a destination that never comes back (clean
-# failure, valid checkpoint, later resume); corrupt or foreign checkpoints.
+# failure, valid checkpoint, later resume); corrupt or foreign checkpoints;
+# a slow destination (delay filter); a stalled one (SIGSTOP: --timeout);
+# a full one (ENOSPC on a small tmpfs: immediate, clean failure).
 
 import json
 import os
@@ -223,6 +225,78 @@ def main(scratch):
            f"reading {js and js['read']} of {alloc}", err)
     same, why = files_equal(src, d5)
     tap.ok(same, "… byte-identical", why)
+
+    more_faults(scratch, src, size, alloc)
+
+
+def more_faults(scratch, src, size, alloc):
+    # --- a slow destination: every write delayed 5 ms ----------------------
+    d6 = os.path.join(scratch, "d6.raw")
+    make_raw(d6, size, [])
+    with Server(scratch, "slow", "file", d6, "delay-write=5ms",
+                filters=("delay",)) as srv:
+        rc, js, err = finish(copy_bg(src, srv.uri))
+    same, why = files_equal(src, d6)
+    tap.ok(rc == 0 and js["retries"] == 0 and same,
+           "slow destination (delay filter): copied, no retries", err or why)
+
+    # --- a stalled destination: SIGSTOP, then SIGCONT -----------------------
+    d7 = os.path.join(scratch, "d7.raw")
+    make_raw(d7, size, [])
+    srv = Server(scratch, "stall", "file", d7).start()
+    try:
+        p = copy_bg("--rate=32M", "--timeout=1", "--retries=6", src, srv.uri)
+        time.sleep(0.8)
+        srv.p.send_signal(signal.SIGSTOP)
+        time.sleep(3)
+        srv.p.send_signal(signal.SIGCONT)
+        rc, js, err = finish(p)
+    finally:
+        srv.kill()
+    same, why = files_equal(src, d7)
+    tap.ok(rc == 0 and js["retries"] > 0 and "no reply for 1 s" in err and same,
+           "stalled destination: --timeout gave up on it, reconnected after "
+           "SIGCONT, copy identical", err or why)
+
+    # --- stalled for good: a clean failure within the timeouts -------------
+    d8 = os.path.join(scratch, "d8.raw")
+    make_raw(d8, size, [])
+    srv = Server(scratch, "stall2", "file", d8).start()
+    try:
+        t0 = time.time()
+        p = copy_bg("--rate=32M", "--timeout=1", "--retries=2", src, srv.uri)
+        time.sleep(0.8)
+        srv.p.send_signal(signal.SIGSTOP)
+        rc, js, err = finish(p, timeout=60)
+        took = time.time() - t0
+        srv.p.send_signal(signal.SIGCONT)
+    finally:
+        srv.kill()
+    tap.ok(rc == 1 and took < 20 and "no answer within 1 s" in err,
+           f"destination stalled for good: exit 1 after {took:.1f} s, "
+           "connect attempts time out too", err)
+
+    # --- ENOSPC: a 40 MiB tmpfs for 96 MiB of data --------------------------
+    mnt = os.path.join(scratch, "mnt")
+    os.mkdir(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", mnt],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        tap.ok(True, "# SKIP cannot mount a tmpfs for the ENOSPC case")
+        return
+    try:
+        full = os.path.join(mnt, "full.raw")
+        ck = os.path.join(scratch, "enospc.ckpt")
+        t0 = time.time()
+        rc, js, err = finish(copy_bg("--checkpoint", ck, src, full))
+        took = time.time() - t0
+        tap.ok(rc == 1 and "No space left on device" in err and
+               js["retries"] == 0 and took < 10,
+               f"destination full: exit 1 at once ({took:.1f} s, no retries), "
+               "says ENOSPC", err)
+        tap.ok(os.path.exists(ck), "… and the checkpoint is left for a resume")
+    finally:
+        subprocess.run(["umount", "-l", mnt])
 
 
 run_test(main)

@@ -284,6 +284,39 @@ def main(scratch):
         rc, _, err = copy(uri, out2)
         tap.ok(rc == 4 and "TLS" in err,
                "plaintext to a TLS-only server: exit 4, says TLS", err)
+        os.chmod(psk, 0o640)
+        rc, _, err = copy(good, out2)
+        tap.ok(rc == 4 and "PSK file" in err and "0640" in err and
+               not os.path.exists(out2),
+               "PSK file readable by group: refused before connecting", err)
+        os.chmod(psk, 0o600)
+
+    # --- plaintext TCP: loopback only, unless --insecure -------------------
+    port = 10809 + os.getpid() % 1000
+    tcp = subprocess.Popen(["nbdkit", "-f", "-r", "-i", "127.0.0.1", "-p",
+                            str(port), "--exit-with-parent", "file", zsrc])
+    try:
+        out = os.path.join(scratch, "tcp.raw")
+        rc, err = 1, ""
+        for _ in range(100):          # until nbdkit listens
+            rc, _, err = copy(f"nbd://127.0.0.1:{port}/", out)
+            if rc != 4:
+                break
+            time.sleep(0.05)
+        tap.ok(rc == 0 and files_equal(zsrc, out)[0],
+               "plaintext nbd:// to 127.0.0.1: allowed", err)
+    finally:
+        tcp.terminate()
+        tcp.wait()
+    far = "nbd://192.0.2.7:10809/disk"
+    rc, _, err = copy(far, os.path.join(scratch, "far.raw"))
+    tap.ok(rc == 4 and "--insecure" in err and "not loopback" in err,
+           "plaintext nbd:// to a remote host refused without --insecure", err)
+    rc, _, err = copy("--insecure", "nbd://0.0.0.1/x",
+                      os.path.join(scratch, "far.raw"))
+    tap.ok(rc == 4 and "cannot connect" in err and "--insecure" not in err,
+           "with --insecure the policy lets it through (then connect fails)",
+           err)
 
     # --- refusals and usage -----------------------------------------------
     gone = f"nbd+unix:///?socket={scratch}/nothing.sock"

@@ -86,6 +86,8 @@ struct worker {
   struct conn *map_failed;      /* which side a failed block status was on */
   bool dirty;                   /* wrote since the last flush */
   double rate_wait;             /* seconds until the next read may start */
+  double last_reply;            /* when a request last completed */
+  bool abandoned;               /* stalled connections shut down */
 };
 
 static char *zero_buf;          /* request_size of zeros, read-only */
@@ -145,6 +147,7 @@ req_complete (struct req *r, int err)
 {
   struct worker *w = r->conn->w;
 
+  w->last_reply = mono_now ();
   r->err = err;
   r->next = NULL;
   if (w->done_tail)
@@ -409,11 +412,16 @@ next_segment (struct worker *w)
   case 0:
     return s;
   case -2:
-    snprintf (w->errmsg, sizeof w->errmsg,
-              "%s: block status in %" PRIu64 "-%" PRIu64 ": %s",
-              w->map_failed->ep->name, s->start, s->end, strerror (errno));
+    if (errno == ETIMEDOUT)
+      snprintf (w->errmsg, sizeof w->errmsg,
+                "%s: no reply for %.0f s (block status at %" PRIu64 ")",
+                w->map_failed->ep->name, cp->o->timeout, s->start);
+    else
+      snprintf (w->errmsg, sizeof w->errmsg,
+                "%s: block status in %" PRIu64 "-%" PRIu64 ": %s",
+                w->map_failed->ep->name, s->start, s->end, strerror (errno));
     if (errno == ESHUTDOWN || errno == ENOTCONN || errno == ECONNRESET ||
-        errno == EPIPE)
+        errno == EPIPE || errno == ETIMEDOUT)
       w->map_failed->broken = true;
     if (w->map_failed == &w->dst &&
         (w->dst.broken || w->dst.ep->ops->is_dead (&w->dst)))
@@ -476,6 +484,8 @@ start_op (struct worker *w, struct op *op)
 {
   struct copy *cp = w->cp;
 
+  if (w->inflight == 0)
+    w->last_reply = mono_now ();        /* the stall clock starts now */
   op->seg->outstanding++;
   w->inflight++;
   switch (op->kind) {
@@ -696,11 +706,29 @@ wait_io (struct worker *w)
     usleep (timeout < 1000 ? timeout * 1000 : 1000);
     return;
   }
-  if (poll (fds, n, timeout) <= 0)
+  if (poll (fds, n, timeout) > 0) {
+    for (int i = 0; i < n; i++)
+      if (fds[i].revents)
+        cs[i]->ep->ops->poll_done (cs[i], fds[i].revents);
     return;
-  for (int i = 0; i < n; i++)
-    if (fds[i].revents)
-      cs[i]->ep->ops->poll_done (cs[i], fds[i].revents);
+  }
+  /* Nothing happened: a server that stopped answering (stopped process,
+   * dead link without a reset) would otherwise hang the copy forever. */
+  if (w->cp->o->timeout > 0 && !w->abandoned &&
+      mono_now () - w->last_reply > w->cp->o->timeout) {
+    for (int i = 0; i < n; i++) {
+      if (!cs[i]->ep->ops->abandon)
+        continue;
+      if (!w->errmsg[0])
+        snprintf (w->errmsg, sizeof w->errmsg, "%s: no reply for %.0f s",
+                  cs[i]->ep->name, w->cp->o->timeout);
+      cs[i]->ep->ops->abandon (cs[i]);
+      if (cs[i] == &w->dst)
+        w->dst_lost = true;
+    }
+    w->failing = true;
+    w->abandoned = true;
+  }
 }
 
 /* Start operations until the worker is full or has nothing left. */
@@ -742,6 +770,8 @@ fill (struct worker *w)
 static void
 start_flush (struct worker *w)
 {
+  if (w->inflight == 0)
+    w->last_reply = mono_now ();
   w->flush_inflight = true;
   w->flush_covers = w->npending;
   w->dirty = false;
@@ -782,8 +812,7 @@ recover (struct worker *w)
       if (c->ep->ops->connect (c) == -1) {
         c->broken = true;
         snprintf (w->errmsg, sizeof w->errmsg, "%s: cannot reconnect: %s",
-                  c->ep->name, c->ep->ops == &nbd_ops ? nbd_last_error ()
-                                                       : strerror (errno));
+                  c->ep->name, c->connect_error);
         ok = false;
       }
     }
@@ -814,6 +843,7 @@ recover (struct worker *w)
     w->dst_lost = false;
   }
   w->failing = false;
+  w->abandoned = false;
   w->errmsg[0] = 0;
   return true;
 }
@@ -917,7 +947,7 @@ worker_init (struct worker *w, struct copy *cp, unsigned idx,
       struct conn *c = w->src.nbd || cp->src->ops != &nbd_ops ? &w->dst
                                                               : &w->src;
       fprintf (stderr, "sxm-copy: %s: cannot open connection %u: %s\n",
-               c->ep->name, idx + 1, nbd_last_error ());
+               c->ep->name, idx + 1, c->connect_error);
       cp->src->ops->disconnect (&w->src);
       return -1;
     }

@@ -42,6 +42,9 @@ struct endpoint_ops {
   /* Event loop hooks; connections that complete synchronously return 0. */
   int (*poll_setup) (struct conn *c, struct pollfd *p);
   int (*poll_done) (struct conn *c, short revents);
+  /* Give up on a connection whose server stopped answering: its requests
+   * then complete with errors (NULL for synchronous endpoints). */
+  void (*abandon) (struct conn *c);
 };
 
 struct endpoint {
@@ -49,6 +52,8 @@ struct endpoint {
   const char *name;             /* as the user wrote it, for messages */
   bool is_dest;
   bool writable;                /* opened for writing (files are created) */
+  bool insecure;                /* --insecure: plaintext NBD to any host */
+  double timeout;               /* --timeout, for connecting too */
   uint64_t size;
   bool multi_conn;              /* safe to open several connections */
   bool readonly;
@@ -69,6 +74,7 @@ struct conn {
   struct worker *w;
   struct nbd_handle *nbd;
   unsigned inflight;
+  char connect_error[256];      /* why the last connect failed */
   bool broken;                  /* an error said the server is going away */
   /* file destinations: written ranges whose writeback was started and
    * whose pages are dropped once it finishes (file-ops.c) */
@@ -115,6 +121,7 @@ struct copy_opts {
   bool flush;                   /* flush the destination at the end */
   unsigned retries;
   double checkpoint_interval;   /* seconds between destination flushes */
+  double timeout;               /* no reply for this long = lost; 0: never */
   const char *checkpoint;       /* NULL: no checkpoint */
   uint64_t rate;                /* bytes/s read from the source; 0: no limit */
   bool verbose;

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #include <libnbd.h>
 
@@ -19,10 +21,21 @@ nbd_last_error (void)
   return e ? e : "unknown libnbd error";
 }
 
+static double
+now_s (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Connect asynchronously so that a server that accepts but never answers
+ * (a stopped process) costs at most the --timeout. */
 static int
 nbd_connect_ep (struct conn *c)
 {
   struct nbd_handle *h = nbd_create ();
+  double deadline = now_s () + c->ep->timeout;
 
   /* Failures are reported by the caller, which knows the context. */
   if (h == NULL)
@@ -33,13 +46,39 @@ nbd_connect_ep (struct conn *c)
       nbd_set_pread_initialize (h, false) == -1 ||
       nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_set_uri_allow_local_file (h, true) == -1 ||
-      nbd_connect_uri (h, c->ep->name) == -1) {
+      nbd_aio_connect_uri (h, c->ep->name) == -1)
+    goto fail;
+  while (nbd_aio_is_connecting (h)) {
+    int ms = -1, r;
+    if (c->ep->timeout > 0) {
+      double left = deadline - now_s ();
+      if (left <= 0) {
+        nbd_close (h);
+        errno = ETIMEDOUT;
+        snprintf (c->connect_error, sizeof c->connect_error,
+                  "no answer within %.0f s", c->ep->timeout);
+        return -1;
+      }
+      ms = (int) (left * 1000) + 1;
+    }
+    r = nbd_poll (h, ms);
+    if (r == -1)
+      goto fail;
+  }
+  if (!nbd_aio_is_ready (h)) {
+    snprintf (c->connect_error, sizeof c->connect_error, "%s",
+              nbd_last_error ());
     nbd_close (h);
     return -1;
   }
   c->nbd = h;
   c->inflight = 0;
   return 0;
+ fail:
+  snprintf (c->connect_error, sizeof c->connect_error, "%s",
+            nbd_last_error ());
+  nbd_close (h);
+  return -1;
 }
 
 static void
@@ -90,6 +129,51 @@ nbd_extent_cb (void *opaque, const char *metacontext, uint64_t offset,
   return 0;
 }
 
+static void nbd_abandon (struct conn *c);
+static bool nbd_is_dead (struct conn *c);
+
+/* Block status, waited for with the --timeout (a plain synchronous call
+ * would hang for ever on a server that stopped answering).  Completions of
+ * other requests in flight on the handle are delivered meanwhile. */
+static int
+block_status_timed (struct conn *c, uint64_t n, uint64_t off,
+                    struct extents_ctx *x)
+{
+  double deadline = now_s () + c->ep->timeout;
+  int64_t cookie;
+  int r;
+
+  cookie = nbd_aio_block_status (c->nbd, n, off,
+                                 (nbd_extent_callback) {
+                                   .callback = nbd_extent_cb, .user_data = x },
+                                 NBD_NULL_COMPLETION, 0);
+  if (cookie == -1) {
+    errno = nbd_is_dead (c) ? ENOTCONN : nbd_get_errno () ? nbd_get_errno () : EIO;
+    return -1;
+  }
+  while ((r = nbd_aio_command_completed (c->nbd, cookie)) == 0) {
+    int ms = -1;
+    if (c->ep->timeout > 0) {
+      double left = deadline - now_s ();
+      if (left <= 0) {
+        nbd_abandon (c);
+        errno = ETIMEDOUT;
+        return -1;
+      }
+      ms = (int) (left * 1000) + 1;
+    }
+    if (nbd_poll (c->nbd, ms) == -1) {
+      errno = nbd_is_dead (c) ? ENOTCONN : nbd_get_errno () ? nbd_get_errno () : EIO;
+      return -1;
+    }
+  }
+  if (r == -1) {
+    errno = nbd_get_errno () ? nbd_get_errno () : EIO;
+    return -1;
+  }
+  return 0;
+}
+
 static int
 nbd_extents (struct conn *c, uint64_t off, uint64_t len,
              extent_fn fn, void *opaque)
@@ -104,12 +188,8 @@ nbd_extents (struct conn *c, uint64_t off, uint64_t len,
     uint64_t n = x.end - x.pos;
     if (n > (1u << 30))
       n = 1u << 30;
-    if (nbd_block_status (c->nbd, n, x.pos,
-                          (nbd_extent_callback) { .callback = nbd_extent_cb,
-                                                  .user_data = &x }, 0) == -1) {
-      errno = nbd_get_errno () ? nbd_get_errno () : EIO;
+    if (block_status_timed (c, n, x.pos, &x) == -1)
       return -1;
-    }
     if (x.pos == before) {      /* a server that answers nothing */
       errno = EPROTO;
       return -1;
@@ -133,8 +213,6 @@ nbd_done_cb (void *opaque, int *error)
 
 /* libnbd does not call the completion callback of a command it refused to
  * start; the caller completes it. */
-static bool nbd_is_dead (struct conn *c);
-
 static int
 started (struct conn *c, int64_t cookie)
 {
@@ -214,6 +292,18 @@ nbd_poll_done (struct conn *c, short revents)
   return r;
 }
 
+/* Shutting the socket down makes libnbd see the connection die and fail
+ * every command in flight, which the retry logic then handles. */
+static void
+nbd_abandon (struct conn *c)
+{
+  int fd = c->nbd ? nbd_aio_get_fd (c->nbd) : -1;
+
+  if (fd >= 0)
+    shutdown (fd, SHUT_RDWR);
+  c->broken = true;
+}
+
 const struct endpoint_ops nbd_ops = {
   .kind = "nbd",
   .connect = nbd_connect_ep,
@@ -226,4 +316,5 @@ const struct endpoint_ops nbd_ops = {
   .flush = nbd_start_flush,
   .poll_setup = nbd_poll_setup,
   .poll_done = nbd_poll_done,
+  .abandon = nbd_abandon,
 };
