@@ -49,7 +49,7 @@ common/libsxm.a: $(COMMON_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-common/%.o: common/%.c $(COMMON_HDRS)
+common/%.o: common/%.c $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 $(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
@@ -58,7 +58,7 @@ $(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
 client/sxm-vhd: LDLIBS += -luuid
 
 COPY_SRCS := $(wildcard client/copy/*.c)
-client/sxm-copy: client/sxm-copy.c $(COPY_SRCS) client/copy/copy.h common/libsxm.a $(COMMON_HDRS)
+client/sxm-copy: client/sxm-copy.c $(COPY_SRCS) client/copy/copy.h common/libsxm.a $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) -o $@ client/sxm-copy.c $(COPY_SRCS) common/libsxm.a \
 	  $(ALLLDFLAGS) $(shell pkg-config --libs libnbd) -lpthread
 
