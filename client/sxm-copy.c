@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "copy/copy.h"
+#include "log.h"
 #include "size.h"
 
 /* Exit codes (documented in doc/sxm-copy.pod). */
@@ -287,6 +288,7 @@ main (int argc, char **argv)
   double wall;
   char *end;
 
+  sxm_log_set_program ("sxm-copy");
   while ((c = getopt_long (argc, argv, "C:R:p::qv", long_opts, NULL)) != -1) {
     switch (c) {
     case 'C':
