@@ -25,22 +25,25 @@ SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 endif
 
 PLUGINDIR  = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
+FILTERDIR  = $(shell pkg-config --variable=filterdir nbdkit 2>/dev/null)
 NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 
 COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/bitmap.c common/log.c common/rangelock.c common/size.c \
-               common/jsonline.c common/nbdpolicy.c
+               common/jsonline.c common/nbdpolicy.c common/mirrorctl.c
 COMMON_OBJS := $(COMMON_SRCS:.c=.o)
 COMMON_HDRS := $(wildcard common/*.h)
 
 PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
-TOOLS      := client/sxm-vhd client/sxm-copy
+FILTER     := nbdkit-plugin/nbdkit-mirror-filter.so
+FILTER_SRCS := nbdkit-plugin/mirror.c nbdkit-plugin/mirror-dest.c nbdkit-plugin/mirror-control.c
+TOOLS      := client/sxm-vhd client/sxm-copy client/sxm-mirror
 BENCH_BINS := bench/map-time
 FUZZERS    := tests/fuzz/fuzz-vhd-open
 FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
 .PHONY: all deps check check-asan demo bench fuzz install clean
-all: deps $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
+all: deps $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
 
 # Installs (as root) whatever Debian packages are missing; a no-op otherwise.
 deps:
@@ -55,6 +58,10 @@ common/%.o: common/%.c $(COMMON_HDRS) | deps
 
 $(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $< common/libsxm.a $(ALLLDFLAGS)
+
+$(FILTER): $(FILTER_SRCS) nbdkit-plugin/mirror.h common/libsxm.a $(COMMON_HDRS) | deps
+	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $(FILTER_SRCS) common/libsxm.a \
+	  $(ALLLDFLAGS) $(shell pkg-config --libs libnbd) -lpthread
 
 client/sxm-vhd: LDLIBS += -luuid
 
@@ -112,6 +119,8 @@ install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
 	install -m 755 $(PLUGIN) $(DESTDIR)$(PLUGINDIR)/
+	install -d $(DESTDIR)$(FILTERDIR)
+	install -m 755 $(FILTER) $(DESTDIR)$(FILTERDIR)/
 	for p in doc/*.pod; do \
 	  n=$$(basename $$p .pod); \
 	  pod2man --section=1 --center=sxm --release=$(VERSION) $$p \
@@ -119,5 +128,5 @@ install: all
 	done
 
 clean:
-	rm -f common/*.o common/libsxm.a $(PLUGIN) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
+	rm -f common/*.o common/libsxm.a $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
 	rm -rf tests/tmp tests/fuzz/work

@@ -13,6 +13,7 @@
 
 #include "copy/copy.h"
 #include "log.h"
+#include "mirrorctl.h"
 #include "size.h"
 
 /* Exit codes (documented in doc/sxm-copy.pod). */
@@ -54,6 +55,7 @@ usage (FILE *fp)
 {
   fprintf (fp,
 "Usage: sxm-copy [OPTIONS] SOURCE DESTINATION\n"
+"       sxm-copy [OPTIONS] --live=CONTROL-SOCKET SOURCE\n"
 "Copy a disk, reading only the extents the source reports as allocated.\n"
 "SOURCE and DESTINATION: an NBD URI (nbd://, nbds://, nbd+unix://,\n"
 "nbds+unix://; TLS credentials via tls-psk-file= or tls-certificates=),\n"
@@ -78,6 +80,11 @@ usage (FILE *fp)
 "      --no-zero-detect    write all-zero source blocks as data\n"
 "      --no-flush          do not flush the destination at the end\n"
 "      --insecure          allow plaintext nbd:// to a non-loopback host\n"
+"      --live=SOCKET       live copy under nbdkit-mirror-filter: SOURCE is the\n"
+"                          nbdkit serving the running guest's disk, SOCKET\n"
+"                          its mirror-control socket; the destination is the\n"
+"                          mirror's (writes pass through the filter, which\n"
+"                          never lets them overwrite newer guest data)\n"
 "  -q, --quiet             no summary\n"
 "  -v, --verbose           debug messages from libnbd\n"
 "      --help, --version\n"
@@ -248,18 +255,70 @@ summary (struct copy *cp, double wall, int status)
            cp->retries_done ? ", after retries" : "");
 }
 
+/* --live: the filter's copy export on the same server as SOURCE.  The
+ * export name replaces SOURCE's path; query and authority are kept. */
+static char *
+live_uri (const char *source, const char *export)
+{
+  const char *auth = strstr (source, "://"), *auth_end, *rest;
+  char *out;
+
+  if (!auth)
+    return NULL;
+  auth += 3;
+  auth_end = auth + strcspn (auth, "/?#");
+  rest = auth_end;
+  if (*rest == '/')
+    rest += strcspn (rest, "?#");
+  if (asprintf (&out, "%.*s/%s%s", (int) (auth_end - source), source, export,
+                rest) < 0)
+    return NULL;
+  return out;
+}
+
+/* One control call; NULL reply on failure (message printed). */
+static int
+live_call (const char *sock, const char *req, struct json_obj *reply)
+{
+  int fd = mirrorctl_connect (sock), r;
+
+  if (fd == -1)
+    return -1;
+  r = mirrorctl_call (fd, req, 30, reply, NULL);
+  close (fd);
+  return r;
+}
+
+/* After a failed live copy, say what the mirror thinks happened. */
+static void
+live_explain (const char *sock)
+{
+  struct json_obj st;
+
+  if (live_call (sock, "{\"cmd\":\"status\"}", &st) == -1)
+    return;
+  if (json_str (&st, "reason"))
+    fprintf (stderr, "sxm-copy: the mirror is %s: %s\n",
+             json_str (&st, "state"), json_str (&st, "reason"));
+  else if (json_str (&st, "state") &&
+           strcmp (json_str (&st, "state"), "mirroring") != 0)
+    fprintf (stderr, "sxm-copy: the mirror is %s\n", json_str (&st, "state"));
+  json_free (&st);
+}
+
 int
 main (int argc, char **argv)
 {
   enum { O_REQSIZE = 256, O_SEGSIZE, O_JSON, O_VERIFY, O_VERIFY_ONLY,
          O_CKPT, O_CKPT_INT, O_RATE, O_RETRIES, O_TZERO, O_NOZD, O_NOFLUSH,
-         O_INSECURE, O_TIMEOUT, O_HELP, O_VERSION };
+         O_INSECURE, O_TIMEOUT, O_LIVE, O_HELP, O_VERSION };
   static const struct option long_opts[] = {
     { "connections", required_argument, NULL, 'C' },
     { "requests", required_argument, NULL, 'R' },
     { "request-size", required_argument, NULL, O_REQSIZE },
     { "segment-size", required_argument, NULL, O_SEGSIZE },
     { "progress", optional_argument, NULL, 'p' },
+    { "live", required_argument, NULL, O_LIVE },
     { "json", no_argument, NULL, O_JSON },
     { "verify", no_argument, NULL, O_VERIFY },
     { "verify-only", no_argument, NULL, O_VERIFY_ONLY },
@@ -279,6 +338,9 @@ main (int argc, char **argv)
     { 0 }
   };
   bool verify = false, verify_only = false, conn_given = false;
+  const char *live = NULL, *src_name, *dst_name;
+  char *live_copy_uri = NULL;
+  bool live_dest_zero = false;
   struct endpoint src = { 0 }, dst = { 0 };
   struct conn src0 = { 0 }, dst0 = { 0 };
   struct copy cp = { .o = &opts, .src = &src, .dst = &dst,
@@ -357,6 +419,7 @@ main (int argc, char **argv)
       if (*end || !(opts.timeout >= 0))
         goto bad_arg;
       break;
+    case O_LIVE: live = optarg; break;
     case 'q': quiet = true; break;
     case 'v': opts.verbose = true; break;
     case O_HELP: usage (stdout); exit (EXIT_OK);
@@ -370,9 +433,45 @@ main (int argc, char **argv)
       exit (EXIT_USAGE);
     }
   }
-  if (argc - optind != 2) {
+  if (argc - optind != (live ? 1 : 2)) {
     usage (stderr);
     exit (EXIT_USAGE);
+  }
+  src_name = argv[optind];
+  dst_name = live ? NULL : argv[optind + 1];
+  if (live) {
+    /* The mirror must be running: its status names the copy export and
+     * whether the destination read zeros when the mirror started. */
+    struct json_obj st;
+    const char *state, *exp;
+    if (verify_only) {
+      fprintf (stderr, "sxm-copy: --live copies; verify with the mirror's "
+               "switchover instead\n");
+      exit (EXIT_USAGE);
+    }
+    if (!strstr (src_name, "://")) {
+      fprintf (stderr, "sxm-copy: --live: SOURCE must be the NBD URI of the "
+               "nbdkit running the mirror filter\n");
+      exit (EXIT_USAGE);
+    }
+    if (live_call (live, "{\"cmd\":\"status\"}", &st) == -1)
+      exit (EXIT_REFUSED);
+    state = json_str (&st, "state");
+    exp = json_str (&st, "copy_export");
+    if (!state || strcmp (state, "mirroring") != 0 || !exp) {
+      fprintf (stderr, "sxm-copy: %s: the mirror is %s, not mirroring: "
+               "start it first (sxm-mirror %s start DEST-URI)\n", live,
+               state ? state : "unknown", live);
+      exit (EXIT_REFUSED);
+    }
+    json_bool (&st, "dest_zero", &live_dest_zero);
+    live_copy_uri = live_uri (src_name, exp);
+    json_free (&st);
+    if (!live_copy_uri) {
+      fprintf (stderr, "sxm-copy: out of memory\n");
+      exit (EXIT_FAILED);
+    }
+    src_name = dst_name = live_copy_uri;
   }
   if (verify_only && opts.checkpoint) {
     fprintf (stderr, "sxm-copy: --verify-only copies nothing: --checkpoint "
@@ -385,9 +484,9 @@ main (int argc, char **argv)
 
   src.timeout = dst.timeout = opts.timeout;
   /* Probe both ends; nothing has been written if this fails. */
-  if (endpoint_open (&src, argv[optind], false, false, 0, &src0) == -1)
+  if (endpoint_open (&src, src_name, false, false, 0, &src0) == -1)
     exit (EXIT_REFUSED);
-  if (endpoint_open (&dst, argv[optind + 1], true, !verify_only, src.size,
+  if (endpoint_open (&dst, dst_name, true, !verify_only, src.size,
                      &dst0) == -1)
     exit (EXIT_REFUSED);
   if (!verify_only && dst.readonly) {
@@ -421,7 +520,9 @@ main (int argc, char **argv)
     fprintf (stderr, "sxm-copy: out of memory\n");
     exit (EXIT_FAILED);
   }
-  cp.dst_zero = opts.target_is_zero || dst.zero_init;
+  /* Live: the copy export reads the source, so its block status says
+   * nothing about the destination; the mirror told us instead. */
+  cp.dst_zero = opts.target_is_zero || (live ? live_dest_zero : dst.zero_init);
   if (opts.checkpoint && !verify_only) {
     int r = checkpoint_load (opts.checkpoint, &cp);
     if (r == -1)
@@ -450,10 +551,30 @@ main (int argc, char **argv)
 
   if (!verify_only) {
     cp.mode = MODE_COPY;
-    if (copy_run (&cp, opts.connections, &src0, &dst0, monitor) == -1)
+    if (copy_run (&cp, opts.connections, &src0, &dst0, monitor) == -1) {
       status = EXIT_FAILED;
-    else if (opts.checkpoint)
-      unlink (opts.checkpoint);       /* finished: nothing to resume */
+      if (live)
+        live_explain (live);
+    }
+    else {
+      if (opts.checkpoint)
+        unlink (opts.checkpoint);       /* finished: nothing to resume */
+      if (live) {
+        struct json_obj r;
+        bool ok = false;
+        if (live_call (live, "{\"cmd\":\"copied\"}", &r) == 0) {
+          json_bool (&r, "ok", &ok);
+          if (!ok)
+            fprintf (stderr, "sxm-copy: %s: copied: %s\n", live,
+                     json_str (&r, "error") ? json_str (&r, "error") : "?");
+          json_free (&r);
+        }
+        if (!ok) {
+          live_explain (live);
+          status = EXIT_FAILED;
+        }
+      }
+    }
   }
   if (status == EXIT_OK && (verify || verify_only)) {
     struct copy vc = cp;
@@ -487,5 +608,6 @@ main (int argc, char **argv)
   free (cp.done_map);
   free (cp.counted_map);
   free (cp.seg_alloc);
+  free (live_copy_uri);
   return status;
 }

@@ -1,0 +1,187 @@
+/* sxm-mirror: drive the mirror filter's control socket from the shell.
+ * Prints the filter's one-line JSON reply on stdout; see
+ * doc/sxm-mirror.pod. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jsonline.h"
+#include "log.h"
+#include "mirrorctl.h"
+
+enum { EXIT_OK = 0, EXIT_CMD_FAILED = 1, EXIT_USAGE = 2, EXIT_NOCONN = 4 };
+
+static void
+usage (FILE *fp)
+{
+  fprintf (fp,
+"Usage: sxm-mirror [--timeout=S] SOCKET COMMAND [ARGS]\n"
+"Send one command to nbdkit-mirror-filter's control socket and print its\n"
+"JSON reply.  Commands:\n"
+"  start DEST-URI [--export=NAME] [--connections=N] [--dest-timeout=S]\n"
+"                 [--insecure]   mirror guest writes to DEST-URI\n"
+"  status                        state and counters\n"
+"  copied                        tell the filter the bulk copy finished\n"
+"  switchover [--no-verify]      hold guest writes, flush, compare: ready\n"
+"  resume                        ready -> mirroring (writes flow again)\n"
+"  complete                      ready -> completed (writes refused)\n"
+"  abort                         stop mirroring; the source is untouched\n"
+"  raw JSON                      send JSON as it is\n"
+"Exit status: 0 ok, 1 the filter refused (its error on stderr), 2 usage,\n"
+"4 cannot reach the socket.\n");
+}
+
+int
+main (int argc, char **argv)
+{
+  static const struct option opts[] = {
+    { "export", required_argument, NULL, 'e' },
+    { "connections", required_argument, NULL, 'c' },
+    { "dest-timeout", required_argument, NULL, 'd' },
+    { "timeout", required_argument, NULL, 't' },
+    { "insecure", no_argument, NULL, 'i' },
+    { "no-verify", no_argument, NULL, 'n' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *export = NULL, *conns = NULL, *dtimeout = NULL;
+  bool insecure = false, no_verify = false;
+  double timeout = 0;
+  struct jbuf req = { 0 };
+  struct json_obj reply;
+  char *raw = NULL, *end;
+  const char *sock, *cmd;
+  bool ok = false;
+  int c, fd;
+
+  sxm_log_set_program ("sxm-mirror");
+  while ((c = getopt_long (argc, argv, "+h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'e': export = optarg; break;
+    case 'c': conns = optarg; break;
+    case 'd': dtimeout = optarg; break;
+    case 'i': insecure = true; break;
+    case 'n': no_verify = true; break;
+    case 't':
+      timeout = strtod (optarg, &end);
+      if (*end || !(timeout >= 0)) {
+        fprintf (stderr, "sxm-mirror: bad --timeout '%s'\n", optarg);
+        exit (EXIT_USAGE);
+      }
+      break;
+    case 'h': usage (stdout); exit (EXIT_OK);
+    default: usage (stderr); exit (EXIT_USAGE);
+    }
+  }
+  if (argc - optind < 2) {
+    usage (stderr);
+    exit (EXIT_USAGE);
+  }
+  sock = argv[optind++];
+  cmd = argv[optind++];
+  /* Options may follow the command too. */
+  {
+    int rest_argc = argc - optind + 1;
+    char **rest = argv + optind - 1;
+    optind = 1;
+    while ((c = getopt_long (rest_argc, rest, "h", opts, NULL)) != -1) {
+      switch (c) {
+      case 'e': export = optarg; break;
+      case 'c': conns = optarg; break;
+      case 'd': dtimeout = optarg; break;
+      case 'i': insecure = true; break;
+      case 'n': no_verify = true; break;
+      case 't':
+        timeout = strtod (optarg, &end);
+        if (*end || !(timeout >= 0)) {
+          fprintf (stderr, "sxm-mirror: bad --timeout '%s'\n", optarg);
+          exit (EXIT_USAGE);
+        }
+        break;
+      case 'h': usage (stdout); exit (EXIT_OK);
+      default: usage (stderr); exit (EXIT_USAGE);
+      }
+    }
+    argc = rest_argc;
+    argv = rest;
+  }
+
+  if (strcmp (cmd, "raw") == 0) {
+    if (argc - optind != 1) {
+      usage (stderr);
+      exit (EXIT_USAGE);
+    }
+    jbuf_add (&req, "%s", argv[optind]);
+  }
+  else if (strcmp (cmd, "start") == 0) {
+    if (argc - optind != 1) {
+      fprintf (stderr, "sxm-mirror: start needs the destination NBD URI\n");
+      exit (EXIT_USAGE);
+    }
+    jbuf_add (&req, "{\"cmd\":\"start\",\"dest\":");
+    jbuf_str (&req, argv[optind]);
+    if (export) {
+      jbuf_add (&req, ",\"export\":");
+      jbuf_str (&req, export);
+    }
+    if (conns) {
+      unsigned long n = strtoul (conns, &end, 10);
+      if (*end || n < 1 || n > 16) {
+        fprintf (stderr, "sxm-mirror: bad --connections '%s' (1 to 16)\n",
+                 conns);
+        exit (EXIT_USAGE);
+      }
+      jbuf_add (&req, ",\"connections\":%lu", n);
+    }
+    if (dtimeout) {
+      double t = strtod (dtimeout, &end);
+      if (*end || !(t > 0)) {
+        fprintf (stderr, "sxm-mirror: bad --dest-timeout '%s'\n", dtimeout);
+        exit (EXIT_USAGE);
+      }
+      jbuf_add (&req, ",\"timeout\":%g", t);
+    }
+    if (insecure)
+      jbuf_add (&req, ",\"insecure\":true");
+    jbuf_add (&req, "}");
+  }
+  else if (strcmp (cmd, "status") == 0 || strcmp (cmd, "copied") == 0 ||
+           strcmp (cmd, "switchover") == 0 || strcmp (cmd, "resume") == 0 ||
+           strcmp (cmd, "complete") == 0 || strcmp (cmd, "abort") == 0) {
+    if (argc - optind != 0) {
+      usage (stderr);
+      exit (EXIT_USAGE);
+    }
+    jbuf_add (&req, "{\"cmd\":\"%s\"%s}", cmd,
+              no_verify && strcmp (cmd, "switchover") == 0
+              ? ",\"verify\":false" : "");
+  }
+  else {
+    fprintf (stderr, "sxm-mirror: unknown command '%s'\n", cmd);
+    usage (stderr);
+    exit (EXIT_USAGE);
+  }
+  if (req.oom) {
+    fprintf (stderr, "sxm-mirror: out of memory\n");
+    exit (EXIT_CMD_FAILED);
+  }
+
+  fd = mirrorctl_connect (sock);
+  if (fd == -1)
+    exit (EXIT_NOCONN);
+  if (mirrorctl_call (fd, req.s, timeout, &reply, &raw) == -1)
+    exit (EXIT_NOCONN);
+  close (fd);
+  printf ("%s\n", raw);
+  json_bool (&reply, "ok", &ok);
+  if (!ok) {
+    const char *e = json_str (&reply, "error");
+    fprintf (stderr, "sxm-mirror: %s: %s\n", cmd, e ? e : "failed");
+  }
+  json_free (&reply);
+  free (raw);
+  jbuf_free (&req);
+  return ok ? EXIT_OK : EXIT_CMD_FAILED;
+}

@@ -1,0 +1,303 @@
+/* The mirror filter's control socket: a unix socket (mode 0600) speaking
+ * one JSON object per line each way (doc/nbdkit-mirror-filter.pod).
+ *
+ * One thread accepts; each client gets a thread that reads its request
+ * lines and writes one reply line per request.  Commands that change the
+ * mirror run one at a time (cmd_lock); "status" does not wait for them, so
+ * a client can watch a long switchover from a second connection. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "jsonline.h"
+#include "mirror.h"
+
+#define MAX_CLIENTS 16
+
+static char *sock_path;
+static int listen_fd = -1;
+static int stop_pipe[2] = { -1, -1 };
+static pthread_t accept_thread;
+static bool accept_started;
+static pthread_mutex_t cmd_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static pthread_mutex_t clients_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t clients_gone = PTHREAD_COND_INITIALIZER;
+static int client_fds[MAX_CLIENTS];
+static unsigned nclients;
+static bool stopping;
+
+static const struct {
+  const char *name;
+  int (*fn) (const struct json_obj *, struct jbuf *);
+  bool serialised;
+} commands[] = {
+  { "start", mirror_cmd_start, true },
+  { "status", mirror_cmd_status, false },
+  { "copied", mirror_cmd_copied, true },
+  { "switchover", mirror_cmd_switchover, true },
+  { "resume", mirror_cmd_resume, true },
+  { "complete", mirror_cmd_complete, true },
+  { "abort", mirror_cmd_abort, true },
+};
+
+/* One request line in, one reply line out (without the newline). */
+static void
+handle_line (const char *line, size_t len, struct jbuf *out)
+{
+  struct json_obj req;
+  char err[256];
+  const char *cmd;
+  size_t i;
+
+  if (json_parse (line, len, &req, err, sizeof err) == -1) {
+    jbuf_add (out, "{\"ok\":false,\"error\":");
+    jbuf_str (out, err);
+    jbuf_add (out, "}");
+    return;
+  }
+  cmd = json_str (&req, "cmd");
+  for (i = 0; cmd && i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp (cmd, commands[i].name) == 0)
+      break;
+  if (!cmd || i == sizeof commands / sizeof commands[0]) {
+    jbuf_add (out, "{\"ok\":false,\"error\":");
+    jbuf_str (out, cmd ? "unknown command" : "no \"cmd\" string");
+    if (cmd) {
+      jbuf_add (out, ",\"cmd\":");
+      jbuf_str (out, cmd);
+    }
+    jbuf_add (out, "}");
+    json_free (&req);
+    return;
+  }
+  {
+    struct jbuf body = { 0 };
+    int r;
+    if (commands[i].serialised)
+      pthread_mutex_lock (&cmd_lock);
+    r = commands[i].fn (&req, &body);
+    if (commands[i].serialised)
+      pthread_mutex_unlock (&cmd_lock);
+    jbuf_add (out, "{\"ok\":%s,\"cmd\":", r == 0 ? "true" : "false");
+    jbuf_str (out, cmd);
+    if (body.s)
+      jbuf_add (out, "%s", body.s);
+    jbuf_add (out, "}");
+    if (body.oom)
+      out->oom = true;
+    jbuf_free (&body);
+  }
+  json_free (&req);
+}
+
+static int
+write_all (int fd, const char *p, size_t n)
+{
+  while (n) {
+    ssize_t w = send (fd, p, n, MSG_NOSIGNAL);
+    if (w == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    p += w;
+    n -= w;
+  }
+  return 0;
+}
+
+static void
+client_done (int fd)
+{
+  pthread_mutex_lock (&clients_lock);
+  for (unsigned i = 0; i < nclients; i++)
+    if (client_fds[i] == fd) {
+      client_fds[i] = client_fds[--nclients];
+      break;
+    }
+  close (fd);
+  pthread_cond_broadcast (&clients_gone);
+  pthread_mutex_unlock (&clients_lock);
+}
+
+static void *
+client_thread (void *arg)
+{
+  int fd = (int) (intptr_t) arg;
+  char *buf = malloc (JSON_MAX_LINE + 1);
+  size_t have = 0;
+
+  if (!buf)
+    goto out;
+  for (;;) {
+    char *nl;
+    ssize_t r;
+
+    while ((nl = memchr (buf, '\n', have)) != NULL) {
+      struct jbuf out = { 0 };
+      size_t len = nl - buf;
+      handle_line (buf, len, &out);
+      jbuf_add (&out, "\n");
+      if (out.oom || write_all (fd, out.s, out.len) == -1) {
+        jbuf_free (&out);
+        goto out;
+      }
+      jbuf_free (&out);
+      memmove (buf, nl + 1, have - len - 1);
+      have -= len + 1;
+    }
+    if (have == JSON_MAX_LINE) {
+      static const char msg[] =
+        "{\"ok\":false,\"error\":\"request line too long\"}\n";
+      write_all (fd, msg, sizeof msg - 1);
+      goto out;
+    }
+    r = recv (fd, buf + have, JSON_MAX_LINE - have, 0);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      goto out;
+    have += r;
+  }
+ out:
+  free (buf);
+  client_done (fd);
+  return NULL;
+}
+
+static void *
+accept_loop (void *arg)
+{
+  for (;;) {
+    struct pollfd p[2] = { { .fd = listen_fd, .events = POLLIN },
+                           { .fd = stop_pipe[0], .events = POLLIN } };
+    int fd;
+    pthread_t t;
+    pthread_attr_t attr;
+
+    if (poll (p, 2, -1) == -1) {
+      if (errno == EINTR)
+        continue;
+      nbdkit_error ("mirror: control socket poll: %m");
+      return NULL;
+    }
+    if (p[1].revents)
+      return NULL;
+    fd = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd == -1)
+      continue;
+    pthread_mutex_lock (&clients_lock);
+    if (stopping || nclients == MAX_CLIENTS) {
+      pthread_mutex_unlock (&clients_lock);
+      static const char msg[] =
+        "{\"ok\":false,\"error\":\"too many control clients\"}\n";
+      write_all (fd, msg, sizeof msg - 1);
+      close (fd);
+      continue;
+    }
+    client_fds[nclients++] = fd;
+    pthread_mutex_unlock (&clients_lock);
+    pthread_attr_init (&attr);
+    pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create (&t, &attr, client_thread, (void *) (intptr_t) fd)
+        != 0)
+      client_done (fd);
+    pthread_attr_destroy (&attr);
+  }
+}
+
+int
+control_start (const char *path)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  struct stat st;
+  mode_t old;
+
+  if (strlen (path) >= sizeof sa.sun_path) {
+    nbdkit_error ("mirror-control=%s: path too long for a unix socket", path);
+    return -1;
+  }
+  /* A stale socket from an earlier run is replaced; anything else at
+   * that path is not ours to remove. */
+  if (lstat (path, &st) == 0) {
+    if (!S_ISSOCK (st.st_mode)) {
+      nbdkit_error ("mirror-control=%s: exists and is not a socket", path);
+      return -1;
+    }
+    unlink (path);
+  }
+  strcpy (sa.sun_path, path);
+  listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listen_fd == -1) {
+    nbdkit_error ("mirror-control: socket: %m");
+    return -1;
+  }
+  old = umask (077);
+  if (bind (listen_fd, (struct sockaddr *) &sa, sizeof sa) == -1) {
+    umask (old);
+    nbdkit_error ("mirror-control=%s: bind: %m", path);
+    close (listen_fd);
+    listen_fd = -1;
+    return -1;
+  }
+  umask (old);
+  if (listen (listen_fd, 8) == -1 || pipe2 (stop_pipe, O_CLOEXEC) == -1) {
+    nbdkit_error ("mirror-control=%s: %m", path);
+    close (listen_fd);
+    listen_fd = -1;
+    unlink (path);
+    return -1;
+  }
+  sock_path = strdup (path);
+  if (pthread_create (&accept_thread, NULL, accept_loop, NULL) != 0) {
+    nbdkit_error ("mirror-control: cannot start its thread");
+    return -1;
+  }
+  accept_started = true;
+  nbdkit_debug ("mirror: control socket %s", path);
+  return 0;
+}
+
+void
+control_stop (void)
+{
+  if (accept_started) {
+    if (write (stop_pipe[1], "x", 1) == -1) {
+      /* the thread also exits when nbdkit does */
+    }
+    pthread_join (accept_thread, NULL);
+    accept_started = false;
+  }
+  pthread_mutex_lock (&clients_lock);
+  stopping = true;
+  for (unsigned i = 0; i < nclients; i++)
+    shutdown (client_fds[i], SHUT_RDWR);
+  while (nclients > 0)
+    pthread_cond_wait (&clients_gone, &clients_lock);
+  pthread_mutex_unlock (&clients_lock);
+  if (listen_fd >= 0)
+    close (listen_fd);
+  listen_fd = -1;
+  for (int i = 0; i < 2; i++)
+    if (stop_pipe[i] >= 0) {
+      close (stop_pipe[i]);
+      stop_pipe[i] = -1;
+    }
+  if (sock_path) {
+    unlink (sock_path);
+    free (sock_path);
+    sock_path = NULL;
+  }
+}
