@@ -85,7 +85,7 @@ main (int argc, char **argv)
   {
     int rest_argc = argc - optind + 1;
     char **rest = argv + optind - 1;
-    optind = 1;
+    optind = 0;                 /* glibc: start afresh */
     while ((c = getopt_long (rest_argc, rest, "h", opts, NULL)) != -1) {
       switch (c) {
       case 'e': export = optarg; break;

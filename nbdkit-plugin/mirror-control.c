@@ -218,12 +218,13 @@ accept_loop (void *arg)
   }
 }
 
+/* At configuration time, so that a bad path stops nbdkit before it
+ * serves anything. */
 int
-control_start (const char *path)
+control_check (const char *path)
 {
-  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  struct sockaddr_un sa;
   struct stat st;
-  mode_t old;
 
   if (strlen (path) >= sizeof sa.sun_path) {
     nbdkit_error ("mirror-control=%s: path too long for a unix socket", path);
@@ -231,13 +232,24 @@ control_start (const char *path)
   }
   /* A stale socket from an earlier run is replaced; anything else at
    * that path is not ours to remove. */
-  if (lstat (path, &st) == 0) {
-    if (!S_ISSOCK (st.st_mode)) {
-      nbdkit_error ("mirror-control=%s: exists and is not a socket", path);
-      return -1;
-    }
-    unlink (path);
+  if (lstat (path, &st) == 0 && !S_ISSOCK (st.st_mode)) {
+    nbdkit_error ("mirror-control=%s: exists and is not a socket", path);
+    return -1;
   }
+  return 0;
+}
+
+int
+control_start (const char *path)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  struct stat st;
+  mode_t old;
+
+  if (control_check (path) == -1)
+    return -1;
+  if (lstat (path, &st) == 0)
+    unlink (path);
   strcpy (sa.sun_path, path);
   listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd == -1) {
@@ -253,7 +265,7 @@ control_start (const char *path)
     return -1;
   }
   umask (old);
-  if (listen (listen_fd, 8) == -1 || pipe2 (stop_pipe, O_CLOEXEC) == -1) {
+  if (chmod (path, 0600) == -1 || listen (listen_fd, 8) == -1 || pipe2 (stop_pipe, O_CLOEXEC) == -1) {
     nbdkit_error ("mirror-control=%s: %m", path);
     close (listen_fd);
     listen_fd = -1;

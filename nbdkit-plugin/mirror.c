@@ -268,6 +268,8 @@ mirror_config_complete (nbdkit_next_config_complete *next,
     nbdkit_error ("mirror: the mirror-control=SOCKET parameter is required");
     return -1;
   }
+  if (control_check (control_path) == -1)
+    return -1;
   return next (nxdata);
 }
 

@@ -89,6 +89,7 @@ int mirror_cmd_abort (const struct json_obj *req, struct jbuf *out);
 
 /* ---- mirror-control.c -------------------------------------------------- */
 
+int control_check (const char *path);   /* config time: usable path? */
 int control_start (const char *path);   /* after fork: listen, start thread */
 void control_stop (void);               /* cleanup: stop thread, unlink */
 
