@@ -444,9 +444,11 @@ main (int argc, char **argv)
      * whether the destination read zeros when the mirror started. */
     struct json_obj st;
     const char *state, *exp;
-    if (verify_only) {
-      fprintf (stderr, "sxm-copy: --live copies; verify with the mirror's "
-               "switchover instead\n");
+    if (verify_only || verify) {
+      /* Both ends would be the copy export, i.e. the source: a compare
+       * that cannot fail.  The mirror's switchover compares for real. */
+      fprintf (stderr, "sxm-copy: --live cannot --verify (both ends are the "
+               "source's copy export); the mirror's switchover verifies\n");
       exit (EXIT_USAGE);
     }
     if (!strstr (src_name, "://")) {
@@ -489,6 +491,11 @@ main (int argc, char **argv)
   if (endpoint_open (&dst, dst_name, true, !verify_only, src.size,
                      &dst0) == -1)
     exit (EXIT_REFUSED);
+  /* Live: the copy export's block status is the source's, not the
+   * destination's: it must never decide that a destination range reads
+   * zeros (the mirror's dest_zero did that, above). */
+  if (live)
+    dst.has_extents = false;
   if (!verify_only && dst.readonly) {
     fprintf (stderr, "sxm-copy: %s: destination is read-only\n", dst.name);
     exit (EXIT_REFUSED);

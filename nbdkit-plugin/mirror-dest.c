@@ -212,25 +212,6 @@ zero_scan_cb (void *opaque, const char *ctx, uint64_t offset,
   return 0;
 }
 
-/* Before the I/O threads run, synchronous calls are safe. */
-static bool
-scan_all_zero (struct nbd_handle *h, uint64_t size)
-{
-  struct zero_scan z = { .pos = 0, .end = size, .all_zero = true };
-
-  while (z.pos < z.end && z.all_zero) {
-    uint64_t before = z.pos, n = z.end - z.pos;
-    if (n > (1u << 30))
-      n = 1u << 30;
-    if (nbd_block_status (h, n, z.pos,
-                          (nbd_extent_callback) { .callback = zero_scan_cb,
-                                                  .user_data = &z }, 0) == -1
-        || z.pos == before)
-      return false;
-  }
-  return z.all_zero;
-}
-
 struct dest *
 dest_open (const char *uri, unsigned nconns, double timeout,
            struct dest_info *info, char *err, size_t errlen)
@@ -266,7 +247,6 @@ dest_open (const char *uri, unsigned nconns, double timeout,
   d->info.multi_conn = nbd_can_multi_conn (d->c[0].h) == 1;
   d->info.has_extents =
     nbd_can_meta_context (d->c[0].h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
-  d->info.all_zero = d->info.has_extents && scan_all_zero (d->c[0].h, size);
   /* Without multi-conn, a flush on one connection need not cover writes
    * made on another: use one connection. */
   if (!d->info.multi_conn)

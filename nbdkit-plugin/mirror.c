@@ -66,6 +66,8 @@ static uint64_t size;                   /* of the source */
 static uint64_t ngran;
 static uint8_t *dirty;                  /* one bit per granule, MSB first */
 static char token[33];
+static bool mirror_all;                 /* no "export" given: every export */
+static uint64_t generation;             /* bumped by each start */
 static double started_at;
 static struct rangelock rl = RANGELOCK_INIT;
 
@@ -291,6 +293,9 @@ mirror_cleanup (nbdkit_backend *nxdata)
 {
   control_stop ();
   if (dest) {
+    /* nbdkit is exiting: whatever was mirrored should be durable there. */
+    if (cur_state () == M_MIRRORING || cur_state () == M_READY)
+      dest_flush (dest);
     dest_close (dest);
     dest = NULL;
   }
@@ -309,6 +314,7 @@ mirror_unload (void)
 
 struct handle {
   bool copy;                    /* the copier's export */
+  uint64_t gen;                 /* copy: the mirror it was opened for */
   char *exportname;             /* guest connections: the export they use */
 };
 
@@ -325,12 +331,14 @@ mirror_open (nbdkit_next_open *next, nbdkit_context *ctx, int readonly,
   if (strncmp (exportname, COPY_PREFIX, strlen (COPY_PREFIX)) == 0) {
     char *exp = NULL;
     bool ok;
-    pthread_mutex_lock (&gate.m);       /* token/export change only under it */
+    pthread_mutex_lock (&info_lock);    /* token/export change under it */
     ok = cur_state () == M_MIRRORING &&
          strcmp (exportname + strlen (COPY_PREFIX), token) == 0;
-    if (ok)
+    if (ok) {
       exp = strdup (mirror_export);
-    pthread_mutex_unlock (&gate.m);
+      h->gen = generation;
+    }
+    pthread_mutex_unlock (&info_lock);
     if (!ok) {
       nbdkit_error ("mirror: copy export '%s': no mirror is running with "
                     "that token", exportname);
@@ -526,6 +534,9 @@ mirrored_op (nbdkit_next *next, enum wkind kind, const void *buf,
     int se = dest_start_pwrite (dest, &dr, buf, count, off, fua);
     r = next->pwrite (next, buf, count, off, flags, err);
     e = se ? se : dest_wait (dest, &dr);
+    /* FUA the destination cannot do natively: a flush. */
+    if (r == 0 && e == 0 && fua && !dinfo.can_fua)
+      e = dest_flush (dest);
     if (r == 0 && e == 0) {
       mark_dirty (gs, ge);
       add (&st_writes, 1);
@@ -606,6 +617,9 @@ mirrored_op (nbdkit_next *next, enum wkind kind, const void *buf,
     *err = -e;
     goto source_failed_after;
   }
+  /* FUA covers what was read back too (copy_back writes without it). */
+  if (e == 0 && fua && (!dinfo.can_fua || kind != W_DATA))
+    e = dest_flush (dest);
   if (e > 0) {
     rangelock_unlock (&rl, tok);
     return dest_failed (e, kind == W_DATA ? "write" :
@@ -646,7 +660,8 @@ route (struct handle *h, int *err)
 {
   int s = cur_state ();
 
-  if (s == M_IDLE || strcmp (h->exportname, mirror_export) != 0)
+  if (s == M_IDLE ||
+      (!mirror_all && strcmp (h->exportname, mirror_export) != 0))
     return R_PASS;
   switch (s) {
   case M_MIRRORING:
@@ -674,8 +689,8 @@ route (struct handle *h, int *err)
 /* Forward to the destination the parts of [off, off+count) whose granules
  * are clean; dirty granules already hold the guest's newer data there. */
 static int
-copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
-              uint32_t flags, int *err)
+copy_forward (struct handle *h, bool zero, const void *buf, uint32_t count,
+              uint64_t off, uint32_t flags, int *err)
 {
   const uint64_t end = off + count;
   uint64_t gs, ge, pos, sent = 0;
@@ -683,9 +698,10 @@ copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
   int e = 0;
 
   gate_enter ();
-  if (cur_state () != M_MIRRORING) {
-    nbdkit_error ("mirror: copy write refused: the mirror is %s",
-                  mirror_state_name (cur_state ()));
+  if (cur_state () != M_MIRRORING || h->gen != generation) {
+    nbdkit_error ("mirror: copy write refused: %s",
+                  h->gen != generation ? "this copy connection belongs to an "
+                  "earlier mirror" : mirror_state_name (cur_state ()));
     gate_leave ();
     *err = EPERM;
     return -1;
@@ -739,7 +755,7 @@ mirror_pwrite (nbdkit_next *next, void *handle, const void *buf,
   int r;
 
   if (h->copy)
-    return copy_forward (false, buf, count, off, flags, err);
+    return copy_forward (h, false, buf, count, off, flags, err);
   gate_enter ();
   switch (route (h, err)) {
   case R_PASS: r = next->pwrite (next, buf, count, off, flags, err); break;
@@ -759,7 +775,7 @@ mirror_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t off,
   int r;
 
   if (h->copy)
-    return copy_forward (true, NULL, count, off, flags, err);
+    return copy_forward (h, true, NULL, count, off, flags, err);
   gate_enter ();
   switch (route (h, err)) {
   case R_PASS: r = next->zero (next, count, off, flags, err); break;
@@ -801,7 +817,7 @@ mirror_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 
   if (h->copy) {
     gate_enter ();
-    if (cur_state () != M_MIRRORING) {
+    if (cur_state () != M_MIRRORING || h->gen != generation) {
       gate_leave ();
       *err = EPERM;
       return -1;
@@ -817,7 +833,7 @@ mirror_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   gate_enter ();
   r = next->flush (next, flags, err);
   if (r == 0 && cur_state () == M_MIRRORING &&
-      strcmp (h->exportname, mirror_export) == 0) {
+      (mirror_all || strcmp (h->exportname, mirror_export) == 0)) {
     e = dest_flush (dest);
     if (e)
       r = dest_failed (e, "flush", 0, 0, err);
@@ -918,8 +934,8 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
                        mirror_state_name (cur_state ()));
   if (!uri)
     return fail_reply (out, "start needs \"dest\": the destination NBD URI");
-  if (!exp)
-    exp = "";
+  if (json_has (req, "export") && !exp)
+    return fail_reply (out, "\"export\" must be a string");
   if (json_u64 (req, "connections", &nconns) == -1 || nconns < 1 ||
       nconns > 16)
     return fail_reply (out, "\"connections\" must be 1 to 16");
@@ -931,14 +947,15 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
   if (nbd_uri_policy (uri, insecure) == -1)
     return fail_reply (out, "%s", last_msg);
 
-  n = bg_open (exp, 1);
+  n = bg_open (exp ? exp : "", 1);
   if (!n)
-    return fail_reply (out, "cannot open the source export '%s'", exp);
+    return fail_reply (out, "cannot open the source export '%s'",
+                       exp ? exp : "");
   ssize = n->get_size (n);
   bg_close (n);
   if (ssize < 0)
     return fail_reply (out, "cannot get the size of the source export '%s'",
-                       exp);
+                       exp ? exp : "");
 
   d = dest_open (uri, nconns, timeout, &di, err, sizeof err);
   if (!d)
@@ -953,8 +970,14 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
                        " bytes) than the source (%" PRId64 " bytes)",
                        uri, di.size, ssize);
   }
+  /* Does the destination read zeros where the source lies?  Then the
+   * copier may skip the source's holes. */
+  {
+    int z = dest_is_zero (d, 0, ssize);
+    di.all_zero = z == 1;
+  }
   map = calloc ((ssize / gran + 1) / 8 + 1, 1);
-  if (!map || !(exp = strdup (exp)) || !(uri = strdup (uri))) {
+  if (!map || !(exp = strdup (exp ? exp : "")) || !(uri = strdup (uri))) {
     free (map);
     dest_close (d);
     return fail_reply (out, "out of memory");
@@ -967,14 +990,16 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
   dirty = map;
   size = ssize;
   ngran = (size + gran - 1) / gran;
-  free (mirror_export);
-  mirror_export = (char *) exp;
-  free (dest_uri);
-  dest_uri = (char *) uri;
   dest = d;
   dinfo = di;
-  random_token (token);
   pthread_mutex_lock (&info_lock);
+  free (mirror_export);
+  mirror_export = (char *) exp;
+  mirror_all = !json_has (req, "export");
+  free (dest_uri);
+  dest_uri = (char *) uri;
+  random_token (token);
+  generation++;
   reason[0] = 0;
   copy_seen = copy_done = false;
   st_dirty_gran = st_writes = st_write_bytes = st_readback = st_copied = 0;
@@ -1008,11 +1033,17 @@ mirror_cmd_status (const struct json_obj *req, struct jbuf *out)
   pthread_mutex_unlock (&info_lock);
   jbuf_add (out, ",\"on_error\":\"%s\"", strict ? "fail" : "continue");
   if (s != M_IDLE) {
-    jbuf_add (out, ",\"export\":");
-    jbuf_str (out, mirror_export);
+    pthread_mutex_lock (&info_lock);
+    if (mirror_all)
+      jbuf_add (out, ",\"export\":null");
+    else {
+      jbuf_add (out, ",\"export\":");
+      jbuf_str (out, mirror_export);
+    }
     if (s == M_MIRRORING || s == M_READY)
       jbuf_add (out, ",\"copy_export\":\"" COPY_PREFIX "%s\","
                 "\"dest_zero\":%s", token, dinfo.all_zero ? "true" : "false");
+    pthread_mutex_unlock (&info_lock);
     jbuf_add (out, ",\"size\":%" PRIu64 ",\"granularity\":%u,"
               "\"dirty_bytes\":%" PRIu64 ",\"mirrored_writes\":%" PRIu64
               ",\"mirrored_bytes\":%" PRIu64 ",\"readback_bytes\":%" PRIu64
@@ -1144,6 +1175,17 @@ mirror_cmd_switchover (const struct json_obj *req, struct jbuf *out)
   if (cur_state () != M_MIRRORING)
     return fail_reply (out, "switchover needs a running mirror (state is %s)",
                        mirror_state_name (cur_state ()));
+  if (!verify) {
+    bool done;
+    pthread_mutex_lock (&info_lock);
+    done = copy_done;
+    pthread_mutex_unlock (&info_lock);
+    if (!done)
+      return fail_reply (out, "switchover without verify needs a finished "
+                         "bulk copy (sxm-copy --live reports it with "
+                         "\"copied\"); nothing proves the destination "
+                         "complete otherwise");
+  }
   gate_close ();                /* hold new writes, drain the ones in flight */
   t_drained = mirror_now ();
   if (cur_state () != M_MIRRORING) {
@@ -1231,6 +1273,9 @@ mirror_cmd_abort (const struct json_obj *req, struct jbuf *out)
     dest = NULL;
   }
   __atomic_store_n (&state, M_IDLE, __ATOMIC_RELEASE);
+  pthread_mutex_lock (&info_lock);
+  copy_seen = copy_done = false;
+  pthread_mutex_unlock (&info_lock);
   gate_open ();
   nbdkit_debug ("mirror: aborted (was %s)", mirror_state_name (s));
   jbuf_add (out, ",\"state\":\"idle\",\"was\":\"%s\"", mirror_state_name (s));

@@ -22,7 +22,7 @@ struct dest;
 struct dest_info {
   uint64_t size;
   bool readonly, can_flush, can_fua, can_zero, multi_conn, has_extents;
-  bool all_zero;                /* block status says the whole export reads zeros */
+  bool all_zero;                /* mirror.c: reads zeros over the source's size */
 };
 
 /* Connect NCONNS connections to URI (TLS from the URI).  NULL with a

@@ -60,6 +60,7 @@ def fio_job(uri, size, seed):
          "--rw=randwrite", "--bs=4k", "--iodepth=4", f"--offset={lo}",
          f"--size={(size - lo) // 4096 * 4096}", "--verify=crc32c",
          "--verify_fatal=1", f"--randseed={seed}", "--do_verify=1",
+         "--verify_state_save=0",
          "--output-format=terse"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
