@@ -232,6 +232,66 @@ def main(scratch):
                "abort while mirroring: idle, source untouched", r)
         h.shutdown()
 
+    # --- a destination with old data; stale copiers; a named export -------
+    cs3 = os.path.join(S, "ctl3.sock")
+    size3 = 16 * MiB
+    with Server(S, "size=16M", plugin="memory", name="odst") as dst, \
+         Server(S, "size=16M", "mirror-control=" + cs3, plugin="memory",
+                filters=[FILTER], name="osrc") as s:
+        g = connect(s.uri)
+        g.pwrite(b"\x5a" * MiB, 2 * MiB)          # data; the rest are holes
+        d = connect(dst.uri)
+        d.pwrite(b"\xa5" * MiB, 8 * MiB)          # old data in a source hole
+        d.pwrite(b"\xa5" * 4096, 2 * MiB + 4096)  # and under source data
+        d.shutdown()
+        r = ctl(cs3, "start", dest=dst.uri)
+        tap.ok(r["ok"] and r["dest_zero"] is False and
+               ctl(cs3, "status")["export"] is None,
+               "start: a destination with data is not dest_zero; every "
+               "export mirrored by default", r)
+        r = ctl(cs3, "switchover", verify=False)
+        tap.ok(not r["ok"] and "finished bulk copy" in r["error"] and
+               r["state"] == "mirroring",
+               "switchover without verify refused before 'copied'", r)
+        p = live_copy(cs3, s.uri, "--verify")
+        tap.ok(p.returncode == 2 and "--verify" in p.stderr,
+               "sxm-copy --live --verify refused (exit 2)", p.stderr)
+        p = live_copy(cs3, s.uri)
+        tap.ok(p.returncode == 0, "live copy onto old data", p.stderr)
+        diff = first_difference(s.uri, dst.uri, size3)
+        tap.ok(diff is None, "live copy zeroed the old data in the source's "
+               "holes", f"first difference at {diff}")
+        # A copier left over from an aborted mirror must not write into
+        # the next one's destination.
+        curi = s.uri.replace("///", "///" + ctl(cs3, "status")["copy_export"])
+        stale = connect(curi)
+        ctl(cs3, "abort")
+        r = ctl(cs3, "start", dest=dst.uri, export="other")
+        try:
+            stale.pwrite(b"\xff" * 4096, 12 * MiB)
+            tap.ok(False, "a copy connection from an earlier mirror is "
+                   "refused")
+        except Exception as e:
+            tap.ok("not permitted" in str(e),
+                   "a copy connection from an earlier mirror is refused "
+                   "(EPERM)", e)
+        d = connect(dst.uri)
+        tap.ok(d.pread(4096, 12 * MiB) == bytes(4096),
+               "and nothing reached the new destination")
+        # start named "other": the guest on "" is not mirrored, one on
+        # "other" is.
+        g.pwrite(b"\x01" * 4096, 0)
+        o = connect(s.uri.replace("///", "///other"))
+        o.pwrite(b"\x02" * 4096, 4096)
+        st = ctl(cs3, "status")
+        tap.ok(st["export"] == "other" and st["mirrored_writes"] == 1 and
+               d.pread(4096, 0) != b"\x01" * 4096 and
+               d.pread(4096, 4096) == b"\x02" * 4096,
+               "a named export: only its connections are mirrored", st)
+        ctl(cs3, "abort")
+        for x in (stale, d, o, g):
+            x.shutdown()
+
     # --- above 4 GiB ------------------------------------------------------
     big = sparse(os.path.join(S, "big.img"), 5 * GiB)
     cs2 = os.path.join(S, "ctl2.sock")
