@@ -313,9 +313,11 @@ check_body_len (struct xm_decoder *d, uint32_t type, uint32_t body_len)
   if (d->ack_stream && type != XM_REC_ACK)
     return fail (d, REC_FMT "only ACK records travel on the reply channel",
                  REC_ARGS (d, type));
-  if (!d->ack_stream && type == XM_REC_ACK)
-    return fail (d, REC_FMT "ACK records travel only on the reply channel",
-                 REC_ARGS (d, type));
+  /* On the sender's stream one ACK may follow END: the commit (see
+   * doc/xenmem-stream.md "Ending"); check_order enforces the place. */
+  if (!d->ack_stream && type == XM_REC_ACK && !d->end_seen)
+    return fail (d, REC_FMT "ACK before END: on the sender's stream only the "
+                 "commit after END is an ACK", REC_ARGS (d, type));
   if (body_len > max)
     return fail (d, REC_FMT "body length %" PRIu32 " is over the limit of %"
                  PRIu32, REC_ARGS (d, type), body_len, max);
@@ -345,8 +347,12 @@ check_order (struct xm_decoder *d, uint32_t type)
   if (!d->header_seen)
     return fail (d, REC_FMT "the stream header has not been read",
                  REC_ARGS (d, type));
-  if (d->end_seen)
-    return fail (d, REC_FMT "nothing may follow END", REC_ARGS (d, type));
+  if (d->commit_seen)
+    return fail (d, REC_FMT "nothing may follow the commit",
+                 REC_ARGS (d, type));
+  if (d->end_seen && type != XM_REC_ACK)
+    return fail (d, REC_FMT "only the commit (ACK) may follow END",
+                 REC_ARGS (d, type));
   if (d->rounds == 0 && type != XM_REC_ROUND)
     return fail (d, REC_FMT "the first record must be ROUND",
                  REC_ARGS (d, type));
@@ -540,5 +546,7 @@ xm_decode_record (struct xm_decoder *d, const uint8_t *buf, size_t len,
     d->context_seen = true;
   else if (type == XM_REC_END)
     d->end_seen = true;
+  else if (type == XM_REC_ACK && !d->ack_stream)
+    d->commit_seen = true;
   return 0;
 }

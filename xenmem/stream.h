@@ -71,6 +71,7 @@ struct xm_decoder {
   uint32_t next_seq;            /* = index of the next record */
   uint32_t rounds;              /* ROUND records seen */
   bool context_seen, end_seen, header_seen;
+  bool commit_seen;             /* the sender's ACK after END */
   bool ack_stream;              /* the reply channel: ACK records only */
   char err[256];                /* why the last call failed */
 };

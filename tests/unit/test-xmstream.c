@@ -474,8 +474,8 @@ test_records (void)
   put32 (buf, XM_REC_ACK);
   put32 (buf + 4, 8);
   ok (xm_record_body_len (&d, buf) == -1 &&
-      has (&d, "record 0 (ACK): ACK records travel only on the reply "
-           "channel"), "ACK refused on the sender's stream");
+      has (&d, "record 0 (ACK): ACK before END"),
+      "ACK before END refused on the sender's stream");
 
   n = xm_encode_round (buf, 1, 0, 0);
   ok (feed (&d, buf, n, &r) == -1 &&
@@ -734,15 +734,18 @@ test_order (void)
   ok (feed (&d, buf, n, &r) == 0 && d.end_seen, "END after CONTEXT accepted");
   n = xm_encode_end (buf, 4, 0, digest);
   ok (feed (&d, buf, n, &r) == -1 &&
-      has (&d, "record 4 (END): nothing may follow END"),
+      has (&d, "record 4 (END): only the commit (ACK) may follow END"),
       "a second END refused");
   n = xm_encode_round (buf, 4, 2, 0);
-  ok (feed (&d, buf, n, &r) == -1 && has (&d, "nothing may follow END"),
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "only the commit"),
       "ROUND after END refused");
   n = xm_encode_ack (buf, 4, 0, "commit");
+  ok (feed (&d, buf, n, &r) == 0 && r.type == XM_REC_ACK &&
+      d.commit_seen, "the commit (ACK) after END accepted");
+  n = xm_encode_ack (buf, 5, 0, "commit");
   ok (feed (&d, buf, n, &r) == -1 &&
-      has (&d, "ACK records travel only on the reply channel"),
-      "ACK after END refused on the sender's stream");
+      has (&d, "record 5 (ACK): nothing may follow the commit"),
+      "a second commit refused");
   free (buf);
 }
 
