@@ -36,9 +36,9 @@ COMMON_HDRS := $(wildcard common/*.h)
 PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
 FILTER     := nbdkit-plugin/nbdkit-mirror-filter.so
 FILTER_SRCS := nbdkit-plugin/mirror.c nbdkit-plugin/mirror-dest.c nbdkit-plugin/mirror-control.c
-TOOLS      := client/sxm-vhd client/sxm-copy client/sxm-mirror
+TOOLS      := client/sxm-vhd client/sxm-copy client/sxm-mirror xenmem/xenmem
 BENCH_BINS := bench/map-time
-FUZZERS    := tests/fuzz/fuzz-vhd-open
+FUZZERS    := tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-jsonline tests/fuzz/fuzz-xmstream
 FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
@@ -65,6 +65,25 @@ $(FILTER): $(FILTER_SRCS) nbdkit-plugin/mirror.h common/libsxm.a $(COMMON_HDRS) 
 
 client/sxm-vhd: LDLIBS += -luuid
 
+# xenmem: the engine, stream, transport and backends in an archive that the
+# tool and its unit tests link.
+XENMEM_SRCS := xenmem/engine.c xenmem/stream.c xenmem/transport.c \
+               xenmem/backend-uffd.c xenmem/backend-xen.c xenmem/backend-kvm.c
+XENMEM_OBJS := $(XENMEM_SRCS:.c=.o)
+XENMEM_HDRS := $(wildcard xenmem/*.h)
+XENMEM_LIBS := $(shell pkg-config --libs gnutls 2>/dev/null) -lxenctrl -lxenforeignmemory -lpthread
+xenmem/%.o: xenmem/%.c $(XENMEM_HDRS) $(COMMON_HDRS) | deps
+	$(CC) $(ALLCFLAGS) -Ixenmem -c -o $@ $<
+xenmem/libxenmem.a: $(XENMEM_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+xenmem/xenmem: xenmem/xenmem.c xenmem/libxenmem.a common/libsxm.a $(XENMEM_HDRS) | deps
+	$(CC) $(ALLCFLAGS) -Ixenmem -o $@ $< xenmem/libxenmem.a common/libsxm.a \
+	  $(ALLLDFLAGS) $(XENMEM_LIBS)
+tests/unit/test-xm%: tests/unit/test-xm%.c tests/unit/tap.h xenmem/libxenmem.a common/libsxm.a $(XENMEM_HDRS)
+	$(CC) $(ALLCFLAGS) -Ixenmem -o $@ $< xenmem/libxenmem.a common/libsxm.a \
+	  $(ALLLDFLAGS) $(XENMEM_LIBS)
+
 COPY_SRCS := $(wildcard client/copy/*.c)
 client/sxm-copy: client/sxm-copy.c $(COPY_SRCS) client/copy/copy.h common/libsxm.a $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) -o $@ client/sxm-copy.c $(COPY_SRCS) common/libsxm.a \
@@ -85,6 +104,8 @@ tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(COMMON_SRCS) $(COMMON_HDRS) | deps
 	  -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Icommon \
 	  -o $@ $< $(COMMON_SRCS) -lpthread
 
+tests/fuzz/fuzz-xmstream: xenmem/stream.c xenmem/stream.h
+
 # make fuzz FUZZ_SECONDS=N: each harness for N seconds from generated seeds.
 fuzz: all
 	rm -rf tests/fuzz/work && mkdir -p tests/fuzz/work/corpus
@@ -92,6 +113,15 @@ fuzz: all
 	tests/fuzz/fuzz-vhd-open -max_total_time=$(FUZZ_SECONDS) -max_len=262144 \
 	  -rss_limit_mb=2048 -print_final_stats=1 \
 	  tests/fuzz/work/corpus tests/fuzz/work/seeds
+	mkdir -p tests/fuzz/work/json-corpus
+	tests/fuzz/fuzz-jsonline -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  -rss_limit_mb=2048 -print_final_stats=1 \
+	  -dict=tests/fuzz/jsonline.dict tests/fuzz/work/json-corpus tests/fuzz/jsonline-seeds
+	mkdir -p tests/fuzz/work/xm-corpus
+	/usr/bin/python3 tests/fuzz/make-xmstream-seeds.py tests/fuzz/work/xm-seeds
+	tests/fuzz/fuzz-xmstream -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	  -rss_limit_mb=2048 -print_final_stats=1 \
+	  tests/fuzz/work/xm-corpus tests/fuzz/work/xm-seeds
 
 TESTS ?= $(UNIT_TESTS) $(sort $(wildcard tests/*.t))
 check: all
@@ -128,5 +158,5 @@ install: all
 	done
 
 clean:
-	rm -f common/*.o common/libsxm.a $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
+	rm -f common/*.o common/libsxm.a xenmem/*.o xenmem/libxenmem.a $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS)
 	rm -rf tests/tmp tests/fuzz/work

@@ -72,8 +72,42 @@ crc_init (void)
                         crc_table[0][crc_table[t - 1][i] & 0xff];
 }
 
+#if defined(__x86_64__)
+/* The same CRC with SSE4.2's crc32 instruction (Castagnoli, reflected):
+ * ~10x the table's speed, and it was 10-13% of a transfer's CPU. */
+__attribute__ ((target ("sse4.2")))
+static uint32_t
+crc32c_hw (uint32_t crc, const uint8_t *p, size_t len)
+{
+  uint64_t c = ~crc;
+
+  while (len >= 8) {
+    uint64_t v;
+    memcpy (&v, p, 8);
+    c = __builtin_ia32_crc32di (c, v);
+    p += 8;
+    len -= 8;
+  }
+  while (len--)
+    c = __builtin_ia32_crc32qi ((uint32_t) c, *p++);
+  return ~(uint32_t) c;
+}
+#endif
+
 uint32_t
 xm_crc32c (uint32_t crc, const void *buf, size_t len)
+{
+  const uint8_t *p = buf;
+
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports ("sse4.2"))
+    return crc32c_hw (crc, p, len);
+#endif
+  return xm_crc32c_sw (crc, p, len);
+}
+
+uint32_t
+xm_crc32c_sw (uint32_t crc, const void *buf, size_t len)
 {
   const uint8_t *p = buf;
 

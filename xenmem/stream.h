@@ -119,5 +119,7 @@ int xm_decode_record (struct xm_decoder *d, const uint8_t *buf, size_t len,
  * back in: xm_crc32c (xm_crc32c (0, a, n), b, m) is the CRC of a then b.
  * xm_crc32c (0, "123456789", 9) == 0xe3069283. */
 uint32_t xm_crc32c (uint32_t crc, const void *buf, size_t len);
+/* The table-driven version (what xm_crc32c uses without SSE4.2). */
+uint32_t xm_crc32c_sw (uint32_t crc, const void *buf, size_t len);
 
 #endif

@@ -1,0 +1,567 @@
+/* xenmem's pre-copy engine (see engine.h and doc/xenmem-stream.md). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+
+#include "engine.h"
+#include "log.h"
+#include "stream.h"
+
+double
+xm_now (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static bool
+page_is_zero (const uint8_t *p)
+{
+  const uint64_t *w = (const uint64_t *) p;
+
+  for (unsigned i = 0; i < XM_PAGE_SIZE / 8; i++)
+    if (w[i])
+      return false;
+  return true;
+}
+
+/* sha256 over every page of the guest, in pfn order: the end-to-end check
+ * that the receiver loaded exactly what the paused source held. */
+static int
+memory_digest (int (*rd) (void *, const uint64_t *, unsigned, void *),
+               void *obj, uint64_t npages, uint8_t *buf, uint8_t out[32])
+{
+  gnutls_hash_hd_t h;
+  uint64_t pfns[XM_BATCH_MAX];
+
+  if (gnutls_hash_init (&h, GNUTLS_DIG_SHA256) < 0) {
+    sxm_error ("cannot initialise sha256");
+    return -1;
+  }
+  for (uint64_t p = 0; p < npages; ) {
+    unsigned n = npages - p < XM_BATCH_MAX ? npages - p : XM_BATCH_MAX;
+    for (unsigned i = 0; i < n; i++)
+      pfns[i] = p + i;
+    if (rd (obj, pfns, n, buf) == -1) {
+      gnutls_hash_deinit (h, out);
+      return -1;
+    }
+    gnutls_hash (h, buf, (size_t) n * XM_PAGE_SIZE);
+    p += n;
+  }
+  gnutls_hash_deinit (h, out);
+  return 0;
+}
+
+/* ---- send ------------------------------------------------------------ */
+
+struct sender {
+  const struct xm_backend_ops *b;
+  struct xm_source *s;
+  struct xm_conn *c;
+  const struct xm_send_opts *o;
+  uint64_t npages;
+  uint8_t *rec;                 /* one encoded record */
+  uint8_t *pages;               /* one batch of page data */
+  uint64_t pfns[XM_BATCH_MAX];
+  bool zero[XM_BATCH_MAX];
+  unsigned n;                   /* pfns queued */
+  uint32_t seq;
+  /* totals */
+  uint64_t wire_bytes, pages_sent, zero_pages;
+  /* --rate: a token bucket on wire bytes */
+  double bucket_t;
+  double bucket;
+};
+
+static int
+src_read (void *obj, const uint64_t *pfns, unsigned n, void *buf)
+{
+  struct sender *S = obj;
+  return S->b->read_pages (S->s, pfns, n, buf);
+}
+
+static int
+put (struct sender *S, const void *buf, size_t len)
+{
+  if (S->o->rate) {
+    /* Spend first, then sleep off the debt: smooth at record size. */
+    double now = xm_now ();
+    S->bucket += (now - S->bucket_t) * S->o->rate;
+    if (S->bucket > S->o->rate / 10.0)
+      S->bucket = S->o->rate / 10.0;   /* at most 100 ms of burst */
+    S->bucket_t = now;
+    S->bucket -= len;
+    if (S->bucket < 0) {
+      double wait = -S->bucket / S->o->rate;
+      struct timespec ts = { (time_t) wait,
+                             (long) ((wait - (time_t) wait) * 1e9) };
+      nanosleep (&ts, NULL);
+    }
+  }
+  if (xm_write (S->c, buf, len) == -1)
+    return -1;
+  S->wire_bytes += len;
+  return 0;
+}
+
+static int
+flush_batch (struct sender *S)
+{
+  size_t len;
+
+  if (S->n == 0)
+    return 0;
+  if (S->b->read_pages (S->s, S->pfns, S->n, S->pages) == -1)
+    return -1;
+  for (unsigned i = 0; i < S->n; i++) {
+    S->zero[i] = page_is_zero (S->pages + (size_t) i * XM_PAGE_SIZE);
+    S->zero_pages += S->zero[i];
+  }
+  len = xm_encode_pages (S->rec, S->seq++, S->pfns, S->zero, S->n, S->pages);
+  S->pages_sent += S->n;
+  S->n = 0;
+  return put (S, S->rec, len);
+}
+
+static int
+queue_page (struct sender *S, uint64_t pfn)
+{
+  S->pfns[S->n++] = pfn;
+  return S->n == XM_BATCH_MAX ? flush_batch (S) : 0;
+}
+
+static int
+send_round (struct sender *S, uint32_t round, const uint8_t *bitmap,
+            uint64_t count)
+{
+  size_t len = xm_encode_round (S->rec, S->seq++, round, count);
+
+  if (put (S, S->rec, len) == -1)
+    return -1;
+  for (uint64_t byte = 0; byte < (S->npages + 7) / 8; byte++) {
+    uint8_t v = bitmap ? bitmap[byte] : 0xff;
+    if (!v)
+      continue;
+    for (unsigned bit = 0; bit < 8; bit++) {
+      uint64_t pfn = byte * 8 + bit;
+      if ((v >> bit & 1) && pfn < S->npages && queue_page (S, pfn) == -1)
+        return -1;
+    }
+  }
+  return flush_batch (S);
+}
+
+/* Read one record from the receiver's ACK channel. */
+static int
+read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
+          uint8_t *buf)
+{
+  int64_t blen;
+
+  if (xm_read (c, buf, XM_REC_HDR_SIZE, false) == -1)
+    return -1;
+  blen = xm_record_body_len (d, buf);
+  if (blen < 0 || blen > 4096) {
+    sxm_error ("receiver's reply: %s", blen < 0 ? d->err : "too long");
+    return -1;
+  }
+  if (xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) == -1)
+    return -1;
+  if (xm_decode_record (d, buf, XM_REC_HDR_SIZE + blen, r) == -1) {
+    sxm_error ("receiver's reply: %s", d->err);
+    return -1;
+  }
+  return 0;
+}
+
+static void
+round_line (const struct xm_send_opts *o, struct jbuf *rounds, uint32_t round,
+            uint64_t sent, uint64_t zeros, uint64_t bytes, double secs,
+            uint64_t dirty, double predicted_ms, bool paused)
+{
+  double bw = secs > 0 ? bytes / secs : 0;
+  double drate = secs > 0 ? dirty * (double) XM_PAGE_SIZE / secs : 0;
+
+  if (!o->quiet)
+    fprintf (stderr, "xenmem: round %u%s: sent %" PRIu64 " pages (%" PRIu64
+             " zero), %.1f MiB in %.3f s = %.0f MiB/s; dirtied meanwhile %"
+             PRIu64 " pages (%.1f MiB/s); predicted downtime %.2f ms\n",
+             round, paused ? " (paused)" : "", sent, zeros,
+             bytes / 1048576.0, secs, bw / 1048576.0, dirty,
+             drate / 1048576.0, predicted_ms);
+  jbuf_add (rounds, "%s{\"round\":%u,\"paused\":%s,\"pages\":%" PRIu64
+            ",\"zero_pages\":%" PRIu64 ",\"bytes\":%" PRIu64
+            ",\"seconds\":%.6f,\"dirty_after\":%" PRIu64
+            ",\"dirty_rate\":%.0f,\"bandwidth\":%.0f,\"predicted_ms\":%.3f}",
+            rounds->len > 1 ? "," : "", round, paused ? "true" : "false",
+            sent, zeros, bytes, secs, dirty, drate, bw, predicted_ms);
+}
+
+int
+xm_send (const struct xm_backend_ops *b, struct xm_source *s,
+         struct xm_conn *c, const struct xm_send_opts *o, struct jbuf *report)
+{
+  struct sender S = { .b = b, .s = s, .c = c, .o = o };
+  struct xm_header hdr = { XM_STREAM_VERSION, b->id, 0, 0 };
+  struct jbuf rounds = { 0 };
+  uint8_t *dirty = NULL, *more = NULL, digest[32] = { 0 };
+  uint64_t count = 0, prev = UINT64_MAX, final_count;
+  unsigned stuck = 0;
+  uint32_t round = 0;
+  const char *why = NULL;
+  bool paused = false, committed = false;
+  double t0 = xm_now (), t_pause = 0, t_run = 0, t_digest = 0, bw = 0;
+  int ret = XM_FAILED;
+  size_t len;
+
+  S.npages = b->npages (s);
+  hdr.npages = S.npages;
+  S.rec = malloc (XM_REC_MAX);
+  S.pages = malloc ((size_t) XM_BATCH_MAX * XM_PAGE_SIZE);
+  dirty = calloc ((S.npages + 7) / 8, 1);
+  more = calloc ((S.npages + 7) / 8, 1);
+  jbuf_add (&rounds, "[");
+  if (!S.rec || !S.pages || !dirty || !more) {
+    sxm_error ("out of memory");
+    goto out;
+  }
+  S.bucket_t = xm_now ();
+
+  if (b->log_enable (s) == -1)
+    goto out;
+  len = xm_encode_header (S.rec, &hdr);
+  if (put (&S, S.rec, len) == -1)
+    goto fail_running;
+
+  /* Pre-copy: round 0 is everything, later rounds what the previous one
+   * let the guest dirty. */
+  for (;;) {
+    uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes;
+    double ts = xm_now (), secs, pred;
+
+    if (send_round (&S, round, round == 0 ? NULL : dirty,
+                    round == 0 ? S.npages : count) == -1)
+      goto fail_running;
+    secs = xm_now () - ts;
+    if (secs > 0 && S.wire_bytes > w0)
+      bw = (S.wire_bytes - w0) / secs;
+    if (b->log_fetch (s, dirty, &count) == -1)
+      goto fail_running;
+    /* Dirty pages that are zero go as 16-byte markers; count them full:
+     * the estimate errs on the long side. */
+    pred = bw > 0 ? count * (double) XM_PAGE_SIZE / bw * 1e3 : 1e9;
+    round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
+                S.wire_bytes - w0, secs, count, pred, false);
+    if (pred <= o->downtime_ms)
+      why = "predicted downtime under the target";
+    else if (round + 1 >= o->max_rounds)
+      why = "round limit";
+    else if (round >= 1 && count >= prev && ++stuck >= 2)
+      why = "dirty set stopped shrinking";
+    if (why)
+      break;
+    if (count < prev)
+      stuck = 0;
+    prev = count;
+    round++;
+  }
+
+  /* Stop and copy. */
+  t_pause = xm_now ();
+  if (b->pause (s) == -1)
+    goto fail_running;
+  paused = true;
+  if (b->log_fetch (s, more, &final_count) == -1)
+    goto fail;
+  final_count = 0;
+  for (uint64_t i = 0; i < (S.npages + 7) / 8; i++) {
+    dirty[i] |= more[i];
+    final_count += __builtin_popcount (dirty[i]);
+  }
+  {
+    uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes;
+    double ts = xm_now ();
+    void *blob = NULL;
+    size_t blen = 0;
+
+    round++;
+    if (send_round (&S, round, dirty, final_count) == -1)
+      goto fail;
+    if (b->get_context (s, &blob, &blen) == -1)
+      goto fail;
+    if (blen > XM_CONTEXT_MAX) {
+      sxm_error ("the guest's context is %zu bytes, over the stream's "
+                 "limit of %u", blen, XM_CONTEXT_MAX);
+      free (blob);
+      goto fail;
+    }
+    len = xm_encode_context (S.rec, S.seq++, b->id, blob, blen);
+    free (blob);
+    if (put (&S, S.rec, len) == -1)
+      goto fail;
+    round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
+                S.wire_bytes - w0, xm_now () - ts, 0, 0, true);
+  }
+  if (o->verify_memory) {
+    double td = xm_now ();
+    if (memory_digest (src_read, &S, S.npages, S.pages, digest) == -1)
+      goto fail;
+    t_digest = xm_now () - td;
+  }
+  len = xm_encode_end (S.rec, S.seq++, S.pages_sent, digest);
+  if (put (&S, S.rec, len) == -1)
+    goto fail;
+
+  /* The commit handshake: the receiver says it holds everything; only then
+   * do we give up the source for good and tell it to start. */
+  {
+    struct xm_decoder ad;
+    struct xm_record r;
+
+    xm_decoder_init_acks (&ad);
+    if (read_ack (c, &ad, &r, S.rec) == -1)
+      goto fail;
+    if (r.u.ack.status != 0) {
+      sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
+      goto fail;
+    }
+    committed = true;
+    len = xm_encode_ack (S.rec, S.seq++, 0, "commit");
+    if (put (&S, S.rec, len) == -1 || read_ack (c, &ad, &r, S.rec) == -1 ||
+        r.u.ack.status != 0) {
+      sxm_error ("committed, but the receiver did not confirm that the guest "
+                 "runs there%s%s; the source guest stays paused: check the "
+                 "destination before resuming or destroying it",
+                 r.u.ack.status ? ": " : "", r.u.ack.status ? r.u.ack.msg : "");
+      ret = XM_IN_DOUBT;
+      goto out;
+    }
+    t_run = xm_now ();
+  }
+  ret = XM_OK;
+  goto out;
+
+ fail:
+  /* Not committed: the source guest is still the guest. */
+  if (paused && !committed)
+    b->unpause (s);
+ fail_running:
+  b->log_disable (s);
+  ret = XM_FAILED;
+
+ out:
+  jbuf_add (&rounds, "]");
+  jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%u,\"stop_reason\":",
+            ret == XM_OK ? "migrated" : ret == XM_IN_DOUBT ? "in-doubt"
+            : "failed, source resumed", round + (t_pause > 0));
+  jbuf_str (report, why ? why : "none");
+  jbuf_add (report, ",\"pages_sent\":%" PRIu64 ",\"zero_pages\":%" PRIu64
+            ",\"wire_bytes\":%" PRIu64 ",\"guest_bytes\":%" PRIu64
+            ",\"wire_over_ram\":%.4f,\"total_s\":%.3f",
+            S.pages_sent, S.zero_pages, S.wire_bytes,
+            S.npages * (uint64_t) XM_PAGE_SIZE,
+            S.npages ? S.wire_bytes / (double) (S.npages * XM_PAGE_SIZE) : 0,
+            xm_now () - t0);
+  if (ret == XM_OK)
+    jbuf_add (report, ",\"downtime_ms\":%.3f,\"digest_ms\":%.3f",
+              (t_run - t_pause - t_digest) * 1e3, t_digest * 1e3);
+  jbuf_add (report, ",\"verified_memory\":%s,\"tls\":%s,\"round_stats\":%s",
+            o->verify_memory ? "true" : "false",
+            xm_conn_is_tls (c) ? "true" : "false",
+            rounds.s ? rounds.s : "[]");
+  jbuf_free (&rounds);
+  free (S.rec);
+  free (S.pages);
+  free (dirty);
+  free (more);
+  return ret;
+}
+
+/* ---- receive --------------------------------------------------------- */
+
+static int
+dst_read (void *obj, const uint64_t *pfns, unsigned n, void *buf)
+{
+  void **p = obj;
+  const struct xm_backend_ops *b = p[0];
+  return b->read_dest (p[1], pfns, n, buf);
+}
+
+static int
+send_ack (struct xm_conn *c, uint32_t *seq, int32_t status, const char *msg)
+{
+  uint8_t buf[XM_REC_HDR_SIZE + 8 + 256];
+  size_t len = xm_encode_ack (buf, (*seq)++, status, msg);
+  return xm_write (c, buf, len);
+}
+
+int
+xm_receive (const struct xm_backend_ops *b, const char *id,
+            struct xm_conn *c, const struct xm_recv_opts *o,
+            struct jbuf *report)
+{
+  struct xm_decoder d;
+  struct xm_header h;
+  struct xm_record r;
+  struct xm_dest *dst = NULL;
+  uint8_t *buf = malloc (XM_REC_MAX), *tmp = NULL;
+  uint64_t dpfn[XM_BATCH_MAX], zpfn[XM_BATCH_MAX];
+  uint64_t pages = 0, zeros = 0, rounds = 0;
+  uint32_t aseq = 0;
+  bool started = false;
+  char why[300] = "";
+  double t0 = xm_now ();
+  int ret = XM_FAILED;
+
+  if (!buf) {
+    sxm_error ("out of memory");
+    return XM_FAILED;
+  }
+  xm_decoder_init (&d);
+  if (xm_read (c, buf, XM_HEADER_SIZE, false) == -1)
+    goto out;
+  if (xm_decode_header (&d, buf, XM_HEADER_SIZE, &h) == -1) {
+    snprintf (why, sizeof why, "stream header: %s", d.err);
+    goto refuse;
+  }
+  if (h.backend != (uint32_t) b->id) {
+    snprintf (why, sizeof why, "the stream is from backend %" PRIu32
+              ", this receiver runs %s", h.backend, b->name);
+    goto refuse;
+  }
+  if (b->create_dest (id, h.npages, &dst) == -1) {
+    snprintf (why, sizeof why, "cannot create the destination guest");
+    goto refuse;
+  }
+
+  for (;;) {
+    int64_t blen;
+
+    if (xm_read (c, buf, XM_REC_HDR_SIZE, false) == -1)
+      goto out;
+    blen = xm_record_body_len (&d, buf);
+    if (blen < 0) {
+      snprintf (why, sizeof why, "%s", d.err);
+      goto refuse;
+    }
+    if (xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) == -1)
+      goto out;
+    if (xm_decode_record (&d, buf, XM_REC_HDR_SIZE + blen, &r) == -1) {
+      snprintf (why, sizeof why, "%s", d.err);
+      goto refuse;
+    }
+    switch (r.type) {
+    case XM_REC_ROUND:
+      rounds++;
+      break;
+    case XM_REC_PAGES: {
+      unsigned nd = 0, nz = 0;
+      for (uint32_t i = 0; i < r.u.pages.count; i++) {
+        uint64_t e = 0;
+        for (int k = 7; k >= 0; k--)        /* little-endian u64 */
+          e = e << 8 | r.u.pages.pfns[8 * i + k];
+        if (e & XM_PFN_ZERO)
+          zpfn[nz++] = e & XM_PFN_MASK;
+        else
+          dpfn[nd++] = e & XM_PFN_MASK;
+      }
+      if ((nd && b->write_pages (dst, dpfn, nd, r.u.pages.data) == -1) ||
+          (nz && b->write_pages (dst, zpfn, nz, NULL) == -1)) {
+        snprintf (why, sizeof why, "cannot load pages into the guest");
+        goto refuse;
+      }
+      pages += r.u.pages.count;
+      zeros += nz;
+      break;
+    }
+    case XM_REC_CONTEXT:
+      if (b->set_context (dst, r.u.context.blob, r.u.context.len) == -1) {
+        snprintf (why, sizeof why, "the guest's context was refused");
+        goto refuse;
+      }
+      break;
+    case XM_REC_END: {
+      static const uint8_t none[32];
+      uint8_t mine[32];
+      void *rd[2] = { (void *) b, dst };
+      if (r.u.end.pages_sent != pages) {
+        snprintf (why, sizeof why, "END says %" PRIu64 " pages were sent, %"
+                  PRIu64 " arrived", r.u.end.pages_sent, pages);
+        goto refuse;
+      }
+      if (memcmp (r.u.end.digest, none, 32) != 0) {
+        if (!tmp && !(tmp = malloc ((size_t) XM_BATCH_MAX * XM_PAGE_SIZE))) {
+          snprintf (why, sizeof why, "out of memory");
+          goto refuse;
+        }
+        if (memory_digest (dst_read, rd, h.npages, tmp, mine) == -1 ||
+            memcmp (mine, r.u.end.digest, 32) != 0) {
+          snprintf (why, sizeof why, "the loaded memory's sha256 differs from "
+                    "the source's at pause");
+          goto refuse;
+        }
+      }
+      if (send_ack (c, &aseq, 0, "loaded") == -1)
+        goto out;
+      break;
+    }
+    case XM_REC_ACK:
+      /* The sender's commit (the decoder allows it only after END). */
+      if (r.u.ack.status != 0) {
+        snprintf (why, sizeof why, "the sender called it off: %s",
+                  r.u.ack.msg);
+        goto out;
+      }
+      if (b->start (dst) == -1) {
+        snprintf (why, sizeof why, "cannot start the guest");
+        goto refuse;
+      }
+      started = true;
+      if (send_ack (c, &aseq, 0, "running") == -1) {
+        /* The sender is left in doubt with the source paused; the guest
+         * runs here, which is what it committed to. */
+        sxm_error ("could not confirm to the sender; the guest runs here");
+      }
+      ret = XM_OK;
+      goto out;
+    }
+  }
+
+ refuse:
+  sxm_error ("%s", why);
+  send_ack (c, &aseq, -EPROTO, why);   /* best effort: the sender resumes */
+
+ out:
+  if (ret == XM_OK && o->check_seconds > 0 && b->check_dest) {
+    jbuf_add (report, ",\"check\":{\"seconds\":%.3f", o->check_seconds);
+    if (b->check_dest (dst, o->check_seconds, report) == -1)
+      ret = XM_FAILED;
+    jbuf_add (report, ",\"ok\":%s}", ret == XM_OK ? "true" : "false");
+  }
+  jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%" PRIu64 ",\"pages\":%"
+            PRIu64 ",\"zero_pages\":%" PRIu64 ",\"total_s\":%.3f",
+            ret == XM_OK ? "running" : started ? "started, check failed"
+            : "discarded", rounds, pages, zeros, xm_now () - t0);
+  if (!started && why[0] == 0 && ret != XM_OK)
+    snprintf (why, sizeof why, "the stream ended early");
+  if (why[0]) {
+    jbuf_add (report, ",\"error\":");
+    jbuf_str (report, why);
+  }
+  if (dst && b->describe_dest)
+    b->describe_dest (dst, report);
+  if (dst)
+    b->close_dest (dst, started);
+  free (buf);
+  free (tmp);
+  return ret;
+}
