@@ -14,15 +14,16 @@ BINDIR    ?= $(PREFIX)/bin
 MANDIR    ?= $(PREFIX)/share/man
 CC        ?= gcc
 CFLAGS    ?= -O2 -g
+# make check-asan builds with these (see the check-asan target).  They must
+# be set before ALLCFLAGS, which is expanded immediately.
+ifeq ($(SANITIZE),1)
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
 WARNFLAGS := -Wall -Wextra -Werror -Wno-unused-parameter
 ALLCFLAGS := $(WARNFLAGS) -std=gnu11 -fPIC -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
              -DSXM_VERSION='"$(VERSION)"' -Icommon $(SANFLAGS) $(CFLAGS)
 ALLLDFLAGS := $(SANFLAGS) $(LDFLAGS)
 
-# make check-asan builds with these (see the check-asan target).
-ifeq ($(SANITIZE),1)
-SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-endif
 
 PLUGINDIR  = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 FILTERDIR  = $(shell pkg-config --variable=filterdir nbdkit 2>/dev/null)
