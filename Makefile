@@ -145,6 +145,7 @@ bench: all
 	bench/vhd-read.sh
 	bench/vhd-write.sh
 	bench/copy.sh
+	bench/mirror.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1
