@@ -140,13 +140,16 @@ queue_page (struct sender *S, uint64_t pfn)
 }
 
 static int
-send_round (struct sender *S, uint32_t round, const uint8_t *bitmap,
-            uint64_t count)
+send_round_record (struct sender *S, uint32_t round, uint64_t count)
 {
   size_t len = xm_encode_round (S->rec, S->seq++, round, count);
+  return put (S, S->rec, len);
+}
 
-  if (put (S, S->rec, len) == -1)
-    return -1;
+/* The pages of BITMAP (NULL: all). */
+static int
+send_pages (struct sender *S, const uint8_t *bitmap)
+{
   for (uint64_t byte = 0; byte < (S->npages + 7) / 8; byte++) {
     uint8_t v = bitmap ? bitmap[byte] : 0xff;
     if (!v)
@@ -222,6 +225,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   double t0 = xm_now (), t_pause = 0, t_run = 0, t_digest = 0, bw = 0;
   int ret = XM_FAILED;
   size_t len;
+  struct xm_decoder ad;
+  struct xm_record r = { 0 };
 
   S.npages = b->npages (s);
   hdr.npages = S.npages;
@@ -248,8 +253,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes;
     double ts = xm_now (), secs, pred;
 
-    if (send_round (&S, round, round == 0 ? NULL : dirty,
-                    round == 0 ? S.npages : count) == -1)
+    if (send_round_record (&S, round, round == 0 ? S.npages : count) == -1 ||
+        send_pages (&S, round == 0 ? NULL : dirty) == -1)
       goto fail_running;
     secs = xm_now () - ts;
     if (secs > 0 && S.wire_bytes > w0)
@@ -275,6 +280,26 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     round++;
   }
 
+  /* Barrier: announce the final round and wait until the receiver has
+   * read up to it, so that no backlog sits in socket buffers (on loopback
+   * TCP, tens of megabytes) while the guest is paused. */
+  round++;
+  if (send_round_record (&S, round, count) == -1)
+    goto fail_running;
+  xm_decoder_init_acks (&ad);
+  {
+    char want[32];
+    snprintf (want, sizeof want, "round %u", round);
+    do {
+      if (read_ack (c, &ad, &r, S.rec) == -1)
+        goto fail_running;
+      if (r.u.ack.status != 0) {
+        sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
+        goto fail_running;
+      }
+    } while (strcmp (r.u.ack.msg, want) != 0);
+  }
+
   /* Stop and copy. */
   t_pause = xm_now ();
   if (b->pause (s) == -1)
@@ -293,8 +318,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     void *blob = NULL;
     size_t blen = 0;
 
-    round++;
-    if (send_round (&S, round, dirty, final_count) == -1)
+    if (send_pages (&S, dirty) == -1)
       goto fail;
     if (b->get_context (s, &blob, &blen) == -1)
       goto fail;
@@ -324,10 +348,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   /* The commit handshake: the receiver says it holds everything; only then
    * do we give up the source for good and tell it to start. */
   {
-    struct xm_decoder ad;
-    struct xm_record r;
-
-    xm_decoder_init_acks (&ad);
+    /* Round acknowledgements after the barrier's are not expected (no
+     * ROUND follows it), so the next reply is the answer to END. */
     if (read_ack (c, &ad, &r, S.rec) == -1)
       goto fail;
     if (r.u.ack.status != 0) {
@@ -362,7 +384,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   jbuf_add (&rounds, "]");
   jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%u,\"stop_reason\":",
             ret == XM_OK ? "migrated" : ret == XM_IN_DOUBT ? "in-doubt"
-            : "failed, source resumed", round + (t_pause > 0));
+            : "failed, source resumed", round + 1);
   jbuf_str (report, why ? why : "none");
   jbuf_add (report, ",\"pages_sent\":%" PRIu64 ",\"zero_pages\":%" PRIu64
             ",\"wire_bytes\":%" PRIu64 ",\"guest_bytes\":%" PRIu64
@@ -460,9 +482,16 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
       goto refuse;
     }
     switch (r.type) {
-    case XM_REC_ROUND:
+    case XM_REC_ROUND: {
+      /* Every ROUND is answered: the sender waits for the answer to the
+       * last one before it pauses the guest (the barrier). */
+      char msg[32];
       rounds++;
+      snprintf (msg, sizeof msg, "round %" PRIu32, r.u.round.round);
+      if (send_ack (c, &aseq, 0, msg) == -1)
+        goto out;
       break;
+    }
     case XM_REC_PAGES: {
       unsigned nd = 0, nz = 0;
       for (uint32_t i = 0; i < r.u.pages.count; i++) {
