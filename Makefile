@@ -146,6 +146,7 @@ bench: all
 	bench/vhd-write.sh
 	bench/copy.sh
 	bench/mirror.sh
+	bench/xenmem.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1
