@@ -1082,6 +1082,11 @@ compare_all (nbdkit_next *n, uint64_t *compared, uint64_t *diff,
   const uint32_t chunk = 1 << 20;
   char *a = malloc (chunk), *b = malloc (chunk);
   uint64_t pos = 0;
+  /* The source extent containing pos, asked for once (REQ_ONE) and walked
+   * in chunks: asking per chunk for everything to the end of the disk cost
+   * steps x extents (a fragmented 1 GiB disk held the guest 26-56 s). */
+  uint64_t ext_end = 0;
+  bool ext_hole = false;
   int rc = 0;
 
   *diff = UINT64_MAX;
@@ -1098,18 +1103,23 @@ compare_all (nbdkit_next *n, uint64_t *compared, uint64_t *diff,
 
     if (run > 0xfffff000u)
       run = 0xfffff000u;
-    if (n->can_extents (n) == 1) {
+    if (pos >= ext_end && n->can_extents (n) == 1) {
       struct nbdkit_extents *ex = nbdkit_extents_new (pos, size);
-      if (ex && n->extents (n, run, pos, 0, ex, &err) == 0 &&
+      ext_end = pos;
+      if (ex && n->extents (n, run, pos, NBDKIT_FLAG_REQ_ONE, ex, &err) == 0 &&
           nbdkit_extents_count (ex) > 0) {
         struct nbdkit_extent x = nbdkit_get_extent (ex, 0);
         if (x.offset == pos && x.length > 0) {
-          if (x.length < run)
-            run = x.length;
-          hole = (x.type & NBDKIT_EXTENT_ZERO) != 0;
+          ext_end = pos + x.length;
+          ext_hole = (x.type & NBDKIT_EXTENT_ZERO) != 0;
         }
       }
       nbdkit_extents_free (ex);
+    }
+    if (pos < ext_end) {
+      if (ext_end - pos < run)
+        run = ext_end - pos;
+      hole = ext_hole;
     }
     if (hole) {
       int z = dest_is_zero (dest, pos, run);
