@@ -464,5 +464,47 @@ def main(scratch):
     tap.ok(p.returncode == 0, "qemu-img compare: the VHDs are identical",
            p.stdout + p.stderr)
 
+    # --- the destination's file system fills up ----------------------------
+    mnt = os.path.join(S, "mnt")
+    os.mkdir(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        tap.ok(True, "# SKIP cannot mount a tmpfs for the ENOSPC case")
+        return
+    try:
+        full = sparse(os.path.join(mnt, "full.img"), 32 * MiB)
+        srcf = sparse(os.path.join(S, "srcf.img"), 32 * MiB)
+        csf = os.path.join(S, "ctlf.sock")
+        with Server(S, full, plugin="file", name="fdst") as dst, \
+             Server(S, srcf, "mirror-control=" + csf, plugin="file",
+                    filters=[FILTER], name="fsrc") as s:
+            r = ctl(csf, "start", dest=dst.uri)
+            h = connect(s.uri)
+            data = os.urandom(MiB)
+            errors = 0
+            for i in range(16):             # 16 MiB into a 4 MiB tmpfs
+                try:
+                    h.pwrite(data, i * MiB)
+                except Exception:
+                    errors += 1
+            h.flush()
+            st = ctl(csf, "status")
+            tap.ok(errors == 0 and st["state"] == "broken" and
+                   "No space" in st.get("reason", ""),
+                   "destination full: the guest's writes all succeed, the "
+                   "mirror is broken and says why", (errors, st))
+            with open(srcf, "rb") as f:
+                tap.ok(all(f.read(MiB) == data for _ in range(16)),
+                       "destination full: the source has every write")
+            p = live_copy(csf, s.uri)
+            tap.ok(p.returncode != 0 and "broken" in p.stderr,
+                   "destination full: a live copy is refused, naming it",
+                   p.stderr)
+            ctl(csf, "abort")
+            h.shutdown()
+    finally:
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+
 
 run_test(main)

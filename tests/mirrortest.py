@@ -230,6 +230,22 @@ class Server:
         self.proc.send_signal(sig)
         if sig == 9:
             self.proc.wait()
+        elif sig == 19:
+            # SIGSTOP takes effect when the target is next scheduled: on a
+            # loaded machine it could still answer a request or two.  Wait
+            # until every thread is stopped.
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                states = []
+                for t in os.listdir(f"/proc/{self.proc.pid}/task"):
+                    try:
+                        with open(f"/proc/{self.proc.pid}/task/{t}/stat") as f:
+                            states.append(f.read().rsplit(")", 1)[1].split()[0])
+                    except OSError:
+                        pass
+                if states and all(st == "T" for st in states):
+                    break
+                time.sleep(0.005)
 
     def stop(self):
         if self.proc.poll() is None:
