@@ -33,8 +33,16 @@ usage (FILE *fp)
 "4 cannot reach the socket.\n");
 }
 
-int
-main (int argc, char **argv)
+struct cli {
+  const char *export, *conns, *dtimeout;
+  bool insecure, no_verify;
+  double timeout;
+};
+
+/* Options may come before SOCKET and again after COMMAND: both passes use
+ * this.  OPTSTRING "+h" stops at the first operand. */
+static void
+parse_options (int argc, char **argv, const char *optstring, struct cli *o)
 {
   static const struct option opts[] = {
     { "export", required_argument, NULL, 'e' },
@@ -46,27 +54,19 @@ main (int argc, char **argv)
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
-  const char *export = NULL, *conns = NULL, *dtimeout = NULL;
-  bool insecure = false, no_verify = false;
-  double timeout = 0;
-  struct jbuf req = { 0 };
-  struct json_obj reply;
-  char *raw = NULL, *end;
-  const char *sock, *cmd;
-  bool ok = false;
-  int c, fd;
+  char *end;
+  int c;
 
-  sxm_log_set_program ("sxm-mirror");
-  while ((c = getopt_long (argc, argv, "+h", opts, NULL)) != -1) {
+  while ((c = getopt_long (argc, argv, optstring, opts, NULL)) != -1) {
     switch (c) {
-    case 'e': export = optarg; break;
-    case 'c': conns = optarg; break;
-    case 'd': dtimeout = optarg; break;
-    case 'i': insecure = true; break;
-    case 'n': no_verify = true; break;
+    case 'e': o->export = optarg; break;
+    case 'c': o->conns = optarg; break;
+    case 'd': o->dtimeout = optarg; break;
+    case 'i': o->insecure = true; break;
+    case 'n': o->no_verify = true; break;
     case 't':
-      timeout = strtod (optarg, &end);
-      if (*end || !(timeout >= 0)) {
+      o->timeout = strtod (optarg, &end);
+      if (*end || !(o->timeout >= 0)) {
         fprintf (stderr, "sxm-mirror: bad --timeout '%s'\n", optarg);
         exit (EXIT_USAGE);
       }
@@ -75,6 +75,21 @@ main (int argc, char **argv)
     default: usage (stderr); exit (EXIT_USAGE);
     }
   }
+}
+
+int
+main (int argc, char **argv)
+{
+  struct cli o = { 0 };
+  struct jbuf req = { 0 };
+  struct json_obj reply;
+  char *raw = NULL, *end;
+  const char *sock, *cmd;
+  bool ok = false;
+  int fd;
+
+  sxm_log_set_program ("sxm-mirror");
+  parse_options (argc, argv, "+h", &o);
   if (argc - optind < 2) {
     usage (stderr);
     exit (EXIT_USAGE);
@@ -86,24 +101,7 @@ main (int argc, char **argv)
     int rest_argc = argc - optind + 1;
     char **rest = argv + optind - 1;
     optind = 0;                 /* glibc: start afresh */
-    while ((c = getopt_long (rest_argc, rest, "h", opts, NULL)) != -1) {
-      switch (c) {
-      case 'e': export = optarg; break;
-      case 'c': conns = optarg; break;
-      case 'd': dtimeout = optarg; break;
-      case 'i': insecure = true; break;
-      case 'n': no_verify = true; break;
-      case 't':
-        timeout = strtod (optarg, &end);
-        if (*end || !(timeout >= 0)) {
-          fprintf (stderr, "sxm-mirror: bad --timeout '%s'\n", optarg);
-          exit (EXIT_USAGE);
-        }
-        break;
-      case 'h': usage (stdout); exit (EXIT_OK);
-      default: usage (stderr); exit (EXIT_USAGE);
-      }
-    }
+    parse_options (rest_argc, rest, "h", &o);
     argc = rest_argc;
     argv = rest;
   }
@@ -122,28 +120,28 @@ main (int argc, char **argv)
     }
     jbuf_add (&req, "{\"cmd\":\"start\",\"dest\":");
     jbuf_str (&req, argv[optind]);
-    if (export) {
+    if (o.export) {
       jbuf_add (&req, ",\"export\":");
-      jbuf_str (&req, export);
+      jbuf_str (&req, o.export);
     }
-    if (conns) {
-      unsigned long n = strtoul (conns, &end, 10);
+    if (o.conns) {
+      unsigned long n = strtoul (o.conns, &end, 10);
       if (*end || n < 1 || n > 16) {
         fprintf (stderr, "sxm-mirror: bad --connections '%s' (1 to 16)\n",
-                 conns);
+                 o.conns);
         exit (EXIT_USAGE);
       }
       jbuf_add (&req, ",\"connections\":%lu", n);
     }
-    if (dtimeout) {
-      double t = strtod (dtimeout, &end);
+    if (o.dtimeout) {
+      double t = strtod (o.dtimeout, &end);
       if (*end || !(t > 0)) {
-        fprintf (stderr, "sxm-mirror: bad --dest-timeout '%s'\n", dtimeout);
+        fprintf (stderr, "sxm-mirror: bad --dest-timeout '%s'\n", o.dtimeout);
         exit (EXIT_USAGE);
       }
       jbuf_add (&req, ",\"timeout\":%g", t);
     }
-    if (insecure)
+    if (o.insecure)
       jbuf_add (&req, ",\"insecure\":true");
     jbuf_add (&req, "}");
   }
@@ -155,7 +153,7 @@ main (int argc, char **argv)
       exit (EXIT_USAGE);
     }
     jbuf_add (&req, "{\"cmd\":\"%s\"%s}", cmd,
-              no_verify && strcmp (cmd, "switchover") == 0
+              o.no_verify && strcmp (cmd, "switchover") == 0
               ? ",\"verify\":false" : "");
   }
   else {
@@ -171,7 +169,7 @@ main (int argc, char **argv)
   fd = mirrorctl_connect (sock);
   if (fd == -1)
     exit (EXIT_NOCONN);
-  if (mirrorctl_call (fd, req.s, timeout, &reply, &raw) == -1)
+  if (mirrorctl_call (fd, req.s, o.timeout, &reply, &raw) == -1)
     exit (EXIT_NOCONN);
   close (fd);
   printf ("%s\n", raw);
