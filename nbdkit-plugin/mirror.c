@@ -31,6 +31,7 @@
 #include "mirror.h"
 #include "nbdpolicy.h"
 #include "rangelock.h"
+#include "zero.h"
 
 #define COPY_PREFIX "sxm-mirror-copy-"
 
@@ -475,20 +476,8 @@ copy_back (nbdkit_next *next, uint64_t start, uint64_t end)
       return -(err ? err : EIO);
     }
     add (&st_readback, run);
-    {
-      bool allz = true;
-      for (uint64_t i = 0; i < run; i += 8)
-        if (*(uint64_t *) (buf + i)) {
-          allz = false;
-          break;
-        }
-      /* run is a multiple of 8 except at an odd end of the disk */
-      if (allz && run % 8)
-        for (uint64_t i = run / 8 * 8; i < run; i++)
-          allz &= buf[i] == 0;
-      e = allz ? dest_zero (dest, run, start, false)
-               : dest_pwrite (dest, buf, run, start, false);
-    }
+    e = buf_is_zero (buf, run) ? dest_zero (dest, run, start, false)
+                               : dest_pwrite (dest, buf, run, start, false);
     start += run;
   }
   free (buf);

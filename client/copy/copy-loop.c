@@ -34,6 +34,7 @@
 
 #include "bitmap.h"
 #include "copy.h"
+#include "zero.h"
 
 #define ZERO_GRAIN 4096         /* zero detection granularity */
 
@@ -110,12 +111,6 @@ static void
 stat_add (uint64_t *p, uint64_t n)
 {
   __atomic_fetch_add (p, n, __ATOMIC_RELAXED);
-}
-
-static bool
-is_zero (const char *p, size_t n)
-{
-  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
 }
 
 /* Pace reads to --rate with a shared clock: a read may start once the
@@ -547,11 +542,11 @@ copy_read_done (struct worker *w, struct op *op)
   while (pos < op->len) {
     /* The run of blocks with the same zero-ness as the block at pos. */
     uint64_t n = op->len - pos < ZERO_GRAIN ? op->len - pos : ZERO_GRAIN;
-    bool zero = is_zero (op->buf + pos, n);
+    bool zero = buf_is_zero (op->buf + pos, n);
     uint64_t end = pos + n;
     while (end < op->len) {
       uint64_t m = op->len - end < ZERO_GRAIN ? op->len - end : ZERO_GRAIN;
-      if (is_zero (op->buf + end, m) != zero)
+      if (buf_is_zero (op->buf + end, m) != zero)
         break;
       end += m;
     }
@@ -656,7 +651,7 @@ handle_done (struct worker *w, struct req *r)
       break;
     case OP_CHKZERO:
       stat_add (&cp->bytes_read, op->len);
-      if (!is_zero (op->buf, op->len)) {
+      if (!buf_is_zero (op->buf, op->len)) {
         uint64_t i = 0;
         while (op->buf[i] == 0)
           i++;
