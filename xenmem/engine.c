@@ -12,6 +12,7 @@
 #include "engine.h"
 #include "log.h"
 #include "stream.h"
+#include "zero.h"
 
 double
 xm_now (void)
@@ -20,17 +21,6 @@ xm_now (void)
 
   clock_gettime (CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static bool
-page_is_zero (const uint8_t *p)
-{
-  const uint64_t *w = (const uint64_t *) p;
-
-  for (unsigned i = 0; i < XM_PAGE_SIZE / 8; i++)
-    if (w[i])
-      return false;
-  return true;
 }
 
 /* sha256 over every page of the guest, in pfn order: the end-to-end check
@@ -123,7 +113,8 @@ flush_batch (struct sender *S)
   if (S->b->read_pages (S->s, S->pfns, S->n, S->pages) == -1)
     return -1;
   for (unsigned i = 0; i < S->n; i++) {
-    S->zero[i] = page_is_zero (S->pages + (size_t) i * XM_PAGE_SIZE);
+    S->zero[i] = buf_is_zero (S->pages + (size_t) i * XM_PAGE_SIZE,
+                               XM_PAGE_SIZE);
     S->zero_pages += S->zero[i];
   }
   len = xm_encode_pages (S->rec, S->seq++, S->pfns, S->zero, S->n, S->pages);
@@ -498,9 +489,7 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
     case XM_REC_PAGES: {
       unsigned nd = 0, nz = 0;
       for (uint32_t i = 0; i < r.u.pages.count; i++) {
-        uint64_t e = 0;
-        for (int k = 7; k >= 0; k--)        /* little-endian u64 */
-          e = e << 8 | r.u.pages.pfns[8 * i + k];
+        uint64_t e = xm_pages_entry (&r, i);
         if (e & XM_PFN_ZERO)
           zpfn[nz++] = e & XM_PFN_MASK;
         else

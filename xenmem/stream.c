@@ -127,6 +127,12 @@ xm_crc32c_sw (uint32_t crc, const void *buf, size_t len)
   return ~crc;
 }
 
+uint64_t
+xm_pages_entry (const struct xm_record *r, uint32_t i)
+{
+  return le64_load (r->u.pages.pfns + 8 * (size_t) i);
+}
+
 /* ---- encoding ---------------------------------------------------------- */
 
 static size_t

@@ -118,6 +118,10 @@ int xm_decode_record (struct xm_decoder *d, const uint8_t *buf, size_t len,
 /* CRC-32C (Castagnoli), chainable: start with 0, feed the running value
  * back in: xm_crc32c (xm_crc32c (0, a, n), b, m) is the CRC of a then b.
  * xm_crc32c (0, "123456789", 9) == 0xe3069283. */
+/* Entry I (< r->u.pages.count) of a decoded PAGES record: the pfn with its
+ * XM_PFN_* flags. */
+uint64_t xm_pages_entry (const struct xm_record *r, uint32_t i);
+
 uint32_t xm_crc32c (uint32_t crc, const void *buf, size_t len);
 /* The table-driven version (what xm_crc32c uses without SSE4.2). */
 uint32_t xm_crc32c_sw (uint32_t crc, const void *buf, size_t len);
