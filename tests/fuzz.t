@@ -5,36 +5,28 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
-f="$ROOT/tests/fuzz/fuzz-vhd-open"
-if [ ! -x "$f" ]; then
-  echo "1..0 # SKIP $f not built (needs clang)"; exit 0
+if [ ! -x "$ROOT/tests/fuzz/fuzz-vhd-open" ]; then
+  echo "1..0 # SKIP fuzz harnesses not built (needs clang)"; exit 0
 fi
+
+# smoke NAME RUNS SEEDS [libFuzzer options...]: NAME for RUNS executions
+# from the seeds in SEEDS, with a private corpus.
+smoke() {
+  local name=$1 runs=$2 seeds=$3
+  shift 3
+  mkdir -p "$scratch/$name.corpus"
+  "$ROOT/tests/fuzz/$name" -runs="$runs" -timeout=10 -rss_limit_mb=2048 "$@" \
+    "$scratch/$name.corpus" "$seeds" >"$scratch/$name.log" 2>&1
+  local rc=$?
+  ok $rc "$name: $runs runs from the seeds, no crash"
+  [ $rc -eq 0 ] || tail -30 "$scratch/$name.log" | sed 's/^/# /'
+  grep -E '^(#[0-9]+|Done)' "$scratch/$name.log" | tail -1 | sed 's/^/# /'
+}
+
 /usr/bin/python3 "$ROOT/tests/fuzz/make-seeds.py" "$scratch/seeds" >/dev/null
-mkdir -p "$scratch/corpus"
-"$f" -runs=30000 -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-  "$scratch/corpus" "$scratch/seeds" >"$scratch/log" 2>&1
-rc=$?
-ok $rc "fuzz-vhd-open: 30000 runs from the seeds, no crash"
-[ $rc -eq 0 ] || tail -30 "$scratch/log" | sed 's/^/# /'
-grep -E '^(#[0-9]+|Done)' "$scratch/log" | tail -1 | sed 's/^/# /'
-
-f="$ROOT/tests/fuzz/fuzz-jsonline"
-mkdir -p "$scratch/jcorpus"
-"$f" -runs=200000 -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
-  -dict="$ROOT/tests/fuzz/jsonline.dict" \
-  "$scratch/jcorpus" "$ROOT/tests/fuzz/jsonline-seeds" >"$scratch/jlog" 2>&1
-rc=$?
-ok $rc "fuzz-jsonline: 200000 runs from the seeds, no crash"
-[ $rc -eq 0 ] || tail -30 "$scratch/jlog" | sed 's/^/# /'
-grep -E '^(#[0-9]+|Done)' "$scratch/jlog" | tail -1 | sed 's/^/# /'
-
-f="$ROOT/tests/fuzz/fuzz-xmstream"
+smoke fuzz-vhd-open 30000 "$scratch/seeds" -max_len=65536
+smoke fuzz-jsonline 200000 "$ROOT/tests/fuzz/jsonline-seeds" -max_len=4096 \
+  -dict="$ROOT/tests/fuzz/jsonline.dict"
 /usr/bin/python3 "$ROOT/tests/fuzz/make-xmstream-seeds.py" "$scratch/xseeds" >/dev/null
-mkdir -p "$scratch/xcorpus"
-"$f" -runs=100000 -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-  "$scratch/xcorpus" "$scratch/xseeds" >"$scratch/xlog" 2>&1
-rc=$?
-ok $rc "fuzz-xmstream: 100000 runs from the seeds, no crash"
-[ $rc -eq 0 ] || tail -30 "$scratch/xlog" | sed 's/^/# /'
-grep -E '^(#[0-9]+|Done)' "$scratch/xlog" | tail -1 | sed 's/^/# /'
+smoke fuzz-xmstream 100000 "$scratch/xseeds" -max_len=65536
 done_testing
