@@ -69,7 +69,8 @@ client/sxm-vhd: LDLIBS += -luuid
 # xenmem: the engine, stream, transport and backends in an archive that the
 # tool and its unit tests link.
 XENMEM_SRCS := xenmem/engine.c xenmem/stream.c xenmem/transport.c \
-               xenmem/backend-uffd.c xenmem/backend-xen.c xenmem/backend-kvm.c
+               xenmem/backend-uffd.c xenmem/backend-xen.c xenmem/backend-kvm.c \
+               xenmem/backend-none.c
 XENMEM_OBJS := $(XENMEM_SRCS:.c=.o)
 XENMEM_HDRS := $(wildcard xenmem/*.h)
 XENMEM_LIBS := $(shell pkg-config --libs gnutls 2>/dev/null) -lxenctrl -lxenforeignmemory -lpthread

@@ -40,9 +40,10 @@ def start_recv(addr, *args):
                             text=True)
 
 
-def send(addr, *args, timeout=120):
+def send(addr, *args, timeout=120, hook=()):
     p = subprocess.run([XENMEM, "send", "--backend=uffd", "-q", "--json",
-                        "--timeout=20", *args, addr], capture_output=True,
+                        "--timeout=20", *args, addr,
+                        *(("--", *hook) if hook else ())], capture_output=True,
                        text=True, timeout=timeout)
     return p.returncode, parse(p.stdout), p.stderr
 
@@ -209,6 +210,52 @@ def main(scratch):
            "resumed" in err,
            "receiver killed mid-stream: source resumed and keeps counting",
            f"{sp.returncode} {sj} {err}")
+
+    # --- the paused hook (sxm migrate's disk switchover) -----------------
+    # It runs while the guest is paused, as an argv (no shell: a hostile
+    # file name stays a file name), and before END: its failure resumes
+    # the source and the receiver discards.
+    marker = os.path.join(S, "hook $(touch pwned) 'q\" x")
+    addr = "unix:" + os.path.join(S, "h.sock")
+    r = start_recv(addr, "--check=0.2")
+    rc, sj, se = send(addr, "--guest-mem=64M", "--dirty-rate=4M",
+                      hook=("touch", marker))
+    rrc, rj, re_ = finish(r)
+    tap.ok(rc == 0 and rrc == 0 and os.path.exists(marker) and
+           not os.path.exists(os.path.join(S, "pwned")) and
+           0 < sj.get("hook_ms", -1) <= sj.get("downtime_ms", 0) and
+           rj.get("check", {}).get("ok"),
+           "paused hook runs once, inside the downtime, argv not shell",
+           f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
+    r = start_recv(addr)
+    rc, sj, se = send(addr, "--guest-mem=64M", "--dirty-rate=4M",
+                      "--check=0.2", hook=("sh", "-c", "exit 7"))
+    rrc, rj, re_ = finish(r)
+    tap.ok(rc == 1 and rrc == 1 and "exit status 7" in se and
+           sj.get("check", {}).get("ok") and rj.get("result") == "discarded",
+           "paused hook fails: source resumed and verified, receiver "
+           "discards", f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
+    # --- backend none: the commit handshake without memory ---------------
+    r = subprocess.Popen([XENMEM, "receive", "--backend=none", "-q", "--json",
+                          "--timeout=20", addr], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.run([XENMEM, "send", "--backend=none", "-q", "--json",
+                        "--timeout=20", addr, "--", "true"],
+                       capture_output=True, text=True, timeout=60)
+    rrc, rj, re_ = finish(r)
+    sj = parse(p.stdout)
+    tap.ok(p.returncode == 0 and rrc == 0 and sj.get("pages_sent") == 1 and
+           rj.get("result") == "running",
+           "backend none: one zero page, END/loaded/commit/running",
+           f"send {p.returncode} {sj} {p.stderr}\nrecv {rrc} {rj} {re_}")
+    r = start_recv(addr)
+    p = subprocess.run([XENMEM, "send", "--backend=none", "-q", "--json",
+                        "--timeout=20", addr], capture_output=True, text=True,
+                       timeout=60)
+    rrc, rj, re_ = finish(r)
+    tap.ok(p.returncode == 1 and rrc == 1 and "backend" in re_ + str(rj),
+           "a uffd receiver refuses a none stream",
+           f"send {p.returncode} {p.stdout} {p.stderr}\nrecv {rrc} {rj} {re_}")
 
     # --- corruption and truncation at random offsets ---------------------
     for i in range(4):

@@ -10,7 +10,8 @@
  * uffd (backend-uffd.c, a workload thread on its own RAM region, dirty log
  * from the kernel's userfaultfd write-protect tracking read with
  * PAGEMAP_SCAN, the mechanism CRIU uses: works where there is neither
- * KVM nor Xen).
+ * KVM nor Xen); and none (backend-none.c: no memory at all, for a
+ * disk-only migration that needs only the commit handshake).
  *
  * Pages are 4096 bytes; a guest's memory is pfns 0 .. npages-1.  Every
  * function returns 0 on success or -1 after reporting the error through
@@ -27,7 +28,10 @@
 #define XM_PAGE_SIZE 4096u
 #define XM_PAGE_SHIFT 12
 
-enum xm_backend_id { XM_BACKEND_KVM = 1, XM_BACKEND_XEN = 2, XM_BACKEND_UFFD = 3 };
+enum xm_backend_id {
+  XM_BACKEND_KVM = 1, XM_BACKEND_XEN = 2, XM_BACKEND_UFFD = 3,
+  XM_BACKEND_NONE = 4,          /* no memory: the commit handshake only */
+};
 
 struct xm_source;
 struct xm_dest;
@@ -106,5 +110,6 @@ const struct xm_backend_ops *xm_backend_find (const char *name);
 extern const struct xm_backend_ops xm_backend_kvm;
 extern const struct xm_backend_ops xm_backend_xen;
 extern const struct xm_backend_ops xm_backend_uffd;
+extern const struct xm_backend_ops xm_backend_none;
 
 #endif

@@ -1,10 +1,13 @@
 /* xenmem's pre-copy engine (see engine.h and doc/xenmem-stream.md). */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
@@ -21,6 +24,46 @@ xm_now (void)
 
   clock_gettime (CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+extern char **environ;
+
+/* The paused hook (xm_send_opts.paused_hook): started as soon as the
+ * guest is paused, so that what it does (sxm migrate: the disks'
+ * switchover) overlaps the last memory round; waited for before END,
+ * because the receiver must not be told to commit before it succeeded. */
+static pid_t
+hook_start (char *const *argv)
+{
+  pid_t pid;
+  int e = posix_spawnp (&pid, argv[0], NULL, NULL, argv, environ);
+
+  if (e != 0) {
+    sxm_error ("paused hook %s: cannot start it: %s", argv[0], strerror (e));
+    return -1;
+  }
+  return pid;
+}
+
+static int
+hook_wait (pid_t pid, const char *name)
+{
+  int status;
+
+  while (waitpid (pid, &status, 0) == -1)
+    if (errno != EINTR) {
+      sxm_error ("paused hook %s: waitpid: %m", name);
+      return -1;
+    }
+  if (WIFEXITED (status) && WEXITSTATUS (status) == 0)
+    return 0;
+  if (WIFEXITED (status))
+    sxm_error ("paused hook %s failed (exit status %d); the guest is "
+               "resumed here", name, WEXITSTATUS (status));
+  else
+    sxm_error ("paused hook %s was killed by signal %d; the guest is "
+               "resumed here", name, WTERMSIG (status));
+  return -1;
 }
 
 /* sha256 over every page of the guest, in pfn order: the end-to-end check
@@ -214,6 +257,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   const char *why = NULL;
   bool paused = false, committed = false;
   double t0 = xm_now (), t_pause = 0, t_run = 0, t_digest = 0, bw = 0;
+  double t_hook = 0;
+  pid_t hook = -1;
   int ret = XM_FAILED;
   size_t len;
   struct xm_decoder ad;
@@ -299,6 +344,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   if (b->pause (s) == -1)
     goto fail_running;
   paused = true;
+  if (o->paused_hook && (hook = hook_start (o->paused_hook)) == -1)
+    goto fail;
   if (b->log_fetch (s, more, &final_count) == -1)
     goto fail;
   final_count = 0;
@@ -335,6 +382,13 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
       goto fail;
     t_digest = xm_now () - td;
   }
+  if (hook != -1) {
+    pid_t h = hook;
+    hook = -1;
+    if (hook_wait (h, o->paused_hook[0]) == -1)
+      goto fail;
+    t_hook = xm_now () - t_pause;
+  }
   len = xm_encode_end (S.rec, S.seq++, S.pages_sent, digest);
   if (put (&S, S.rec, len) == -1)
     goto fail;
@@ -367,6 +421,10 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   goto out;
 
  fail:
+  /* A hook still running is waited for: what it started (the disks'
+   * switchover) must be over before the caller undoes it. */
+  if (hook != -1)
+    hook_wait (hook, o->paused_hook[0]);
   /* Not committed: the source guest is still the guest. */
   if (paused && !committed)
     b->unpause (s);
@@ -390,6 +448,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   if (ret == XM_OK)
     jbuf_add (report, ",\"downtime_ms\":%.3f,\"digest_ms\":%.3f",
               (t_run - t_pause - t_digest) * 1e3, t_digest * 1e3);
+  if (o->paused_hook && t_hook > 0)
+    jbuf_add (report, ",\"hook_ms\":%.3f", t_hook * 1e3);
   jbuf_add (report, ",\"verified_memory\":%s,\"tls\":%s,\"round_stats\":%s",
             o->verify_memory ? "true" : "false",
             xm_conn_is_tls (c) ? "true" : "false",

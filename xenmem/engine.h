@@ -33,6 +33,9 @@ struct xm_send_opts {
   bool verify_memory;           /* sha256 of all memory at pause, in END */
   bool quiet;                   /* no per-round lines on stderr */
   double fail_after_round;      /* testing: <0 off; else abort after round N */
+  /* NULL, or a command (argv, NULL-terminated) started when the guest is
+   * paused and waited for before END; its failure resumes the source. */
+  char *const *paused_hook;
 };
 
 struct xm_recv_opts {

@@ -317,9 +317,9 @@ xm_decode_header (struct xm_decoder *d, const uint8_t *buf, size_t len,
   t.backend = le32_load (buf + 12);
   t.npages = le64_load (buf + 16);
   t.flags = le32_load (buf + 24);
-  if (t.backend < 1 || t.backend > 3)
+  if (t.backend < 1 || t.backend > 4)
     return fail (d, "stream header: backend %" PRIu32 " is unknown "
-                 "(1 kvm, 2 xen, 3 uffd)", t.backend);
+                 "(1 kvm, 2 xen, 3 uffd, 4 none)", t.backend);
   if (t.npages < 1 || t.npages > (1ull << 40))
     return fail (d, "stream header: npages %" PRIu64 " is out of range "
                  "(1 .. 2^40)", t.npages);

@@ -26,9 +26,12 @@ static void
 usage (FILE *f)
 {
   fprintf (f,
-"usage: xenmem send    [OPTIONS] --backend=xen|kvm|uffd [--domid=ID] ADDR\n"
-"       xenmem receive [OPTIONS] --backend=xen|kvm|uffd [--domid=ID] ADDR\n"
+"usage: xenmem send    [OPTIONS] --backend=B [--domid=ID] ADDR [-- COMMAND...]\n"
+"       xenmem receive [OPTIONS] --backend=B [--domid=ID] ADDR\n"
+"B: xen, uffd (a test guest), none (no memory: commit handshake only), kvm\n"
 "ADDR: unix:PATH or tcp:HOST:PORT (receive listens on it, send connects).\n"
+"COMMAND (send): run while the guest is paused, before the commit; if it\n"
+"  fails, the source guest is resumed (sxm migrate: disk switchover).\n"
 "  --tls-psk=FILE          TLS with a pre-shared key (nbdkit's psk format)\n"
 "  --tls-identity=NAME     PSK identity to use (send; default: the first)\n"
 "  --tls-x509=DIR          TLS with x509 certificates (ca-cert.pem, ...)\n"
@@ -113,6 +116,18 @@ main (int argc, char **argv)
     usage (argc < 2 ? stderr : stdout);
     exit (argc < 2 ? XM_USAGE : 0);
   }
+  /* "-- COMMAND [ARG...]" ends the options: the paused hook, kept as an
+   * argv and never given to a shell. */
+  for (int i = 2; i < argc; i++)
+    if (strcmp (argv[i], "--") == 0) {
+      if (i + 1 >= argc) {
+        fprintf (stderr, "xenmem: '--' must be followed by a COMMAND\n");
+        exit (XM_USAGE);
+      }
+      so.paused_hook = &argv[i + 1];
+      argc = i;
+      break;
+    }
   mode = argv[1];
   if (strcmp (mode, "send") != 0 && strcmp (mode, "receive") != 0) {
     fprintf (stderr, "xenmem: unknown command '%s' (send or receive)\n", mode);
@@ -123,7 +138,8 @@ main (int argc, char **argv)
     switch (c_) {
     case O_BACKEND:
       if (!(b = xm_backend_find (optarg))) {
-        fprintf (stderr, "xenmem: unknown backend '%s' (xen, kvm or uffd)\n",
+        fprintf (stderr, "xenmem: unknown backend '%s' (xen, uffd, none "
+                 "or kvm)\n",
                  optarg);
         exit (XM_USAGE);
       }
@@ -172,7 +188,7 @@ main (int argc, char **argv)
     }
   }
   if (!b) {
-    fprintf (stderr, "xenmem: --backend=xen|kvm|uffd is required\n");
+    fprintf (stderr, "xenmem: --backend=xen|uffd|none|kvm is required\n");
     exit (XM_USAGE);
   }
   if (argc - optind != 1) {
@@ -182,6 +198,10 @@ main (int argc, char **argv)
   }
   if (b->id == XM_BACKEND_XEN && !domid) {
     fprintf (stderr, "xenmem: the xen backend needs --domid\n");
+    exit (XM_USAGE);
+  }
+  if (so.paused_hook && strcmp (mode, "send") != 0) {
+    fprintf (stderr, "xenmem: a paused hook (-- COMMAND) is for send only\n");
     exit (XM_USAGE);
   }
   addr = argv[optind];
@@ -261,5 +281,7 @@ xm_backend_find (const char *name)
     return &xm_backend_xen;
   if (strcmp (name, "kvm") == 0)
     return &xm_backend_kvm;
+  if (strcmp (name, "none") == 0)
+    return &xm_backend_none;
   return NULL;
 }
