@@ -152,6 +152,7 @@ bench: all
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
+	install -m 755 scripts/sxm $(DESTDIR)$(BINDIR)/sxm
 	install -m 755 $(PLUGIN) $(DESTDIR)$(PLUGINDIR)/
 	install -d $(DESTDIR)$(FILTERDIR)
 	install -m 755 $(FILTER) $(DESTDIR)$(FILTERDIR)/

@@ -38,6 +38,9 @@
 /* ---- configuration -------------------------------------------------- */
 
 static char *control_path;
+/* mirror-uri: how clients reach this export, reported by "status" so
+ * that sxm migrate needs nothing but the control socket. */
+static char *self_uri;
 static bool strict;                     /* mirror-on-error=fail */
 static uint32_t gran = 4096;            /* mirror-granularity */
 
@@ -236,6 +239,11 @@ mirror_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     control_path = strdup (value);
     return control_path ? 0 : -1;
   }
+  if (strcmp (key, "mirror-uri") == 0) {
+    free (self_uri);
+    self_uri = strdup (value);
+    return self_uri ? 0 : -1;
+  }
   if (strcmp (key, "mirror-on-error") == 0) {
     if (strcmp (value, "fail") == 0)
       strict = true;
@@ -278,6 +286,7 @@ mirror_config_complete (nbdkit_next_config_complete *next,
 
 #define mirror_config_help \
   "mirror-control=SOCKET     (required) control socket (unix, mode 0600)\n" \
+  "mirror-uri=URI            the URI clients reach this export at (status)\n" \
   "mirror-on-error=continue|fail  destination failure: guest carries on, or\n" \
   "                          its writes fail (default continue)\n" \
   "mirror-granularity=SIZE   dirty-map granule (default 4K)"
@@ -306,6 +315,7 @@ static void
 mirror_unload (void)
 {
   free (control_path);
+  free (self_uri);
   free (mirror_export);
   free (dest_uri);
   free (dirty);
@@ -1021,6 +1031,10 @@ mirror_cmd_status (const struct json_obj *req, struct jbuf *out)
             copy_done ? "done" : copy_seen ? "running" : "none");
   pthread_mutex_unlock (&info_lock);
   jbuf_add (out, ",\"on_error\":\"%s\"", strict ? "fail" : "continue");
+  if (self_uri) {
+    jbuf_add (out, ",\"uri\":");
+    jbuf_str (out, self_uri);
+  }
   if (s != M_IDLE) {
     pthread_mutex_lock (&info_lock);
     if (mirror_all)

@@ -838,6 +838,10 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
   }
   sxm_debug ("%s: listening", addr);
 
+  /* Accept until a peer completes the handshake: a stranger who cannot
+   * (no key, a port scanner) is dropped and does not end the wait for
+   * the real sender. */
+ again:
   for (;;) {
     struct pollfd p = { .fd = lfd, .events = POLLIN };
     int ms = -1, r;
@@ -865,6 +869,24 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
       goto fail;
     }
   }
+  if (!a.is_unix) {
+    if (plaintext_policy (addr, tls, (struct sockaddr *) &peer, "from") == -1)
+      goto fail;
+    set_nodelay (c->fd, (struct sockaddr *) &peer);
+  }
+  /* The handshake gets a whole timeout of its own, however long the
+   * wait for the connection took. */
+  if (want_tls (tls) && handshake (c, tls, true, NULL, timeout) == -1) {
+    sxm_error ("%s: dropped a peer that failed the TLS handshake; still "
+               "waiting for the sender", addr);
+    if (c->s)
+      gnutls_deinit (c->s);
+    c->s = NULL;
+    close (c->fd);
+    c->fd = -1;
+    peerlen = sizeof peer;
+    goto again;
+  }
   close (lfd);
   lfd = -1;
   if (bound_unix) {
@@ -874,15 +896,6 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
       unlink (a.sun.sun_path);
     bound_unix = false;
   }
-  if (!a.is_unix) {
-    if (plaintext_policy (addr, tls, (struct sockaddr *) &peer, "from") == -1)
-      goto fail;
-    set_nodelay (c->fd, (struct sockaddr *) &peer);
-  }
-  /* The handshake gets a whole timeout of its own, however long the
-   * wait for the connection took. */
-  if (want_tls (tls) && handshake (c, tls, true, NULL, timeout) == -1)
-    goto fail;
   c->timeout = timeout;
   if (res)
     freeaddrinfo (res);

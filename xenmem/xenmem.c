@@ -37,6 +37,9 @@ usage (FILE *f)
 "  --tls-x509=DIR          TLS with x509 certificates (ca-cert.pem, ...)\n"
 "  --insecure              allow plaintext TCP to a non-loopback address\n"
 "  --timeout=S             connect/accept and per-read timeout (default 60)\n"
+"  --accept-timeout=S      receive: wait this long for the sender instead\n"
+"  --abort                 send: connect, authenticate and hang up: the\n"
+"                          receiver discards and exits 1 (sxm's rollback)\n"
 "  --json[=FILE]           final report as one JSON object (stdout or FILE)\n"
 "  -q, --quiet             no per-round lines\n"
 " send:\n"
@@ -59,7 +62,7 @@ usage (FILE *f)
 enum {
   O_BACKEND = 256, O_DOMID, O_PSK, O_IDENT, O_X509, O_INSECURE, O_TIMEOUT,
   O_JSON, O_DOWNTIME, O_ROUNDS, O_RATE, O_VERIFY, O_GMEM, O_DRATE, O_DSIZE,
-  O_WARMUP, O_CHECK,
+  O_WARMUP, O_CHECK, O_ACCEPT, O_ABORT,
 };
 
 static bool
@@ -82,6 +85,8 @@ main (int argc, char **argv)
     { "tls-x509", required_argument, NULL, O_X509 },
     { "insecure", no_argument, NULL, O_INSECURE },
     { "timeout", required_argument, NULL, O_TIMEOUT },
+    { "accept-timeout", required_argument, NULL, O_ACCEPT },
+    { "abort", no_argument, NULL, O_ABORT },
     { "json", optional_argument, NULL, O_JSON },
     { "quiet", no_argument, NULL, 'q' },
     { "downtime-ms", required_argument, NULL, O_DOWNTIME },
@@ -103,8 +108,8 @@ main (int argc, char **argv)
   struct xm_recv_opts ro = { 0 };
   struct xm_guest_opts g = { .mem_bytes = 64 << 20 };
   struct jbuf rep = { 0 };
-  double timeout = 60, warmup = 0, check = 0;
-  bool json = false, quiet = false;
+  double timeout = 60, warmup = 0, check = 0, accept_timeout = -1;
+  bool json = false, quiet = false, abort_ = false;
   struct xm_conn *c;
   int c_, ret;
   uint64_t v;
@@ -152,17 +157,21 @@ main (int argc, char **argv)
     case O_JSON: json = true; json_file = optarg; break;
     case 'q': quiet = true; break;
     case O_VERIFY: so.verify_memory = true; break;
-    case O_TIMEOUT: case O_DOWNTIME: case O_WARMUP: case O_CHECK: {
+    case O_ABORT: abort_ = true; break;
+    case O_TIMEOUT: case O_DOWNTIME: case O_WARMUP: case O_CHECK:
+    case O_ACCEPT: {
       double d;
       if (!parse_double (optarg, &d)) {
         fprintf (stderr, "xenmem: --%s: '%s' is not a non-negative number\n",
                  c_ == O_TIMEOUT ? "timeout" : c_ == O_DOWNTIME ?
-                 "downtime-ms" : c_ == O_WARMUP ? "warmup" : "check", optarg);
+                 "downtime-ms" : c_ == O_WARMUP ? "warmup" : c_ == O_ACCEPT ?
+                 "accept-timeout" : "check", optarg);
         exit (XM_USAGE);
       }
       if (c_ == O_TIMEOUT) timeout = d;
       else if (c_ == O_DOWNTIME) so.downtime_ms = d;
       else if (c_ == O_WARMUP) warmup = d;
+      else if (c_ == O_ACCEPT) accept_timeout = d;
       else check = d;
       break;
     }
@@ -208,6 +217,21 @@ main (int argc, char **argv)
   so.quiet = ro.quiet = quiet;
   ro.check_seconds = check;
 
+  if (abort_) {
+    /* Only a holder of the key can make the receiver give up early. */
+    if (strcmp (mode, "send") != 0) {
+      fprintf (stderr, "xenmem: --abort is for send only\n");
+      exit (XM_USAGE);
+    }
+    c = xm_connect (addr, &tls, timeout);
+    if (!c)
+      exit (XM_CANNOT);
+    xm_close (c);
+    if (!quiet)
+      fprintf (stderr, "xenmem: told the receiver to give up\n");
+    exit (0);
+  }
+
   jbuf_add (&rep, "{\"cmd\":\"%s\",\"backend\":\"%s\"", mode, b->name);
   if (strcmp (mode, "send") == 0) {
     struct xm_source *s;
@@ -245,7 +269,8 @@ main (int argc, char **argv)
     b->close_source (s, ret == XM_OK);
   }
   else {
-    c = xm_listen_accept (addr, &tls, timeout);
+    c = xm_listen_accept (addr, &tls,
+                          accept_timeout >= 0 ? accept_timeout : timeout);
     if (!c)
       exit (XM_CANNOT);
     xm_set_timeout (c, timeout);

@@ -1,0 +1,448 @@
+#!/usr/bin/python3
+# sxm receive + sxm migrate end to end on loopback, everything real: the
+# source disk is a 5 GiB dynamic VHD (data past 4 GiB) served by nbdkit
+# with the vhd plugin and the mirror filter; a guest writer keeps writing
+# through it; the destination is `sxm receive` (nbdkit vhd sr=DIR with
+# TLS and a fresh PSK, xenmem receive); memory is the uffd test guest or
+# none.  Success: the destination VHD is byte-identical to the source,
+# every write the guest got a reply for is in it, the moved guest checks.
+# Failures injected at each step (destination NBD server killed mid-copy,
+# xenmem receiver killed mid-stream, token garbage / expired / wrong key,
+# SR full before and during the copy, sxm receive killed): sxm migrate
+# exits 1 (or 2/4 when it refused before starting), the source mirror is
+# back to idle with the guest writing on unharmed, and the destination SR
+# holds nothing new.  Hostile names (spaces, quotes, $(...)) in the SR,
+# the control socket and TMPDIR.  Seeds: SXM_MIGRATE_SEED.
+import base64
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import quote
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sxmtest import ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env  # noqa: E402
+from mirrortest import FILTER, SXM_VHD, ctl, connect  # noqa: E402
+
+SXM = os.path.join(ROOT, "scripts", "sxm")
+GiB = 1 << 30
+SIZE = 5 * GiB
+HOSTILE = "x $(touch pwned) 'q\" `id`"
+
+
+def free_ports():
+    """Two consecutive free TCP ports on 127.0.0.1."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        t = socket.socket()
+        try:
+            t.bind(("127.0.0.1", p + 1))
+            t.close()
+            return p
+        except OSError:
+            t.close()
+    raise RuntimeError("no two free ports")
+
+
+class Writer:
+    """The guest's disk I/O: one NBD connection writing 4 KiB blocks with
+    a sequence number at random offsets over a few regions (one past
+    4 GiB).  MODEL holds what every acknowledged write left there; a write
+    that failed (the source refuses writes after 'complete') is not in
+    it."""
+
+    REGIONS = [(0, 16 * MiB), (2 * GiB, 2 * GiB + 8 * MiB),
+               (4 * GiB + 512 * MiB, 4 * GiB + 520 * MiB)]
+
+    def __init__(self, uri, seed):
+        self.uri, self.rng = uri, random.Random(seed)
+        self.model, self.acked, self.failed = {}, 0, None
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        h = connect(self.uri)
+        seq = 0
+        while not self.stop.is_set():
+            lo, hi = self.rng.choice(self.REGIONS)
+            off = self.rng.randrange(lo // 4096, hi // 4096) * 4096
+            seq += 1
+            data = (b"%016d" % seq) * 256
+            try:
+                h.pwrite(data, off)
+            except Exception as e:
+                self.failed = str(e)
+                break
+            self.model[off] = data
+            self.acked += 1
+            time.sleep(0.002)
+        try:
+            h.shutdown()
+        except Exception:
+            pass
+
+    def start(self):
+        self.t.start()
+        return self
+
+    def finish(self):
+        self.stop.set()
+        self.t.join(timeout=60)
+        return self.acked
+
+    def check(self, uri):
+        """Offsets whose acknowledged data URI does not hold."""
+        h = connect(uri)
+        bad = [o for o, d in self.model.items() if h.pread(4096, o) != d]
+        h.shutdown()
+        return bad
+
+
+class Source:
+    """The VM's disk: nbdkit vhd + mirror filter on a unix socket."""
+
+    def __init__(self, d, seed, name="vm"):
+        os.makedirs(d, exist_ok=True)
+        self.vhd = os.path.join(d, "disk.vhd")
+        subprocess.run([SXM_VHD, "create", self.vhd, str(SIZE)], check=True,
+                       capture_output=True)
+        self.sock = os.path.join(d, name + ".sock")
+        self.ctl = os.path.join(d, name + ".ctl")
+        self.uri = "nbd+unix:///?socket=" + quote(self.sock, safe="/")
+        self.log = open(os.path.join(d, name + ".log"), "w")
+        self.proc = subprocess.Popen(
+            ["nbdkit", "-f", "-U", self.sock, "--exit-with-parent",
+             "--filter=" + FILTER, PLUGIN, self.vhd,
+             "mirror-control=" + self.ctl, "mirror-uri=" + self.uri],
+            stdout=self.log, stderr=subprocess.STDOUT, env=nbdkit_env())
+        deadline = time.time() + 30
+        while not os.path.exists(self.ctl):
+            assert self.proc.poll() is None, "source nbdkit exited"
+            assert time.time() < deadline, "source nbdkit did not start"
+            time.sleep(0.02)
+        # Allocated data: 24 MiB at the start, 8 MiB at 2 GiB, 8 MiB past
+        # 4 GiB, the rest holes.
+        rng = random.Random(seed)
+        h = connect(self.uri)
+        for base, n in ((0, 24), (2 * GiB, 8), (4 * GiB + 512 * MiB, 8)):
+            for i in range(n):
+                h.pwrite(rng.randbytes(MiB), base + i * MiB)
+        h.flush()
+        h.shutdown()
+
+    def state(self):
+        return ctl(self.ctl, "status").get("state")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+
+class Receiver:
+    def __init__(self, sr, ndisks=1, memory="none", expires=120, env=None,
+                 extra=()):
+        self.sr = sr
+        os.makedirs(sr, exist_ok=True)
+        self.before = set(os.listdir(sr))
+        self.port = free_ports()
+        self.token_file = os.path.join(os.path.dirname(sr.rstrip("/")),
+                                       f"token.{self.port}")
+        args = [SXM, "receive", "--sr", sr, "--listen",
+                f"127.0.0.1:{self.port}", "--memory", memory,
+                "--expires", str(expires), "--token-file", self.token_file,
+                *extra]
+        for _ in range(ndisks):
+            args += ["--disk", str(SIZE)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env=env)
+        self.token = self.proc.stdout.readline().strip()
+        self.out = self.err = ""
+
+    def children(self, name):
+        r = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-x", name],
+                           capture_output=True, text=True)
+        return [int(p) for p in r.stdout.split()]
+
+    def finish(self, timeout=120):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            err += "\n(test: sxm receive did not end; killed)"
+        self.out, self.err = out, err
+        return self.proc.returncode
+
+    def new_files(self):
+        return sorted(set(os.listdir(self.sr)) - self.before)
+
+
+def migrate(token_file, ctls, *extra, env=None, timeout=300, wait=True):
+    args = [SXM, "migrate", "--token-file", token_file]
+    for c in ctls:
+        args += ["--disk", c]
+    args += list(extra)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+def wait_log(p, pattern, lines, timeout=60):
+    """Read P's stderr until a line matches PATTERN (lines kept)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        if not line:
+            return False
+        lines.append(line)
+        if re.search(pattern, line):
+            return True
+    return False
+
+
+def retoken(token, **fields):
+    body = base64.b64decode(token[5:]).decode()
+    out = []
+    for line in body.splitlines():
+        k = line.split("=", 1)[0]
+        out.append(f"{k}={fields[k]}" if k in fields else line)
+    return "sxm1." + base64.b64encode(("\n".join(out) + "\n").encode()).decode()
+
+
+def vhd_equal(a, b):
+    return subprocess.run(["qemu-img", "compare", "-q", "-f", "vpc", "-F",
+                           "vpc", a, b]).returncode == 0
+
+
+def vhd_check(f):
+    return subprocess.run([SXM_VHD, "check", f], capture_output=True).returncode == 0
+
+
+def main(scratch):
+    seed = int(os.environ.get("SXM_MIGRATE_SEED", random.randrange(1 << 30)))
+    tap.diag(f"SXM_MIGRATE_SEED={seed}")
+    S = scratch
+
+    # --- 1. the whole migration: disk + uffd memory, a guest writing ------
+    src = Source(os.path.join(S, "src1"), seed)
+    w = Writer(src.uri, seed).start()
+    rcv = Receiver(os.path.join(S, "sr1"), memory="uffd",
+                   extra=("--check", "0.3"))
+    sj = os.path.join(S, "summary1.json")
+    png = os.path.join(S, "timeline1.png")
+    rc, out, err = migrate(rcv.token_file, [src.ctl], "--memory", "uffd",
+                           "--memory-opt=--guest-mem=64M",
+                           "--memory-opt=--dirty-rate=8M",
+                           "--copy-rate=64M", "--summary-json", sj,
+                           "--timeline", png)
+    acked_before = w.acked
+    w.finish()
+    rrc = rcv.finish()
+    new = rcv.new_files()
+    dst = os.path.join(rcv.sr, new[0]) if len(new) == 1 else None
+    summary = json.load(open(sj)) if os.path.exists(sj) else {}
+    tap.ok(rc == 0 and rrc == 0 and dst and vhd_check(dst),
+           "migrate exit 0, receive exit 0, one new VHD that checks clean",
+           f"migrate {rc}\n{err}\nreceive {rrc}\n{rcv.err}")
+    tap.ok(w.failed and acked_before > 50,
+           f"the guest wrote during the migration ({acked_before} writes "
+           "acknowledged) and the source refused writes after it",
+           f"failed={w.failed} acked={acked_before}")
+    src.stop()
+    tap.ok(dst and vhd_equal(src.vhd, dst),
+           "destination VHD byte-identical to the source (qemu-img compare)")
+    # Read the destination back through our own plugin, read-only.
+    bad = ["no destination"]
+    if dst:
+        with nbdkit(S, "-r", dst) as uri:
+            bad = w.check(uri)
+    tap.ok(not bad, f"all {len(w.model)} acknowledged blocks are on the "
+           "destination", f"missing at {bad[:5]}")
+    mem = summary.get("memory", {})
+    tap.ok(mem.get("result") == "migrated" and
+           (summary.get("switchover") or [{}])[0].get("verified") is True
+           and '"check":{' in rcv.err and '"ok":true' in rcv.err,
+           f"memory moved in {mem.get('rounds')} rounds, downtime "
+           f"{mem.get('downtime_ms')} ms (switchover {mem.get('hook_ms')} "
+           "ms, verified); the guest checks on the destination",
+           f"{summary}\n{rcv.err}")
+    tap.ok(os.path.exists(png) and open(png, "rb").read(4) == b"\x89PNG",
+           "timeline plot written", err)
+
+    # --- 2. destination NBD server killed mid-copy -------------------------
+    src = Source(os.path.join(S, "src2"), seed + 1)
+    w = Writer(src.uri, seed + 1).start()
+    rcv = Receiver(os.path.join(S, "sr2"))
+    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
+    lines = []
+    wait_log(p, r"== copy", lines)
+    time.sleep(0.5 + random.Random(seed).random())
+    for pid in rcv.children("nbdkit"):
+        os.kill(pid, signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    err = "".join(lines) + err
+    rrc = rcv.finish()
+    time.sleep(0.3)
+    st = src.state()
+    writes_went_on = w.acked
+    time.sleep(0.3)
+    writes_went_on = w.acked > writes_went_on and not w.failed
+    w.finish()
+    tap.ok(p.returncode == 1 and "rolled back" in err and st == "idle" and
+           writes_went_on,
+           "destination server killed mid-copy: exit 1, mirror idle, the "
+           "guest keeps writing", f"rc={p.returncode} state={st} {w.failed}\n{err}")
+    tap.ok(rrc == 1 and rcv.new_files() == [],
+           "... and the destination removed its new VHD", f"{rrc} {rcv.new_files()}\n{rcv.err}")
+    src_uri = src.uri
+    bad = w.check(src_uri)
+    src.stop()
+    tap.ok(not bad and vhd_check(src.vhd),
+           "... the source holds every acknowledged write and checks clean",
+           f"{bad[:5]}")
+
+    # --- 3. xenmem receiver killed mid-stream ---------------------------------
+    src = Source(os.path.join(S, "src3"), seed + 2)
+    w = Writer(src.uri, seed + 2).start()
+    rcv = Receiver(os.path.join(S, "sr3"), memory="uffd")
+    p = migrate(rcv.token_file, [src.ctl], "--memory", "uffd",
+                "--memory-opt=--guest-mem=64M", "--memory-opt=--rate=4M",
+                "--memory-opt=--check=0.3", wait=False)
+    lines = []
+    wait_log(p, r"== memory", lines)
+    time.sleep(1.0)
+    for pid in rcv.children("xenmem"):
+        os.kill(pid, signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    err = "".join(lines) + err
+    rrc = rcv.finish()
+    st = src.state()
+    n0 = w.acked
+    time.sleep(0.3)
+    went_on = w.acked > n0 and not w.failed
+    w.finish()
+    bad = w.check(src.uri)
+    src.stop()
+    tap.ok(p.returncode == 1 and st == "idle" and went_on and not bad and
+           rrc == 1 and rcv.new_files() == [],
+           "memory receiver killed mid-stream: exit 1, source guest resumed, "
+           "mirror idle, writes go on, destination clean",
+           f"rc={p.returncode} st={st} went_on={went_on} bad={bad[:3]} "
+           f"rrc={rrc} new={rcv.new_files()}\n{err}\n{rcv.err}")
+
+    # --- 4. tokens: garbage, expired, wrong key ---------------------------
+    src = Source(os.path.join(S, "src4"), seed + 3)
+    rcv = Receiver(os.path.join(S, "sr4"), expires=60)
+    tf = os.path.join(S, "bad.token")
+    cases = [("garbage", "sxm1.!!!$(touch pwned)", 2, "not an sxm token"),
+             ("bad base64 body", "sxm1." + base64.b64encode(b"host=a b\n").decode(), 2, "bad host"),
+             ("expired", retoken(rcv.token, expires=int(time.time()) - 5), 2, "expired"),
+             ("unknown field", retoken(rcv.token, v="1\nevil=1"), 2, "unknown field")]
+    for name, tok, want, msg in cases:
+        open(tf, "w").write(tok + "\n")
+        rc, out, err = migrate(tf, [src.ctl])
+        tap.ok(rc == want and msg in err and src.state() == "idle",
+               f"token {name}: exit {want}, says '{msg}', nothing started",
+               f"rc={rc}\n{err}")
+    open(tf, "w").write(retoken(rcv.token, key="ab" * 32) + "\n")
+    rc, out, err = migrate(tf, [src.ctl])
+    tap.ok(rc == 1 and src.state() == "idle" and "rolled back" in err,
+           "token with a wrong key: the mirror cannot start, exit 1, idle",
+           f"rc={rc}\n{err}")
+    # The receiver was not told (the key is wrong): it gives up when
+    # stopped, and removes what it created.
+    rcv.proc.send_signal(signal.SIGTERM)
+    rrc = rcv.finish()
+    tap.ok(rrc != 0 and rcv.new_files() == [],
+           "sxm receive stopped by SIGTERM: its new VHD is removed",
+           f"{rrc} {rcv.new_files()}\n{rcv.err}")
+    tap.ok(not os.path.exists(os.path.join(os.getcwd(), "pwned")) and
+           not os.path.exists(os.path.join(S, "pwned")),
+           "no token text was ever run as a command")
+
+    # --- 5. SR full: refused before starting, and ENOSPC during the copy ---
+    mnt = os.path.join(S, "small")
+    os.makedirs(mnt)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", mnt],
+                      capture_output=True).returncode != 0:
+        tap.ok(True, "# SKIP SR full: cannot mount a small tmpfs here")
+        tap.ok(True, "# SKIP SR full during the copy")
+    else:
+        try:
+            # 40 MiB of data for an SR with 24 MiB: refused up front.
+            rcv = Receiver(os.path.join(mnt, "sr"))
+            rc, out, err = migrate(rcv.token_file, [src.ctl])
+            rrc = rcv.finish()
+            tap.ok(rc == 4 and "SR is full" in err and src.state() == "idle"
+                   and rrc == 1 and rcv.new_files() == [],
+                   "SR full: refused before starting (exit 4), destination "
+                   "told to clean up", f"rc={rc} rrc={rrc}\n{err}\n{rcv.err}")
+            # The token said there was room; then something else took it.
+            subprocess.run(["umount", mnt], check=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs",
+                            mnt], check=True)
+            rcv = Receiver(os.path.join(mnt, "sr"))
+            with open(os.path.join(mnt, "filler"), "wb") as f:
+                f.write(b"\1" * (40 * MiB))
+            w = Writer(src.uri, seed + 4).start()
+            rc, out, err = migrate(rcv.token_file, [src.ctl])
+            rrc = rcv.finish()
+            st = src.state()
+            w.finish()
+            bad = w.check(src.uri)
+            tap.ok(rc == 1 and st == "idle" and not w.failed and not bad and
+                   rrc == 1 and rcv.new_files() == [],
+                   "SR fills up during the copy: exit 1, rolled back, the "
+                   "guest's writes unharmed, destination clean",
+                   f"rc={rc} st={st} {w.failed} {bad[:3]} rrc={rrc}\n{err}\n{rcv.err}")
+        finally:
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+    src.stop()
+
+    # --- 6. hostile names everywhere, offline too ----------------------------
+    hd = os.path.join(S, HOSTILE)
+    tmp = os.path.join(hd, "tmp " + HOSTILE)
+    os.makedirs(tmp)
+    env = dict(os.environ, TMPDIR=tmp)
+    src = Source(os.path.join(hd, "src"), seed + 5, name="vm " + HOSTILE)
+    w = Writer(src.uri, seed + 5).start()
+    rcv = Receiver(os.path.join(hd, "sr " + HOSTILE), env=env)
+    rc, out, err = migrate(rcv.token_file, [src.ctl], env=env)
+    w.finish()
+    rrc = rcv.finish()
+    new = rcv.new_files()
+    src.stop()
+    tap.ok(rc == 0 and rrc == 0 and len(new) == 1 and
+           vhd_equal(src.vhd, os.path.join(rcv.sr, new[0])),
+           "hostile SR, socket and TMPDIR names: migrated, byte-identical",
+           f"rc={rc} rrc={rrc} {new}\n{err}\n{rcv.err}")
+    rcv = Receiver(os.path.join(hd, "sr2 " + HOSTILE), env=env)
+    rc, out, err = migrate(rcv.token_file, [src.vhd], "--offline", env=env)
+    rrc = rcv.finish()
+    new = rcv.new_files()
+    tap.ok(rc == 0 and rrc == 0 and len(new) == 1 and
+           vhd_equal(src.vhd, os.path.join(rcv.sr, new[0])),
+           "--offline: a stopped VHD copied, verified, committed",
+           f"rc={rc} rrc={rrc} {new}\n{err}\n{rcv.err}")
+    found = subprocess.run(["find", S, "-name", "pwned"], capture_output=True,
+                           text=True).stdout
+    tap.ok(not found and not os.path.exists("pwned"),
+           "no hostile name was ever run as a command", found)
+
+
+run_test(main)
