@@ -202,11 +202,16 @@ zero_scan_cb (void *opaque, const char *ctx, uint64_t offset,
 
   if (strcmp (ctx, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
     return 0;
-  for (size_t i = 0; i + 1 < nr && z->pos < z->end; i += 2) {
+  /* Advance over the zero extents only: pos stops at the first extent
+   * that is not zero, so that the caller learns how long the zero run
+   * from its offset is, not merely whether the whole range is zero. */
+  for (size_t i = 0; i + 1 < nr && z->pos < z->end && z->all_zero; i += 2) {
     if (entries[i] == 0)
       break;
-    if (!(entries[i + 1] & LIBNBD_STATE_ZERO))
+    if (!(entries[i + 1] & LIBNBD_STATE_ZERO)) {
       z->all_zero = false;
+      break;
+    }
     z->pos += entries[i];
   }
   return 0;
@@ -500,8 +505,18 @@ dest_flush (struct dest *d)
 int
 dest_is_zero (struct dest *d, uint64_t off, uint64_t len)
 {
+  uint64_t zlen;
+  int e = dest_zero_prefix (d, off, len, &zlen);
+
+  return e < 0 ? e : zlen >= len;
+}
+
+int
+dest_zero_prefix (struct dest *d, uint64_t off, uint64_t len, uint64_t *zlen)
+{
   struct zero_scan z = { .pos = off, .end = off + len, .all_zero = true };
 
+  *zlen = 0;
   if (!d->info.has_extents)
     return 0;
   while (z.pos < z.end && z.all_zero) {
@@ -522,7 +537,8 @@ dest_is_zero (struct dest *d, uint64_t off, uint64_t len)
     if (e)
       return -e;
     if (z.pos == before)
-      return 0;
+      break;
   }
-  return z.all_zero;
+  *zlen = (z.pos < z.end ? z.pos : z.end) - off;
+  return 0;
 }

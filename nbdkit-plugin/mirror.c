@@ -1125,15 +1125,21 @@ compare_all (nbdkit_next *n, uint64_t *compared, uint64_t *diff,
       hole = ext_hole;
     }
     if (hole) {
-      int z = dest_is_zero (dest, pos, run);
+      /* Skip what the destination says is zero too; read only where it
+       * claims data inside the source's hole.  (Asking "is all of the
+       * hole zero?" and reading 1 MiB when not made one mirrored write
+       * at the end of a 4 GiB hole cost a 4 GiB read, with the guest's
+       * writes held: 38 s in the demo.) */
+      uint64_t zlen;
+      int z = dest_zero_prefix (dest, pos, run, &zlen);
       if (z < 0) {
         snprintf (what, whatlen, "destination block status at %" PRIu64
                   ": %s", pos, strerror (-z));
         rc = -1;
         goto out;
       }
-      if (z == 1) {
-        pos += run;
+      if (zlen > 0) {
+        pos += zlen;
         continue;
       }
     }

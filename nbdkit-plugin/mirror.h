@@ -62,6 +62,10 @@ int dest_flush (struct dest *d);        /* every connection */
 /* 1 if [off, off+len) reads as zeros per block status, 0 if not or unknown,
  * -errno on failure. */
 int dest_is_zero (struct dest *d, uint64_t off, uint64_t len);
+/* *ZLEN = how many bytes from OFF (at most LEN) read as zeros per block
+ * status (0 if unknown); 0, or -errno on failure. */
+int dest_zero_prefix (struct dest *d, uint64_t off, uint64_t len,
+                      uint64_t *zlen);
 
 /* ---- mirror.c: the state the control commands act on ------------------- */
 

@@ -248,7 +248,7 @@ def main(scratch):
     rc, out, err = migrate(rcv.token_file, [src.ctl], "--memory", "uffd",
                            "--memory-opt=--guest-mem=64M",
                            "--memory-opt=--dirty-rate=8M",
-                           "--copy-rate=64M", "--summary-json", sj,
+                           "--copy-rate=64M", "--verify", "--summary-json", sj,
                            "--timeline", png)
     acked_before = w.acked
     w.finish()
