@@ -27,6 +27,7 @@ usage (FILE *fp)
 "  switchover [--no-verify]      hold guest writes, flush, compare: ready\n"
 "  resume                        ready -> mirroring (writes flow again)\n"
 "  complete                      ready -> completed (writes refused)\n"
+"  flush                         flush both sides now (mirroring; no hold)\n"
 "  abort                         stop mirroring; the source is untouched\n"
 "  raw JSON                      send JSON as it is\n"
 "Exit status: 0 ok, 1 the filter refused (its error on stderr), 2 usage,\n"
@@ -147,7 +148,8 @@ main (int argc, char **argv)
   }
   else if (strcmp (cmd, "status") == 0 || strcmp (cmd, "copied") == 0 ||
            strcmp (cmd, "switchover") == 0 || strcmp (cmd, "resume") == 0 ||
-           strcmp (cmd, "complete") == 0 || strcmp (cmd, "abort") == 0) {
+           strcmp (cmd, "complete") == 0 || strcmp (cmd, "abort") == 0 ||
+           strcmp (cmd, "flush") == 0) {
     if (argc - optind != 0) {
       usage (stderr);
       exit (EXIT_USAGE);

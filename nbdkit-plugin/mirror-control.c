@@ -49,6 +49,7 @@ static const struct {
   { "switchover", mirror_cmd_switchover, true },
   { "resume", mirror_cmd_resume, true },
   { "complete", mirror_cmd_complete, true },
+  { "flush", mirror_cmd_flush, true },
   { "abort", mirror_cmd_abort, true },
 };
 

@@ -476,30 +476,46 @@ dest_pread (struct dest *d, void *buf, uint32_t len, uint64_t off)
   return e ? e : dest_wait (d, &r);
 }
 
+/* Flushing is split in two so that the switchover can flush the source
+ * while the destination's flush is on the wire.  With multi-conn the
+ * server's flush on one connection covers writes completed on all of
+ * them (NBD spec, NBD_FLAG_CAN_MULTI_CONN), so one is enough; without,
+ * every connection flushes. */
+void
+dest_flush_start (struct dest *d, struct dest_flush *f)
+{
+  f->n = !d->info.can_flush ? 0 : d->info.multi_conn ? 1 : d->n;
+  f->err = 0;
+  for (unsigned i = 0; i < f->n; i++) {
+    int e;
+    req_init (&f->r[i], &d->c[i]);
+    e = started (&f->r[i], nbd_aio_flush (d->c[i].h, COMPLETION (&f->r[i]),
+                                          0));
+    f->started[i] = e == 0;
+    if (e && !f->err)
+      f->err = e;
+  }
+}
+
+int
+dest_flush_wait (struct dest *d, struct dest_flush *f)
+{
+  for (unsigned i = 0; i < f->n; i++)
+    if (f->started[i]) {
+      int e = dest_wait (d, &f->r[i]);
+      if (e && !f->err)
+        f->err = e;
+    }
+  return f->err;
+}
+
 int
 dest_flush (struct dest *d)
 {
-  struct dest_req r[d->n];
-  bool started_ok[d->n];
-  int err = 0;
+  struct dest_flush f;
 
-  if (!d->info.can_flush)
-    return 0;
-  for (unsigned i = 0; i < d->n; i++) {
-    int e;
-    req_init (&r[i], &d->c[i]);
-    e = started (&r[i], nbd_aio_flush (d->c[i].h, COMPLETION (&r[i]), 0));
-    started_ok[i] = e == 0;
-    if (e && !err)
-      err = e;
-  }
-  for (unsigned i = 0; i < d->n; i++)
-    if (started_ok[i]) {
-      int e = dest_wait (d, &r[i]);
-      if (e && !err)
-        err = e;
-    }
-  return err;
+  dest_flush_start (d, &f);
+  return dest_flush_wait (d, &f);
 }
 
 int

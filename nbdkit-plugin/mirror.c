@@ -936,8 +936,9 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
   if (json_has (req, "export") && !exp)
     return fail_reply (out, "\"export\" must be a string");
   if (json_u64 (req, "connections", &nconns) == -1 || nconns < 1 ||
-      nconns > 16)
-    return fail_reply (out, "\"connections\" must be 1 to 16");
+      nconns > MIRROR_MAX_CONNS)
+    return fail_reply (out, "\"connections\" must be 1 to %d",
+                       MIRROR_MAX_CONNS);
   if (json_num (req, "timeout", &timeout) == -1 || !(timeout > 0))
     return fail_reply (out, "\"timeout\" must be a positive number of seconds");
   if (json_bool (req, "insecure", &insecure) == -1)
@@ -1220,8 +1221,15 @@ mirror_cmd_switchover (const struct json_obj *req, struct jbuf *out)
     return fail_reply (out, "cannot open the source export for the "
                        "switchover");
   }
-  r = n->can_flush (n) == 1 ? n->flush (n, 0, &err) : 0;
-  e = dest_flush (dest);
+  {
+    /* Both sides at once: the destination's flush travels while the
+     * source flushes (they were one after the other: 194 ms held in the
+     * demo). */
+    struct dest_flush df;
+    dest_flush_start (dest, &df);
+    r = n->can_flush (n) == 1 ? n->flush (n, 0, &err) : 0;
+    e = dest_flush_wait (dest, &df);
+  }
   t_flushed = mirror_now ();
   if (r == -1 || e) {
     bg_close (n);
@@ -1259,6 +1267,42 @@ mirror_cmd_resume (const struct json_obj *req, struct jbuf *out)
   __atomic_store_n (&state, M_MIRRORING, __ATOMIC_RELEASE);
   gate_open ();
   jbuf_add (out, ",\"state\":\"mirroring\"");
+  return 0;
+}
+
+/* "flush": make both sides durable now, without holding the guest's
+ * writes.  Run just before the guest is paused (xenmem's prepare hook),
+ * it leaves the switchover's own flush only the writes of the last
+ * moments: on a sparse VHD every block allocated since the last flush
+ * costs its metadata and the file system's extent update at flush time
+ * (about 0.14 ms each here), which the paused guest would otherwise wait
+ * for. */
+int
+mirror_cmd_flush (const struct json_obj *req, struct jbuf *out)
+{
+  double t0 = mirror_now ();
+  struct dest_flush df;
+  nbdkit_next *n;
+  int err = 0, r, e;
+
+  if (cur_state () != M_MIRRORING)
+    return fail_reply (out, "flush needs a running mirror (state is %s)",
+                       mirror_state_name (cur_state ()));
+  n = bg_open (mirror_export, 0);
+  if (!n)
+    return fail_reply (out, "cannot open the source export to flush it");
+  dest_flush_start (dest, &df);
+  r = n->can_flush (n) == 1 ? n->flush (n, 0, &err) : 0;
+  e = dest_flush_wait (dest, &df);
+  bg_close (n);
+  if (e)
+    dest_failed (e, "flush", 0, 0, &err);
+  if (r == -1 || e)
+    return fail_reply (out, "flush failed on the %s: %s",
+                       r == -1 ? "source" : "destination",
+                       strerror (r == -1 ? (err ? err : EIO) : e));
+  jbuf_add (out, ",\"state\":\"%s\",\"flush_ms\":%.1f",
+            mirror_state_name (cur_state ()), (mirror_now () - t0) * 1e3);
   return 0;
 }
 

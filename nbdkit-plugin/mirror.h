@@ -19,6 +19,8 @@
 
 struct dest;
 
+#define MIRROR_MAX_CONNS 16     /* destination connections, "start" checks */
+
 struct dest_info {
   uint64_t size;
   bool readonly, can_flush, can_fua, can_zero, multi_conn, has_extents;
@@ -58,7 +60,15 @@ int dest_pwrite (struct dest *d, const void *buf, uint32_t len, uint64_t off,
                  bool fua);
 int dest_zero (struct dest *d, uint32_t len, uint64_t off, bool fua);
 int dest_pread (struct dest *d, void *buf, uint32_t len, uint64_t off);
-int dest_flush (struct dest *d);        /* every connection */
+int dest_flush (struct dest *d);        /* every connection (one if multi-conn) */
+struct dest_flush {
+  unsigned n;
+  int err;
+  bool started[MIRROR_MAX_CONNS];
+  struct dest_req r[MIRROR_MAX_CONNS];
+};
+void dest_flush_start (struct dest *d, struct dest_flush *f);
+int dest_flush_wait (struct dest *d, struct dest_flush *f);
 /* 1 if [off, off+len) reads as zeros per block status, 0 if not or unknown,
  * -errno on failure. */
 int dest_is_zero (struct dest *d, uint64_t off, uint64_t len);
@@ -89,6 +99,7 @@ int mirror_cmd_copied (const struct json_obj *req, struct jbuf *out);
 int mirror_cmd_switchover (const struct json_obj *req, struct jbuf *out);
 int mirror_cmd_resume (const struct json_obj *req, struct jbuf *out);
 int mirror_cmd_complete (const struct json_obj *req, struct jbuf *out);
+int mirror_cmd_flush (const struct json_obj *req, struct jbuf *out);
 int mirror_cmd_abort (const struct json_obj *req, struct jbuf *out);
 
 /* ---- mirror-control.c -------------------------------------------------- */

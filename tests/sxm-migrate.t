@@ -281,6 +281,11 @@ def main(scratch):
            f"{mem.get('downtime_ms')} ms (switchover {mem.get('hook_ms')} "
            "ms, verified); the guest checks on the destination",
            f"{summary}\n{rcv.err}")
+    tap.ok(mem.get("prepare_ms", 0) > 0 and
+           (summary.get("switchover") or [{}])[0].get("flush_ms") is not None,
+           f"disks flushed before the pause ({mem.get('prepare_ms')} ms), "
+           "then flushed again in it "
+           f"({(summary.get('switchover') or [{}])[0].get('flush_ms')} ms)")
     tap.ok(os.path.exists(png) and open(png, "rb").read(4) == b"\x89PNG",
            "timeline plot written", err)
 
@@ -359,6 +364,10 @@ def main(scratch):
         tap.ok(rc == want and msg in err and src.state() == "idle",
                f"token {name}: exit {want}, says '{msg}', nothing started",
                f"rc={rc}\n{err}")
+    p = subprocess.run([os.path.join(ROOT, "client", "sxm-mirror"), src.ctl,
+                        "flush"], capture_output=True, text=True)
+    tap.ok(p.returncode == 1 and "needs a running mirror" in p.stderr,
+           "sxm-mirror flush on an idle mirror is refused", p.stderr)
     open(tf, "w").write(retoken(rcv.token, key="ab" * 32) + "\n")
     rc, out, err = migrate(tf, [src.ctl])
     tap.ok(rc == 1 and src.state() == "idle" and "rolled back" in err,

@@ -28,15 +28,39 @@ xm_now (void)
 
 extern char **environ;
 
-/* The paused hook (xm_send_opts.paused_hook): started as soon as the
- * guest is paused, so that what it does (sxm migrate: the disks'
+/* The hook (xm_send_opts.paused_hook) runs twice.  XENMEM_HOOK_PHASE=
+ * prepare: when the final round is announced, the guest still running,
+ * waited for before the pause (sxm migrate: flush the disks, so that the
+ * switchover's flush has little left to do).  XENMEM_HOOK_PHASE=paused:
+ * as soon as the guest is paused, so that what it does (the disks'
  * switchover) overlaps the last memory round; waited for before END,
  * because the receiver must not be told to commit before it succeeded. */
 static pid_t
-hook_start (char *const *argv)
+hook_start (char *const *argv, const char *phase)
 {
   pid_t pid;
-  int e = posix_spawnp (&pid, argv[0], NULL, NULL, argv, environ);
+  size_t n = 0;
+  char **env, var[64];
+  int e;
+
+  /* The environment plus XENMEM_HOOK_PHASE, without setenv (the guest's
+   * threads run meanwhile). */
+  while (environ[n])
+    n++;
+  env = calloc (n + 2, sizeof *env);
+  if (!env) {
+    sxm_error ("paused hook %s: out of memory", argv[0]);
+    return -1;
+  }
+  snprintf (var, sizeof var, "XENMEM_HOOK_PHASE=%s", phase);
+  for (size_t i = 0, j = 0; i < n; i++)
+    if (strncmp (environ[i], "XENMEM_HOOK_PHASE=", 18) != 0)
+      env[j++] = environ[i];
+  for (n = 0; env[n]; n++)
+    ;
+  env[n] = var;
+  e = posix_spawnp (&pid, argv[0], NULL, NULL, argv, env);
+  free (env);
 
   if (e != 0) {
     sxm_error ("paused hook %s: cannot start it: %s", argv[0], strerror (e));
@@ -257,7 +281,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   const char *why = NULL;
   bool paused = false, committed = false;
   double t0 = xm_now (), t_pause = 0, t_run = 0, t_digest = 0, bw = 0;
-  double t_hook = 0;
+  double t_hook = 0, t_prepare = 0;
   pid_t hook = -1;
   int ret = XM_FAILED;
   size_t len;
@@ -325,6 +349,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   round++;
   if (send_round_record (&S, round, count) == -1)
     goto fail_running;
+  if (o->paused_hook && (hook = hook_start (o->paused_hook, "prepare")) == -1)
+    goto fail_running;
   xm_decoder_init_acks (&ad);
   {
     char want[32];
@@ -339,12 +365,21 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     } while (strcmp (r.u.ack.msg, want) != 0);
   }
 
+  if (hook != -1) {
+    pid_t h = hook;
+    hook = -1;
+    double tp = xm_now ();
+    if (hook_wait (h, o->paused_hook[0]) == -1)
+      goto fail_running;
+    t_prepare = xm_now () - tp;
+  }
+
   /* Stop and copy. */
   t_pause = xm_now ();
   if (b->pause (s) == -1)
     goto fail_running;
   paused = true;
-  if (o->paused_hook && (hook = hook_start (o->paused_hook)) == -1)
+  if (o->paused_hook && (hook = hook_start (o->paused_hook, "paused")) == -1)
     goto fail;
   if (b->log_fetch (s, more, &final_count) == -1)
     goto fail;
@@ -421,14 +456,15 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   goto out;
 
  fail:
+ fail_running:
   /* A hook still running is waited for: what it started (the disks'
-   * switchover) must be over before the caller undoes it. */
+   * switchover) must be over before the caller undoes it.  Not
+   * committed: the source guest is still the guest. */
   if (hook != -1)
     hook_wait (hook, o->paused_hook[0]);
-  /* Not committed: the source guest is still the guest. */
+  hook = -1;
   if (paused && !committed)
     b->unpause (s);
- fail_running:
   b->log_disable (s);
   ret = XM_FAILED;
 
@@ -449,7 +485,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     jbuf_add (report, ",\"downtime_ms\":%.3f,\"digest_ms\":%.3f",
               (t_run - t_pause - t_digest) * 1e3, t_digest * 1e3);
   if (o->paused_hook && t_hook > 0)
-    jbuf_add (report, ",\"hook_ms\":%.3f", t_hook * 1e3);
+    jbuf_add (report, ",\"hook_ms\":%.3f,\"prepare_ms\":%.3f",
+              t_hook * 1e3, t_prepare * 1e3);
   jbuf_add (report, ",\"verified_memory\":%s,\"tls\":%s,\"round_stats\":%s",
             o->verify_memory ? "true" : "false",
             xm_conn_is_tls (c) ? "true" : "false",
