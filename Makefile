@@ -148,6 +148,7 @@ bench: all
 	bench/copy.sh
 	bench/mirror.sh
 	bench/xenmem.sh
+	bench/migrate.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1

@@ -415,8 +415,8 @@ test_header (void)
   HDR_REJECT (hb[29] ^= 1, "checksum mismatch", "stored checksum checked");
   HDR_REJECT ((put32 (hb + 12, 0), FIXCRC), "backend 0 is unknown",
               "backend 0 refused");
-  HDR_REJECT ((put32 (hb + 12, 4), FIXCRC), "backend 4 is unknown",
-              "backend 4 refused");
+  HDR_REJECT ((put32 (hb + 12, 5), FIXCRC), "backend 5 is unknown",
+              "backend 5 refused");
   HDR_REJECT ((put64 (hb + 16, 0), FIXCRC), "npages 0 is out of range",
               "zero pages refused");
   HDR_REJECT ((put64 (hb + 16, (1ull << 40) + 1), FIXCRC),
