@@ -215,6 +215,15 @@ def wait_log(p, pattern, lines, timeout=60):
     return False
 
 
+def kill_children(pid, name):
+    r = subprocess.run(["pgrep", "-P", str(pid), "-x", name],
+                       capture_output=True, text=True)
+    pids = [int(x) for x in r.stdout.split()]
+    for x in pids:
+        os.kill(x, signal.SIGKILL)
+    return bool(pids)
+
+
 def retoken(token, **fields):
     body = base64.b64decode(token[5:]).decode()
     out = []
@@ -349,6 +358,110 @@ def main(scratch):
            "mirror idle, writes go on, destination clean",
            f"rc={p.returncode} st={st} went_on={went_on} bad={bad[:3]} "
            f"rrc={rrc} new={rcv.new_files()}\n{err}\n{rcv.err}")
+
+    # --- 3b. kill -9 of each source-side process mid-copy ------------------
+    # sxm-copy --live killed: migrate sees it fail and rolls back.
+    src = Source(os.path.join(S, "src3b"), seed + 10)
+    w = Writer(src.uri, seed + 10).start()
+    rcv = Receiver(os.path.join(S, "sr3b"))
+    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
+    lines = []
+    wait_log(p, r"== copy", lines)
+    time.sleep(0.5)
+    killed = kill_children(p.pid, "sxm-copy")
+    out, err = p.communicate(timeout=120)
+    err = "".join(lines) + err
+    rrc = rcv.finish()
+    st = src.state()
+    n0 = w.acked
+    time.sleep(0.3)
+    went_on = w.acked > n0 and not w.failed
+    w.finish()
+    bad = w.check(src.uri)
+    src.stop()
+    tap.ok(killed and p.returncode == 1 and st == "idle" and went_on and
+           not bad and rrc == 1 and rcv.new_files() == [],
+           "sxm-copy --live killed (-9) mid-copy: exit 1, mirror idle, "
+           "writes go on, destination clean",
+           f"killed={killed} rc={p.returncode} st={st} {w.failed} {bad[:3]} "
+           f"rrc={rrc}\n{err}\n{rcv.err}")
+
+    # The VM's own nbdkit (source, with the filter) killed: the guest loses
+    # its disk server, as with any crash; migrate rolls back, the
+    # destination is cleaned, and the source VHD is consistent with every
+    # acknowledged write (they all went to allocated blocks).
+    src = Source(os.path.join(S, "src3c"), seed + 11)
+    w = Writer(src.uri, seed + 11).start()
+    rcv = Receiver(os.path.join(S, "sr3c"))
+    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
+    lines = []
+    wait_log(p, r"== copy", lines)
+    time.sleep(0.5)
+    src.proc.kill()
+    src.proc.wait()
+    out, err = p.communicate(timeout=120)
+    err = "".join(lines) + err
+    rrc = rcv.finish()
+    w.finish()
+    src.log.close()
+    with nbdkit(S, "-r", src.vhd) as uri:
+        bad = w.check(uri)
+    tap.ok(p.returncode == 1 and rrc == 1 and rcv.new_files() == [] and
+           vhd_check(src.vhd) and not bad,
+           "the VM's nbdkit killed (-9) mid-copy: exit 1, destination clean, "
+           f"source VHD checks clean with all {len(w.model)} acknowledged "
+           "blocks", f"rc={p.returncode} rrc={rrc} bad={bad[:3]}\n{err}\n{rcv.err}")
+
+    # sxm migrate itself killed: nobody is left to roll back on the
+    # source.  The destination gives up at its deadline (--expires) and
+    # deletes its VHDs; the mirror then breaks and the guest writes on; no
+    # process of the dead migrate is left behind.
+    src = Source(os.path.join(S, "src3d"), seed + 12)
+    w = Writer(src.uri, seed + 12).start()
+    rcv = Receiver(os.path.join(S, "sr3d"), expires=6)
+    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
+    lines = []
+    wait_log(p, r"== copy", lines)
+    time.sleep(0.5)
+    p.kill()
+    p.wait()
+    rrc = rcv.finish(timeout=60)
+    time.sleep(1.0)
+    st = src.state()
+    n0 = w.acked
+    time.sleep(0.3)
+    went_on = w.acked > n0 and not w.failed
+    left = subprocess.run(["pgrep", "-af", src.ctl], capture_output=True,
+                          text=True).stdout.splitlines()
+    left = [x for x in left if "nbdkit" not in x]
+    subprocess.run([os.path.join(ROOT, "client", "sxm-mirror"), src.ctl,
+                    "abort"], capture_output=True)
+    w.finish()
+    bad = w.check(src.uri)
+    src.stop()
+    tap.ok(rrc == 1 and rcv.new_files() == [] and st == "broken" and
+           went_on and not bad and not left,
+           "sxm migrate killed (-9): the destination cleans up at its "
+           "deadline, the mirror breaks, the guest writes on, no process "
+           "left", f"rrc={rrc} new={rcv.new_files()} st={st} "
+           f"went_on={went_on} left={left}\n{rcv.err}")
+
+    # --- 3e. committed, but the destination never confirms: in doubt -------
+    src = Source(os.path.join(S, "src3e"), seed + 13)
+    rcv = Receiver(os.path.join(S, "sr3e"), memory="uffd",
+                   env=dict(os.environ, XENMEM_TEST_NO_RUNNING="1"))
+    rc, out, err = migrate(rcv.token_file, [src.ctl], "--memory", "uffd",
+                           "--memory-opt=--guest-mem=16M")
+    rrc = rcv.finish()
+    st = src.state()
+    p = subprocess.run([os.path.join(ROOT, "client", "sxm-mirror"), src.ctl,
+                        "complete"], capture_output=True, text=True)
+    src.stop()
+    tap.ok(rc == 3 and "IN DOUBT" in err and st == "ready" and rrc == 0 and
+           len(rcv.new_files()) == 1 and p.returncode == 0,
+           "no 'running' after the commit: exit 3, says IN DOUBT, disks left "
+           "ready (writes held) for the admin, who completes",
+           f"rc={rc} st={st} rrc={rrc} {p.stdout}\n{err}\n{rcv.err}")
 
     # --- 4. tokens: garbage, expired, wrong key ---------------------------
     src = Source(os.path.join(S, "src4"), seed + 3)

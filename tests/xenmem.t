@@ -262,6 +262,19 @@ def main(scratch):
            "a uffd receiver refuses a none stream",
            f"send {p.returncode} {p.stdout} {p.stderr}\nrecv {rrc} {rj} {re_}")
 
+    # --- committed, but no "running": the sender is in doubt ---------------
+    r = subprocess.Popen([XENMEM, "receive", "--backend=uffd", "-q", "--json",
+                          "--timeout=20", addr], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, XENMEM_TEST_NO_RUNNING="1"))
+    rc, sj, se = send(addr, "--guest-mem=16M", "--dirty-rate=1M")
+    rrc, rj, re_ = finish(r)
+    tap.ok(rc == 3 and sj.get("result") == "in-doubt" and
+           "stays paused" in se and rrc == 0 and rj.get("result") == "running",
+           "no 'running' after the commit: sender exits 3 (in doubt), source "
+           "left paused; the receiver runs the guest",
+           f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
+
     # --- corruption and truncation at random offsets ---------------------
     for i in range(4):
         port = free_port()

@@ -644,6 +644,11 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
         goto refuse;
       }
       started = true;
+      if (o->test_no_running) {
+        sxm_error ("XENMEM_TEST_NO_RUNNING: not confirming to the sender");
+        ret = XM_OK;
+        goto out;
+      }
       if (send_ack (c, &aseq, 0, "running") == -1) {
         /* The sender is left in doubt with the source paused; the guest
          * runs here, which is what it committed to. */

@@ -32,7 +32,6 @@ struct xm_send_opts {
   uint64_t rate;                /* bytes/s on the wire, 0 = unlimited */
   bool verify_memory;           /* sha256 of all memory at pause, in END */
   bool quiet;                   /* no per-round lines on stderr */
-  double fail_after_round;      /* testing: <0 off; else abort after round N */
   /* NULL, or a command (argv, NULL-terminated) started when the guest is
    * paused and waited for before END; its failure resumes the source. */
   char *const *paused_hook;
@@ -40,6 +39,8 @@ struct xm_send_opts {
 
 struct xm_recv_opts {
   double check_seconds;         /* after start: backend check, 0 = none */
+  bool test_no_running;         /* testing: never send "running" (the
+                                 * sender is left in doubt) */
   bool quiet;
 };
 

@@ -216,6 +216,9 @@ main (int argc, char **argv)
   addr = argv[optind];
   so.quiet = ro.quiet = quiet;
   ro.check_seconds = check;
+  /* Test hook for the "in doubt" path: a receiver that starts the guest
+   * but never says so. */
+  ro.test_no_running = getenv ("XENMEM_TEST_NO_RUNNING") != NULL;
 
   if (abort_) {
     /* Only a holder of the key can make the receiver give up early. */
