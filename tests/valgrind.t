@@ -2,7 +2,8 @@
 # valgrind over the shared VHD code (the same code the plugin runs): open,
 # map and read a differencing chain and a corrupt image with sxm-vhd and the
 # unit tests; and over sxm-copy (threads, libnbd callbacks, checkpoint,
-# verify) copying from a real nbdkit.  Any invalid access or leak fails.
+# verify) copying from a real nbdkit; over xenmem (TLS, stream, hook) and
+# sxm-mirror.  Any invalid access or leak fails.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -43,4 +44,17 @@ printf 'Q' | dd of="$scratch/copy.raw" bs=1 seek=$((40 << 20)) conv=notrunc stat
 vg "$ROOT/client/sxm-copy" -q --verify-only "$uri" "$scratch/copy.raw" 2>/dev/null
 [ $? -eq 3 ]; ok $? "valgrind: sxm-copy --verify-only finding a difference (exit 3)"
 stop_nbdkit
+# xenmem: engine, stream, TLS transport and the two-phase hook, with the
+# memory-less backend (the uffd guest's userfaultfd ioctls are not
+# something valgrind models).
+(umask 077; printf 'xenmem:%s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$scratch/k.psk")
+vg "$ROOT/xenmem/xenmem" receive -q --backend=none --tls-psk="$scratch/k.psk" \
+  --timeout=60 "unix:$scratch/xm.sock" &
+rpid=$!
+vg "$ROOT/xenmem/xenmem" send -q --backend=none --tls-psk="$scratch/k.psk" \
+  --timeout=60 "unix:$scratch/xm.sock" -- true
+ok $? "valgrind: xenmem send (TLS, hook, commit handshake)"
+wait $rpid; ok $? "valgrind: xenmem receive"
+vg "$ROOT/client/sxm-mirror" "$scratch/nothing.ctl" status 2>/dev/null
+[ $? -eq 4 ]; ok $? "valgrind: sxm-mirror with no filter there (exit 4)"
 done_testing
