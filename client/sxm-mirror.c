@@ -1,11 +1,14 @@
 /* sxm-mirror: drive the mirror filter's control socket from the shell.
  * Prints the filter's one-line JSON reply on stdout; see
  * doc/sxm-mirror.pod. */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include "jsonline.h"
 #include "log.h"
@@ -29,13 +32,17 @@ usage (FILE *fp)
 "  complete                      ready -> completed (writes refused)\n"
 "  flush                         flush both sides now (mirroring; no hold)\n"
 "  abort                         stop mirroring; the source is untouched\n"
+"  hook [--no-verify] [--output=FILE] [SOCKET...]\n"
+"                                xenmem's hook, for every SOCKET at once:\n"
+"                                XENMEM_HOOK_PHASE=prepare: flush;\n"
+"                                paused (default): switchover (all or none)\n"
 "  raw JSON                      send JSON as it is\n"
 "Exit status: 0 ok, 1 the filter refused (its error on stderr), 2 usage,\n"
 "4 cannot reach the socket.\n");
 }
 
 struct cli {
-  const char *export, *conns, *dtimeout;
+  const char *export, *conns, *dtimeout, *output;
   bool insecure, no_verify;
   double timeout;
 };
@@ -52,6 +59,7 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
     { "timeout", required_argument, NULL, 't' },
     { "insecure", no_argument, NULL, 'i' },
     { "no-verify", no_argument, NULL, 'n' },
+    { "output", required_argument, NULL, 'o' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -65,6 +73,7 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
     case 'd': o->dtimeout = optarg; break;
     case 'i': o->insecure = true; break;
     case 'n': o->no_verify = true; break;
+    case 'o': o->output = optarg; break;
     case 't':
       o->timeout = strtod (optarg, &end);
       if (*end || !(o->timeout >= 0)) {
@@ -76,6 +85,125 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
     default: usage (stderr); exit (EXIT_USAGE);
     }
   }
+}
+
+/* One request to one socket; the raw reply in *RAW (malloc'd, or NULL).
+ * 0 if the filter said ok, 1 if it refused, 4 if no reply. */
+static int
+call_one (const char *sock, const char *req, double timeout, char **raw)
+{
+  struct json_obj reply;
+  bool ok = false;
+  int fd = mirrorctl_connect (sock);
+
+  *raw = NULL;
+  if (fd == -1)
+    return EXIT_NOCONN;
+  if (mirrorctl_call (fd, req, timeout, &reply, raw) == -1) {
+    close (fd);
+    return EXIT_NOCONN;
+  }
+  close (fd);
+  json_bool (&reply, "ok", &ok);
+  if (!ok) {
+    const char *e = json_str (&reply, "error");
+    fprintf (stderr, "sxm-mirror: %s: %s\n", sock, e ? e : "failed");
+  }
+  json_free (&reply);
+  return ok ? EXIT_OK : EXIT_CMD_FAILED;
+}
+
+/* "hook": run as xenmem's hook (xenmem send ADDR -- sxm-mirror hook ...),
+ * for several disks at once, in the downtime, without a shell in between.
+ * Phase prepare: flush every disk.  Phase paused: switch every disk over;
+ * if one fails, every disk goes back to mirroring (resume) and the hook
+ * fails, so that xenmem resumes the guest.  One child per socket; replies
+ * come back through pipes and are written in socket order, one line
+ * each, to --output (FILE for paused, FILE.prepare for prepare). */
+static int
+run_hook (char **socks, int n, const struct cli *o)
+{
+  const char *phase = getenv ("XENMEM_HOOK_PHASE");
+  bool prepare = phase && strcmp (phase, "prepare") == 0;
+  const char *req = prepare ? "{\"cmd\":\"flush\"}"
+    : o->no_verify ? "{\"cmd\":\"switchover\",\"verify\":false}"
+    : "{\"cmd\":\"switchover\"}";
+  pid_t pids[n];
+  int fds[n], failed = 0;
+  FILE *out = NULL;
+
+  if (phase && !prepare && strcmp (phase, "paused") != 0) {
+    fprintf (stderr, "sxm-mirror: hook: XENMEM_HOOK_PHASE=%s is neither "
+             "prepare nor paused\n", phase);
+    return EXIT_USAGE;
+  }
+  for (int i = 0; i < n; i++) {
+    int p[2];
+    if (pipe (p) == -1) {
+      perror ("sxm-mirror: pipe");
+      return EXIT_CMD_FAILED;
+    }
+    pids[i] = fork ();
+    if (pids[i] == -1) {
+      perror ("sxm-mirror: fork");
+      return EXIT_CMD_FAILED;
+    }
+    if (pids[i] == 0) {
+      char *raw;
+      int r;
+      close (p[0]);
+      r = call_one (socks[i], req, o->timeout, &raw);
+      if (raw) {
+        size_t len = strlen (raw);
+        if (write (p[1], raw, len) != (ssize_t) len)
+          r = r ? r : EXIT_CMD_FAILED;
+      }
+      _exit (r);
+    }
+    close (p[1]);
+    fds[i] = p[0];
+  }
+  if (o->output) {
+    char path[4096];
+    snprintf (path, sizeof path, "%s%s", o->output, prepare ? ".prepare" : "");
+    out = fopen (path, "w");
+    if (!out)
+      fprintf (stderr, "sxm-mirror: %s: %s\n", path, strerror (errno));
+  }
+  for (int i = 0; i < n; i++) {
+    char buf[4096];
+    size_t len = 0;
+    ssize_t r;
+    int st;
+    while (len < sizeof buf - 1 &&
+           ((r = read (fds[i], buf + len, sizeof buf - 1 - len)) > 0 ||
+            (r == -1 && errno == EINTR)))
+      if (r > 0)
+        len += r;
+    buf[len] = 0;
+    close (fds[i]);
+    while (waitpid (pids[i], &st, 0) == -1 && errno == EINTR)
+      ;
+    if (!WIFEXITED (st) || WEXITSTATUS (st) != 0)
+      failed++;
+    if (out)
+      fprintf (out, "%s\n", len ? buf : "null");
+  }
+  if (out)
+    fclose (out);
+  if (failed && !prepare) {
+    for (int i = 0; i < n; i++) {
+      char *raw;
+      call_one (socks[i], "{\"cmd\":\"resume\"}", o->timeout, &raw);
+      free (raw);
+    }
+    fprintf (stderr, "sxm-mirror: hook: switchover failed on %d of %d "
+             "disks; every disk is mirroring again\n", failed, n);
+  }
+  else if (failed)
+    fprintf (stderr, "sxm-mirror: hook: flush failed on %d of %d disks\n",
+             failed, n);
+  return failed ? EXIT_CMD_FAILED : EXIT_OK;
 }
 
 int
@@ -107,6 +235,15 @@ main (int argc, char **argv)
     argv = rest;
   }
 
+  if (strcmp (cmd, "hook") == 0) {
+    /* SOCKET hook [SOCKET...]: argv[optind..] are the other sockets. */
+    int n = 1 + argc - optind;
+    char *socks[n];
+    socks[0] = (char *) sock;
+    for (int i = 1; i < n; i++)
+      socks[i] = argv[optind + i - 1];
+    return run_hook (socks, n, &o);
+  }
   if (strcmp (cmd, "raw") == 0) {
     if (argc - optind != 1) {
       usage (stderr);

@@ -298,6 +298,70 @@ def main(scratch):
     tap.ok(os.path.exists(png) and open(png, "rb").read(4) == b"\x89PNG",
            "timeline plot written", err)
 
+    # --- 1b. two disks: one migration; the hook is all or none ------------
+    srcs = [Source(os.path.join(S, f"src1b{i}"), seed + 20 + i) for i in (0, 1)]
+    ws = [Writer(x.uri, seed + 30 + i).start() for i, x in enumerate(srcs)]
+    rcv = Receiver(os.path.join(S, "sr1b"), ndisks=2)
+    rc, out, err = migrate(rcv.token_file, [x.ctl for x in srcs])
+    for w_ in ws:
+        w_.finish()
+    rrc = rcv.finish()
+    new = rcv.new_files()
+    # The token lists the exports in --disk order; so must the copies go.
+    order = [line.split("=", 1)[1].split(":")[0] for line in
+             base64.b64decode(rcv.token[5:]).decode().splitlines()
+             if line.startswith("export=")]
+    for x in srcs:
+        x.stop()
+    same = len(new) == 2 and all(
+        vhd_equal(x.vhd, os.path.join(rcv.sr, u + ".vhd"))
+        for x, u in zip(srcs, order))
+    tap.ok(rc == 0 and rrc == 0 and same,
+           "two disks in one migration: each destination byte-identical to "
+           "its own source", f"rc={rc} rrc={rrc} {new}\n{err}\n{rcv.err}")
+
+    mirror = os.path.join(ROOT, "client", "sxm-mirror")
+    srcs = [Source(os.path.join(S, f"src1c{i}"), seed + 40 + i) for i in (0, 1)]
+    hook_out = os.path.join(S, "hook.json")
+    with nbdkit(S, "size=5G", plugin="memory") as d0, \
+            nbdkit(S, "size=5G", plugin="memory") as d1:
+        for x, d in zip(srcs, (d0, d1)):
+            subprocess.run([mirror, x.ctl, "start", d], check=True,
+                           capture_output=True)
+            subprocess.run([os.path.join(ROOT, "client", "sxm-copy"), "-q",
+                            "--live=" + x.ctl, x.uri], check=True)
+        h = connect(d1)                 # a planted difference on disk 1
+        h.pwrite(b"\x5a", 2 * GiB + 12345)
+        h.shutdown()
+
+        def hook(phase, *extra):
+            return subprocess.run(
+                [mirror, srcs[0].ctl, "hook", "--output=" + hook_out, *extra,
+                 srcs[1].ctl], capture_output=True, text=True,
+                env=dict(os.environ, XENMEM_HOOK_PHASE=phase))
+        p = hook("prepare")
+        lines = open(hook_out + ".prepare").read().splitlines()
+        tap.ok(p.returncode == 0 and len(lines) == 2 and
+               all(json.loads(x).get("flush_ms") is not None for x in lines),
+               "sxm-mirror hook, prepare phase: both disks flushed",
+               p.stderr + str(lines))
+        p = hook("paused")
+        lines = open(hook_out).read().splitlines()
+        states = [x.state() for x in srcs]
+        tap.ok(p.returncode == 1 and states == ["mirroring", "mirroring"] and
+               json.loads(lines[0]).get("ok") is True and
+               "2147495993" in lines[1],
+               "paused phase, disk 1 differs: the hook fails and both disks "
+               "are mirroring again (all or none)",
+               f"{p.returncode} {states} {lines} {p.stderr}")
+        p = hook("paused", "--no-verify")
+        states = [x.state() for x in srcs]
+        tap.ok(p.returncode == 0 and states == ["ready", "ready"],
+               "paused phase without verify: both ready", f"{states} {p.stderr}")
+        for x in srcs:
+            ctl(x.ctl, "abort")
+            x.stop()
+
     # --- 2. destination NBD server killed mid-copy -------------------------
     src = Source(os.path.join(S, "src2"), seed + 1)
     w = Writer(src.uri, seed + 1).start()
