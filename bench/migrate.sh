@@ -16,9 +16,11 @@
 #                 into the allocated runs
 #   sxm fio+mem   the same plus memory: the uffd test guest, 256 MiB,
 #                 dirtying 16 MiB/s
-# Prints medians of the whole time, downtime (guest paused to running on
-# the destination) and the disks' write hold at switchover, and the ratio
-# of each case's whole time to nbdcopy's.  Nothing is asserted about
+# Prints medians of the whole time, the time sxm spends checking before
+# it starts (token, mirror state, sizes, allocation map), the live copy's
+# time, the downtime (guest paused to running on the destination) and the
+# disks' write hold at switchover, and the ratio of each case's whole
+# time to nbdcopy's.  Nothing is asserted about
 # timing; the script fails only when something does not work.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -26,8 +28,10 @@ REPS=${MIGRATE_BENCH_REPS:-3}
 FILTER="$ROOT/nbdkit-plugin/nbdkit-mirror-filter.so"
 SXM="$ROOT/scripts/sxm"
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/bench-migrate.XXXXXX")
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$W"' EXIT
+SRC_PID= FIO_PID=
+# Every child is killed on the way out (a bare wait would wait for ever on
+# a server nobody stopped).
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
 
 echo "bench/migrate.sh: building the 8 GiB sample (1 GiB allocated)..." >&2
 sample_vhd "$W/src.vhd" "$W/raw"
@@ -82,7 +86,7 @@ run_nbdcopy() {
     "nbds://sxm@127.0.0.1:$port/$uuid?tls-psk-file=$W/k.psk"
   t1=$(now)
   stop_pid "$SRC_PID"; stop_pid "$dp"; rm -f "$W/d.pid"
-  echo "nbdcopy $(echo "$t1 - $t0" | bc) - -"
+  echo "nbdcopy $(echo "$t1 - $t0" | bc) - - - -"
 }
 
 run_qemu_img() {
@@ -93,7 +97,7 @@ run_qemu_img() {
   sync -f "$W/q.vhd"
   t1=$(now)
   rm -f "$W/q.vhd"
-  echo "qemu-img $(echo "$t1 - $t0" | bc) - -"
+  echo "qemu-img $(echo "$t1 - $t0" | bc) - - - -"
 }
 
 run_sxm() {  # NAME WITH_FIO WITH_MEM
@@ -114,7 +118,7 @@ run_sxm() {  # NAME WITH_FIO WITH_MEM
   wait "$rp" || { echo "bench/migrate.sh: sxm receive failed" >&2; exit 1; }
   [ "$fio" = 0 ] || stop_pid "$FIO_PID"
   stop_pid "$SRC_PID"
-  jq -r --arg n "$name" '"\($n) \(.total_ms / 1000) \(.memory.downtime_ms) \(.switchover[0].hold_ms)"' "$W/sum.json"
+  jq -r --arg n "$name" '"\($n) \(.total_ms / 1000) \(.memory.downtime_ms) \(.switchover[0].hold_ms) \((.phase_start_ms.memory - .phase_start_ms.copy) / 1000) \(.phase_start_ms.mirror / 1000)"' "$W/sum.json"
 }
 
 for r in $(seq "$REPS"); do
@@ -128,13 +132,15 @@ done >"$W/results"
 
 base=$(awk '$1 == "nbdcopy" { print $2 }' "$W/results" | median)
 printf '\nsxm migrate vs anchors: 8 GiB VHD, 1 GiB allocated, loopback TCP + TLS, medians of %s\n' "$REPS"
-printf '%-12s %10s %10s %14s %12s\n' case "whole s" "vs nbdcopy" "downtime ms" "hold ms"
+printf '%-12s %10s %10s %10s %10s %14s %12s\n' case "whole s" "vs nbdcopy" "checks s" "copy s" "downtime ms" "hold ms"
 for c in nbdcopy qemu-img sxm-idle sxm-fio sxm-fio+mem; do
   t=$(awk -v c="$c" '$1 == c { print $2 }' "$W/results" | median)
-  dt=- h=-
+  dt=- h=- cp=- ck=-
   if awk -v c="$c" '$1 == c && $3 != "-" { f = 1 } END { exit !f }' "$W/results"; then
     dt=$(awk -v c="$c" '$1 == c { print $3 }' "$W/results" | median)
     h=$(awk -v c="$c" '$1 == c { print $4 }' "$W/results" | median)
+    cp=$(awk -v c="$c" '$1 == c { print $5 }' "$W/results" | median)
+    ck=$(awk -v c="$c" '$1 == c { print $6 }' "$W/results" | median)
   fi
-  printf '%-12s %10.2f %10.2f %14s %12s\n' "$c" "$t" "$(echo "$t / $base" | bc -l)" "$dt" "$h"
+  printf '%-12s %10.2f %10.2f %10s %10s %14s %12s\n' "$c" "$t" "$(echo "$t / $base" | bc -l)" "$ck" "$cp" "$dt" "$h"
 done
