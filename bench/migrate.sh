@@ -31,7 +31,7 @@ W=$(mktemp -d "${TMPDIR:-/var/tmp}/bench-migrate.XXXXXX")
 SRC_PID= FIO_PID=
 # Every child is killed on the way out (a bare wait would wait for ever on
 # a server nobody stopped).
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 
 echo "bench/migrate.sh: building the 8 GiB sample (1 GiB allocated)..." >&2
 sample_vhd "$W/src.vhd" "$W/raw"
