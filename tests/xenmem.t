@@ -216,6 +216,21 @@ def main(scratch):
            "receiver killed mid-stream: source resumed and keeps counting",
            f"{sp.returncode} {sj} {err}")
 
+    # --- sender killed mid-stream: the receiver discards -------------------
+    addr2 = "unix:" + os.path.join(S, "ks.sock")
+    r = start_recv(addr2)
+    sp = subprocess.Popen([XENMEM, "send", "--backend=uffd", "-q",
+                           "--guest-mem=128M", "--dirty-rate=8M",
+                           "--rate=32M", "--timeout=20", addr2],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5 + rng.random())
+    sp.kill()
+    sp.communicate()
+    rrc, rj, re_ = finish(r)
+    tap.ok(rrc == 1 and rj.get("result") == "discarded",
+           "sender killed mid-stream: the receiver discards, exit 1",
+           f"recv {rrc} {rj} {re_}")
+
     # --- the paused hook (sxm migrate's disk switchover) -----------------
     # It runs while the guest is paused, as an argv (no shell: a hostile
     # file name stays a file name), and before END: its failure resumes
