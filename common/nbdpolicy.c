@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "nbdpolicy.h"
+#include "pctdecode.h"
 
 /* The value of KEY in URI's query string, percent-decoded, or NULL. */
 char *
@@ -27,8 +28,8 @@ nbd_uri_query (const char *uri, const char *key)
       if (!out)
         return NULL;
       for (; v < end; v++) {
-        unsigned x;
-        if (*v == '%' && v + 2 < end && sscanf (v + 1, "%2x", &x) == 1) {
+        int x = v + 2 < end ? pct_decode (v) : -1;
+        if (x >= 0) {
           *o++ = (char) x;
           v += 2;
         }

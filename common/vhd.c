@@ -15,6 +15,7 @@
 #include "bitmap.h"
 #include "endian.h"
 #include "log.h"
+#include "pctdecode.h"
 #include "vhd.h"
 #include "vhd-internal.h"
 
@@ -539,8 +540,8 @@ locator_path (const struct vhd_layer *l, const char *code, const char *text)
     return NULL;
   if (strcmp (code, "MacX") == 0) {              /* percent-decoding */
     for (q = p; *text; q++, text++) {
-      unsigned v;
-      if (text[0] == '%' && sscanf (text + 1, "%2x", &v) == 1 && v != 0) {
+      int v = pct_decode (text);
+      if (v > 0) {
         *q = v;
         text += 2;
       }
