@@ -3,6 +3,7 @@
 
 #include "endian.h"
 #include "log.h"
+#include "pctdecode.h"
 #include "vhd.h"
 #include "tap.h"
 
@@ -99,5 +100,16 @@ main (void)
   ok (strstr (last_error, "img.vhd: footer checksum mismatch") &&
       strstr (last_error, "field 'checksum' at offset 4160"),
       "the error names file, field and absolute offset: %s", last_error);
+
+  /* Percent-decoding (MacX locators, NBD URI queries): exactly two hex
+   * digits.  "%ag" once took one digit and skipped two, walking past the
+   * end of the string (found by fuzz-vhd-open). */
+  ok (pct_decode ("%2F") == 0x2f && pct_decode ("%2f") == 0x2f &&
+      pct_decode ("%00") == 0, "%%XY decodes, either case");
+  ok (pct_decode ("%ag") == -1 && pct_decode ("%A") == -1 &&
+      pct_decode ("%") == -1 && pct_decode ("% 1") == -1 &&
+      pct_decode ("%+f") == -1 && pct_decode ("%-1") == -1 &&
+      pct_decode ("x2F") == -1,
+      "one digit, a sign, a space, the end of the string: not an escape");
   return tap_done ();
 }
