@@ -2,7 +2,6 @@
  * Prints the filter's one-line JSON reply on stdout; see
  * doc/sxm-mirror.pod. */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,10 +86,13 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
   }
 }
 
-/* One request to one socket; the raw reply in *RAW (malloc'd, or NULL).
- * 0 if the filter said ok, 1 if it refused, 4 if no reply. */
+/* One request to one socket; the raw reply in *RAW (malloc'd, or NULL),
+ * also printed on ECHO if not NULL.  A refusal is reported on stderr as
+ * "sxm-mirror: LABEL: error".  0 if the filter said ok, 1 if it refused,
+ * 4 if no reply. */
 static int
-call_one (const char *sock, const char *req, double timeout, char **raw)
+call_one (const char *sock, const char *label, const char *req,
+          double timeout, FILE *echo, char **raw)
 {
   struct json_obj reply;
   bool ok = false;
@@ -104,10 +106,12 @@ call_one (const char *sock, const char *req, double timeout, char **raw)
     return EXIT_NOCONN;
   }
   close (fd);
+  if (echo)
+    fprintf (echo, "%s\n", *raw);
   json_bool (&reply, "ok", &ok);
   if (!ok) {
     const char *e = json_str (&reply, "error");
-    fprintf (stderr, "sxm-mirror: %s: %s\n", sock, e ? e : "failed");
+    fprintf (stderr, "sxm-mirror: %s: %s\n", label, e ? e : "failed");
   }
   json_free (&reply);
   return ok ? EXIT_OK : EXIT_CMD_FAILED;
@@ -152,7 +156,7 @@ run_hook (char **socks, int n, const struct cli *o)
       char *raw;
       int r;
       close (p[0]);
-      r = call_one (socks[i], req, o->timeout, &raw);
+      r = call_one (socks[i], socks[i], req, o->timeout, NULL, &raw);
       if (raw) {
         size_t len = strlen (raw);
         if (write (p[1], raw, len) != (ssize_t) len)
@@ -194,7 +198,8 @@ run_hook (char **socks, int n, const struct cli *o)
   if (failed && !prepare) {
     for (int i = 0; i < n; i++) {
       char *raw;
-      call_one (socks[i], "{\"cmd\":\"resume\"}", o->timeout, &raw);
+      call_one (socks[i], socks[i], "{\"cmd\":\"resume\"}", o->timeout,
+                NULL, &raw);
       free (raw);
     }
     fprintf (stderr, "sxm-mirror: hook: switchover failed on %d of %d "
@@ -211,11 +216,8 @@ main (int argc, char **argv)
 {
   struct cli o = { 0 };
   struct jbuf req = { 0 };
-  struct json_obj reply;
   char *raw = NULL, *end;
   const char *sock, *cmd;
-  bool ok = false;
-  int fd;
 
   sxm_log_set_program ("sxm-mirror");
   parse_options (argc, argv, "+h", &o);
@@ -305,20 +307,10 @@ main (int argc, char **argv)
     exit (EXIT_CMD_FAILED);
   }
 
-  fd = mirrorctl_connect (sock);
-  if (fd == -1)
-    exit (EXIT_NOCONN);
-  if (mirrorctl_call (fd, req.s, o.timeout, &reply, &raw) == -1)
-    exit (EXIT_NOCONN);
-  close (fd);
-  printf ("%s\n", raw);
-  json_bool (&reply, "ok", &ok);
-  if (!ok) {
-    const char *e = json_str (&reply, "error");
-    fprintf (stderr, "sxm-mirror: %s: %s\n", cmd, e ? e : "failed");
+  {
+    int r = call_one (sock, cmd, req.s, o.timeout, stdout, &raw);
+    free (raw);
+    jbuf_free (&req);
+    return r;
   }
-  json_free (&reply);
-  free (raw);
-  jbuf_free (&req);
-  return ok ? EXIT_OK : EXIT_CMD_FAILED;
 }
