@@ -1075,6 +1075,33 @@ mirror_cmd_copied (const struct json_obj *req, struct jbuf *out)
   return 0;
 }
 
+/* Flush the source (through N) and the destination at once: the
+ * destination's flush travels while the source flushes (one after the
+ * other, they held the demo's guest writes for 194 ms).  0, or -1 with
+ * "flush failed on the source|destination: ..." in WHAT; a destination
+ * failure breaks the mirror. */
+static int
+flush_both (nbdkit_next *n, char *what, size_t whatlen)
+{
+  struct dest_flush df;
+  int err = 0, r, e;
+
+  dest_flush_start (dest, &df);
+  r = n->can_flush (n) == 1 ? n->flush (n, 0, &err) : 0;
+  e = dest_flush_wait (dest, &df);
+  if (e) {
+    int ignored = 0;
+    dest_failed (e, "flush", 0, 0, &ignored);
+  }
+  if (r == -1 || e) {
+    snprintf (what, whatlen, "flush failed on the %s: %s",
+              r == -1 ? "source" : "destination",
+              strerror (r == -1 ? (err ? err : EIO) : e));
+    return -1;
+  }
+  return 0;
+}
+
 /* Compare source and destination over the whole disk, with the gate
  * closed.  Source holes need the destination to read zeros (its own block
  * status saying so is enough).  0 if equal; otherwise the first
@@ -1188,7 +1215,7 @@ mirror_cmd_switchover (const struct json_obj *req, struct jbuf *out)
   uint64_t compared = 0, diff;
   nbdkit_next *n;
   char what[512];
-  int err = 0, e, r;
+  int r;
 
   if (json_bool (req, "verify", &verify) == -1)
     return fail_reply (out, "\"verify\" must be true or false");
@@ -1221,24 +1248,12 @@ mirror_cmd_switchover (const struct json_obj *req, struct jbuf *out)
     return fail_reply (out, "cannot open the source export for the "
                        "switchover");
   }
-  {
-    /* Both sides at once: the destination's flush travels while the
-     * source flushes (they were one after the other: 194 ms held in the
-     * demo). */
-    struct dest_flush df;
-    dest_flush_start (dest, &df);
-    r = n->can_flush (n) == 1 ? n->flush (n, 0, &err) : 0;
-    e = dest_flush_wait (dest, &df);
-  }
+  r = flush_both (n, what, sizeof what);
   t_flushed = mirror_now ();
-  if (r == -1 || e) {
+  if (r == -1) {
     bg_close (n);
-    if (e)
-      dest_failed (e, "flush", 0, 0, &err);
     gate_open ();
-    return fail_reply (out, "flush failed on the %s: %s",
-                       r == -1 ? "source" : "destination",
-                       strerror (r == -1 ? (err ? err : EIO) : e));
+    return fail_reply (out, "%s", what);
   }
   if (verify) {
     r = compare_all (n, &compared, &diff, what, sizeof what);
@@ -1281,9 +1296,9 @@ int
 mirror_cmd_flush (const struct json_obj *req, struct jbuf *out)
 {
   double t0 = mirror_now ();
-  struct dest_flush df;
+  char what[512];
   nbdkit_next *n;
-  int err = 0, r, e;
+  int r;
 
   if (cur_state () != M_MIRRORING)
     return fail_reply (out, "flush needs a running mirror (state is %s)",
@@ -1291,16 +1306,10 @@ mirror_cmd_flush (const struct json_obj *req, struct jbuf *out)
   n = bg_open (mirror_export, 0);
   if (!n)
     return fail_reply (out, "cannot open the source export to flush it");
-  dest_flush_start (dest, &df);
-  r = n->can_flush (n) == 1 ? n->flush (n, 0, &err) : 0;
-  e = dest_flush_wait (dest, &df);
+  r = flush_both (n, what, sizeof what);
   bg_close (n);
-  if (e)
-    dest_failed (e, "flush", 0, 0, &err);
-  if (r == -1 || e)
-    return fail_reply (out, "flush failed on the %s: %s",
-                       r == -1 ? "source" : "destination",
-                       strerror (r == -1 ? (err ? err : EIO) : e));
+  if (r == -1)
+    return fail_reply (out, "%s", what);
   jbuf_add (out, ",\"state\":\"%s\",\"flush_ms\":%.1f",
             mirror_state_name (cur_state ()), (mirror_now () - t0) * 1e3);
   return 0;
