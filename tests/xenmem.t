@@ -231,10 +231,11 @@ def main(scratch):
            "sender killed mid-stream: the receiver discards, exit 1",
            f"recv {rrc} {rj} {re_}")
 
-    # --- the paused hook (sxm migrate's disk switchover) -----------------
-    # It runs while the guest is paused, as an argv (no shell: a hostile
-    # file name stays a file name), and before END: its failure resumes
-    # the source and the receiver discards.
+    # --- the hook (sxm migrate's disk flush and switchover) --------------
+    # It runs twice (just before the pause, and while the guest is paused,
+    # before END), as an argv (no shell: a hostile file name stays a file
+    # name); its failure keeps the guest on the source and the receiver
+    # discards.
     marker = os.path.join(S, "hook $(touch pwned) 'q\" x")
     addr = "unix:" + os.path.join(S, "h.sock")
     r = start_recv(addr, "--check=0.2")
@@ -245,7 +246,7 @@ def main(scratch):
            not os.path.exists(os.path.join(S, "pwned")) and
            0 < sj.get("hook_ms", -1) <= sj.get("downtime_ms", 0) and
            rj.get("check", {}).get("ok"),
-           "paused hook runs once, inside the downtime, argv not shell",
+           "the hook's paused phase runs inside the downtime, argv not shell",
            f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
     r = start_recv(addr)
     rc, sj, se = send(addr, "--guest-mem=64M", "--dirty-rate=4M",
@@ -253,7 +254,7 @@ def main(scratch):
     rrc, rj, re_ = finish(r)
     tap.ok(rc == 1 and rrc == 1 and "exit status 7" in se and
            sj.get("check", {}).get("ok") and rj.get("result") == "discarded",
-           "paused hook fails: source resumed and verified, receiver "
+           "the hook fails: source resumed and verified, receiver "
            "discards", f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
     # --- backend none: the commit handshake without memory ---------------
     r = subprocess.Popen([XENMEM, "receive", "--backend=none", "-q", "--json",

@@ -4,8 +4,8 @@
  * the one thing the memory stream gives a whole migration: a single,
  * authenticated point of no return that both hosts agree on.  With this
  * backend the stream carries one zero page and an empty context, the
- * paused hook (xenmem send -- COMMAND) switches the disks over "while the
- * guest is paused", and END / loaded / commit / running decide, exactly
+ * hook (xenmem send -- COMMAND) switches the disks over "while the guest
+ * is paused", and END / loaded / commit / running decide, exactly
  * as for a guest with memory, whether the source or the destination owns
  * the VM.  Pausing and resuming are no-ops: the caller owns the guest. */
 #include <inttypes.h>

@@ -49,44 +49,46 @@ hook_start (char *const *argv, const char *phase)
     n++;
   env = calloc (n + 2, sizeof *env);
   if (!env) {
-    sxm_error ("paused hook %s: out of memory", argv[0]);
+    sxm_error ("hook %s: out of memory", argv[0]);
     return -1;
   }
   snprintf (var, sizeof var, "XENMEM_HOOK_PHASE=%s", phase);
-  for (size_t i = 0, j = 0; i < n; i++)
+  size_t j = 0;
+  for (size_t i = 0; i < n; i++)
     if (strncmp (environ[i], "XENMEM_HOOK_PHASE=", 18) != 0)
       env[j++] = environ[i];
-  for (n = 0; env[n]; n++)
-    ;
-  env[n] = var;
+  env[j] = var;
   e = posix_spawnp (&pid, argv[0], NULL, NULL, argv, env);
   free (env);
 
   if (e != 0) {
-    sxm_error ("paused hook %s: cannot start it: %s", argv[0], strerror (e));
+    sxm_error ("hook %s: cannot start it: %s", argv[0], strerror (e));
     return -1;
   }
   return pid;
 }
 
+/* Wait for the hook *PID (then -1: nothing left to wait for). */
 static int
-hook_wait (pid_t pid, const char *name)
+hook_wait (pid_t *pid, const char *name)
 {
   int status;
+  pid_t p = *pid;
 
-  while (waitpid (pid, &status, 0) == -1)
+  *pid = -1;
+  while (waitpid (p, &status, 0) == -1)
     if (errno != EINTR) {
-      sxm_error ("paused hook %s: waitpid: %m", name);
+      sxm_error ("hook %s: waitpid: %m", name);
       return -1;
     }
   if (WIFEXITED (status) && WEXITSTATUS (status) == 0)
     return 0;
   if (WIFEXITED (status))
-    sxm_error ("paused hook %s failed (exit status %d); the guest is "
-               "resumed here", name, WEXITSTATUS (status));
+    sxm_error ("hook %s failed (exit status %d); the guest stays here",
+               name, WEXITSTATUS (status));
   else
-    sxm_error ("paused hook %s was killed by signal %d; the guest is "
-               "resumed here", name, WTERMSIG (status));
+    sxm_error ("hook %s was killed by signal %d; the guest stays here",
+               name, WTERMSIG (status));
   return -1;
 }
 
@@ -366,10 +368,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   }
 
   if (hook != -1) {
-    pid_t h = hook;
-    hook = -1;
     double tp = xm_now ();
-    if (hook_wait (h, o->paused_hook[0]) == -1)
+    if (hook_wait (&hook, o->paused_hook[0]) == -1)
       goto fail_running;
     t_prepare = xm_now () - tp;
   }
@@ -418,9 +418,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     t_digest = xm_now () - td;
   }
   if (hook != -1) {
-    pid_t h = hook;
-    hook = -1;
-    if (hook_wait (h, o->paused_hook[0]) == -1)
+    if (hook_wait (&hook, o->paused_hook[0]) == -1)
       goto fail;
     t_hook = xm_now () - t_pause;
   }
@@ -461,8 +459,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
    * switchover) must be over before the caller undoes it.  Not
    * committed: the source guest is still the guest. */
   if (hook != -1)
-    hook_wait (hook, o->paused_hook[0]);
-  hook = -1;
+    hook_wait (&hook, o->paused_hook[0]);
   if (paused && !committed)
     b->unpause (s);
   b->log_disable (s);

@@ -30,8 +30,9 @@ usage (FILE *f)
 "       xenmem receive [OPTIONS] --backend=B [--domid=ID] ADDR\n"
 "B: xen, uffd (a test guest), none (no memory: commit handshake only), kvm\n"
 "ADDR: unix:PATH or tcp:HOST:PORT (receive listens on it, send connects).\n"
-"COMMAND (send): run while the guest is paused, before the commit; if it\n"
-"  fails, the source guest is resumed (sxm migrate: disk switchover).\n"
+"COMMAND (send): the hook, run twice with XENMEM_HOOK_PHASE=prepare (just\n"
+"  before the pause) and =paused (before the commit); if it fails, the\n"
+"  guest stays on the source (sxm migrate: disk flush and switchover).\n"
 "  --tls-psk=FILE          TLS with a pre-shared key (nbdkit's psk format)\n"
 "  --tls-identity=NAME     PSK identity to use (send; default: the first)\n"
 "  --tls-x509=DIR          TLS with x509 certificates (ca-cert.pem, ...)\n"
@@ -121,7 +122,7 @@ main (int argc, char **argv)
     usage (argc < 2 ? stderr : stdout);
     exit (argc < 2 ? XM_USAGE : 0);
   }
-  /* "-- COMMAND [ARG...]" ends the options: the paused hook, kept as an
+  /* "-- COMMAND [ARG...]" ends the options: the hook, kept as an
    * argv and never given to a shell. */
   for (int i = 2; i < argc; i++)
     if (strcmp (argv[i], "--") == 0) {
@@ -210,7 +211,7 @@ main (int argc, char **argv)
     exit (XM_USAGE);
   }
   if (so.paused_hook && strcmp (mode, "send") != 0) {
-    fprintf (stderr, "xenmem: a paused hook (-- COMMAND) is for send only\n");
+    fprintf (stderr, "xenmem: a hook (-- COMMAND) is for send only\n");
     exit (XM_USAGE);
   }
   addr = argv[optind];
