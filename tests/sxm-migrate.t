@@ -224,6 +224,38 @@ def wait_log(p, pattern, lines, timeout=60):
     return False
 
 
+class Faulted:
+    """A migration of a fresh source disk with a guest writing, held at the
+    first line of migrate's log matching PATTERN, then DELAY seconds, for
+    the caller to inject a fault (kill a process)."""
+
+    def __init__(self, S, tag, seed, pattern, delay, *extra, memory="none",
+                 expires=120):
+        self.src = Source(os.path.join(S, "src" + tag), seed)
+        self.w = Writer(self.src.uri, seed).start()
+        self.rcv = Receiver(os.path.join(S, "sr" + tag), memory=memory,
+                            expires=expires)
+        if memory != "none":
+            extra = ("--memory", memory) + extra
+        self.p = migrate(self.rcv.token_file, [self.src.ctl], *extra,
+                         wait=False)
+        self.lines = []
+        wait_log(self.p, pattern, self.lines)
+        time.sleep(delay)
+
+    def finish(self):
+        """migrate's exit status and its whole stderr; receive's status."""
+        out, err = self.p.communicate(timeout=120)
+        return self.p.returncode, "".join(self.lines) + err, self.rcv.finish()
+
+
+def writes_go_on(w):
+    """The guest writer still gets replies (0.3 s more of them)."""
+    n0 = w.acked
+    time.sleep(0.3)
+    return w.acked > n0 and not w.failed
+
+
 def kill_children(pid, name):
     r = subprocess.run(["pgrep", "-P", str(pid), "-x", name],
                        capture_output=True, text=True)
@@ -372,138 +404,98 @@ def main(scratch):
             x.stop()
 
     # --- 2. destination NBD server killed mid-copy -------------------------
-    src = Source(os.path.join(S, "src2"), seed + 1)
-    w = Writer(src.uri, seed + 1).start()
-    rcv = Receiver(os.path.join(S, "sr2"))
-    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
-    lines = []
-    wait_log(p, r"== copy", lines)
-    time.sleep(0.5 + random.Random(seed).random())
+    f = Faulted(S, "2", seed + 1, r"== copy", 0.5 + random.Random(seed).random(),
+                "--copy-rate=4M")
+    src, w, rcv = f.src, f.w, f.rcv
     for pid in rcv.children("nbdkit"):
         os.kill(pid, signal.SIGKILL)
-    out, err = p.communicate(timeout=120)
-    err = "".join(lines) + err
-    rrc = rcv.finish()
+    rc, err, rrc = f.finish()
     time.sleep(0.3)
     st = src.state()
-    writes_went_on = w.acked
-    time.sleep(0.3)
-    writes_went_on = w.acked > writes_went_on and not w.failed
+    writes_went_on = writes_go_on(w)
     w.finish()
-    tap.ok(p.returncode == 1 and "rolled back" in err and st == "idle" and
+    tap.ok(rc == 1 and "rolled back" in err and st == "idle" and
            writes_went_on,
            "destination server killed mid-copy: exit 1, mirror idle, the "
-           "guest keeps writing", f"rc={p.returncode} state={st} {w.failed}\n{err}")
+           "guest keeps writing", f"rc={rc} state={st} {w.failed}\n{err}")
     tap.ok(rrc == 1 and rcv.new_files() == [],
            "... and the destination removed its new VHD", f"{rrc} {rcv.new_files()}\n{rcv.err}")
-    src_uri = src.uri
-    bad = w.check(src_uri)
+    bad = w.check(src.uri)
     src.stop()
     tap.ok(not bad and vhd_check(src.vhd),
            "... the source holds every acknowledged write and checks clean",
            f"{bad[:5]}")
 
     # --- 3. xenmem receiver killed mid-stream ---------------------------------
-    src = Source(os.path.join(S, "src3"), seed + 2)
-    w = Writer(src.uri, seed + 2).start()
-    rcv = Receiver(os.path.join(S, "sr3"), memory="uffd")
-    p = migrate(rcv.token_file, [src.ctl], "--memory", "uffd",
+    f = Faulted(S, "3", seed + 2, r"== memory", 1.0,
                 "--memory-opt=--guest-mem=64M", "--memory-opt=--rate=4M",
-                "--memory-opt=--check=0.3", wait=False)
-    lines = []
-    wait_log(p, r"== memory", lines)
-    time.sleep(1.0)
+                "--memory-opt=--check=0.3", memory="uffd")
+    src, w, rcv = f.src, f.w, f.rcv
     for pid in rcv.children("xenmem"):
         os.kill(pid, signal.SIGKILL)
-    out, err = p.communicate(timeout=120)
-    err = "".join(lines) + err
-    rrc = rcv.finish()
+    rc, err, rrc = f.finish()
     st = src.state()
-    n0 = w.acked
-    time.sleep(0.3)
-    went_on = w.acked > n0 and not w.failed
+    went_on = writes_go_on(w)
     w.finish()
     bad = w.check(src.uri)
     src.stop()
-    tap.ok(p.returncode == 1 and st == "idle" and went_on and not bad and
+    tap.ok(rc == 1 and st == "idle" and went_on and not bad and
            rrc == 1 and rcv.new_files() == [],
            "memory receiver killed mid-stream: exit 1, source guest resumed, "
            "mirror idle, writes go on, destination clean",
-           f"rc={p.returncode} st={st} went_on={went_on} bad={bad[:3]} "
+           f"rc={rc} st={st} went_on={went_on} bad={bad[:3]} "
            f"rrc={rrc} new={rcv.new_files()}\n{err}\n{rcv.err}")
 
     # --- 3b. kill -9 of each source-side process mid-copy ------------------
     # sxm-copy --live killed: migrate sees it fail and rolls back.
-    src = Source(os.path.join(S, "src3b"), seed + 10)
-    w = Writer(src.uri, seed + 10).start()
-    rcv = Receiver(os.path.join(S, "sr3b"))
-    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
-    lines = []
-    wait_log(p, r"== copy", lines)
-    time.sleep(0.5)
-    killed = kill_children(p.pid, "sxm-copy")
-    out, err = p.communicate(timeout=120)
-    err = "".join(lines) + err
-    rrc = rcv.finish()
+    f = Faulted(S, "3b", seed + 10, r"== copy", 0.5, "--copy-rate=4M")
+    src, w, rcv = f.src, f.w, f.rcv
+    killed = kill_children(f.p.pid, "sxm-copy")
+    rc, err, rrc = f.finish()
     st = src.state()
-    n0 = w.acked
-    time.sleep(0.3)
-    went_on = w.acked > n0 and not w.failed
+    went_on = writes_go_on(w)
     w.finish()
     bad = w.check(src.uri)
     src.stop()
-    tap.ok(killed and p.returncode == 1 and st == "idle" and went_on and
+    tap.ok(killed and rc == 1 and st == "idle" and went_on and
            not bad and rrc == 1 and rcv.new_files() == [],
            "sxm-copy --live killed (-9) mid-copy: exit 1, mirror idle, "
            "writes go on, destination clean",
-           f"killed={killed} rc={p.returncode} st={st} {w.failed} {bad[:3]} "
+           f"killed={killed} rc={rc} st={st} {w.failed} {bad[:3]} "
            f"rrc={rrc}\n{err}\n{rcv.err}")
 
     # The VM's own nbdkit (source, with the filter) killed: the guest loses
     # its disk server, as with any crash; migrate rolls back, the
     # destination is cleaned, and the source VHD is consistent with every
     # acknowledged write (they all went to allocated blocks).
-    src = Source(os.path.join(S, "src3c"), seed + 11)
-    w = Writer(src.uri, seed + 11).start()
-    rcv = Receiver(os.path.join(S, "sr3c"))
-    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
-    lines = []
-    wait_log(p, r"== copy", lines)
-    time.sleep(0.5)
+    f = Faulted(S, "3c", seed + 11, r"== copy", 0.5, "--copy-rate=4M")
+    src, w, rcv = f.src, f.w, f.rcv
     src.proc.kill()
     src.proc.wait()
-    out, err = p.communicate(timeout=120)
-    err = "".join(lines) + err
-    rrc = rcv.finish()
+    rc, err, rrc = f.finish()
     w.finish()
     src.log.close()
     with nbdkit(S, "-r", src.vhd) as uri:
         bad = w.check(uri)
-    tap.ok(p.returncode == 1 and rrc == 1 and rcv.new_files() == [] and
+    tap.ok(rc == 1 and rrc == 1 and rcv.new_files() == [] and
            vhd_check(src.vhd) and not bad,
            "the VM's nbdkit killed (-9) mid-copy: exit 1, destination clean, "
            f"source VHD checks clean with all {len(w.model)} acknowledged "
-           "blocks", f"rc={p.returncode} rrc={rrc} bad={bad[:3]}\n{err}\n{rcv.err}")
+           "blocks", f"rc={rc} rrc={rrc} bad={bad[:3]}\n{err}\n{rcv.err}")
 
     # sxm migrate itself killed: nobody is left to roll back on the
     # source.  The destination gives up at its deadline (--expires) and
     # deletes its VHDs; the mirror then breaks and the guest writes on; no
     # process of the dead migrate is left behind.
-    src = Source(os.path.join(S, "src3d"), seed + 12)
-    w = Writer(src.uri, seed + 12).start()
-    rcv = Receiver(os.path.join(S, "sr3d"), expires=6)
-    p = migrate(rcv.token_file, [src.ctl], "--copy-rate=4M", wait=False)
-    lines = []
-    wait_log(p, r"== copy", lines)
-    time.sleep(0.5)
-    p.kill()
-    p.wait()
+    f = Faulted(S, "3d", seed + 12, r"== copy", 0.5, "--copy-rate=4M",
+                expires=6)
+    src, w, rcv = f.src, f.w, f.rcv
+    f.p.kill()
+    f.p.wait()
     rrc = rcv.finish(timeout=60)
     time.sleep(1.0)
     st = src.state()
-    n0 = w.acked
-    time.sleep(0.3)
-    went_on = w.acked > n0 and not w.failed
+    went_on = writes_go_on(w)
     left = subprocess.run(["pgrep", "-af", src.ctl], capture_output=True,
                           text=True).stdout.splitlines()
     left = [x for x in left if "nbdkit" not in x]
