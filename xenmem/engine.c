@@ -35,8 +35,8 @@ extern char **environ;
  * as soon as the guest is paused, so that what it does (the disks'
  * switchover) overlaps the last memory round; waited for before END,
  * because the receiver must not be told to commit before it succeeded. */
-static pid_t
-hook_start (char *const *argv, const char *phase)
+pid_t
+xm_hook_start (char *const *argv, const char *phase)
 {
   pid_t pid;
   size_t n = 0;
@@ -69,8 +69,8 @@ hook_start (char *const *argv, const char *phase)
 }
 
 /* Wait for the hook *PID (then -1: nothing left to wait for). */
-static int
-hook_wait (pid_t *pid, const char *name)
+int
+xm_hook_wait (pid_t *pid, const char *name)
 {
   int status;
   pid_t p = *pid;
@@ -351,7 +351,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   round++;
   if (send_round_record (&S, round, count) == -1)
     goto fail_running;
-  if (o->paused_hook && (hook = hook_start (o->paused_hook, "prepare")) == -1)
+  if (o->paused_hook && (hook = xm_hook_start (o->paused_hook, "prepare")) == -1)
     goto fail_running;
   xm_decoder_init_acks (&ad);
   {
@@ -369,7 +369,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
 
   if (hook != -1) {
     double tp = xm_now ();
-    if (hook_wait (&hook, o->paused_hook[0]) == -1)
+    if (xm_hook_wait (&hook, o->paused_hook[0]) == -1)
       goto fail_running;
     t_prepare = xm_now () - tp;
   }
@@ -379,7 +379,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   if (b->pause (s) == -1)
     goto fail_running;
   paused = true;
-  if (o->paused_hook && (hook = hook_start (o->paused_hook, "paused")) == -1)
+  if (o->paused_hook && (hook = xm_hook_start (o->paused_hook, "paused")) == -1)
     goto fail;
   if (b->log_fetch (s, more, &final_count) == -1)
     goto fail;
@@ -418,7 +418,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     t_digest = xm_now () - td;
   }
   if (hook != -1) {
-    if (hook_wait (&hook, o->paused_hook[0]) == -1)
+    if (xm_hook_wait (&hook, o->paused_hook[0]) == -1)
       goto fail;
     t_hook = xm_now () - t_pause;
   }
@@ -459,7 +459,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
    * switchover) must be over before the caller undoes it.  Not
    * committed: the source guest is still the guest. */
   if (hook != -1)
-    hook_wait (&hook, o->paused_hook[0]);
+    xm_hook_wait (&hook, o->paused_hook[0]);
   if (paused && !committed)
     b->unpause (s);
   b->log_disable (s);

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "backend.h"
 #include "jsonline.h"
@@ -54,5 +55,24 @@ int xm_receive (const struct xm_backend_ops *b, const char *id,
                 struct jbuf *report);
 
 double xm_now (void);
+
+/* The send hook (xm_send_opts.paused_hook): start ARGV with
+ * XENMEM_HOOK_PHASE=PHASE in its environment (pid, or -1 reported), and
+ * wait for it (0 if it exited 0; *PID is then -1).  Shared by the engine
+ * and the xen backend's libxenguest path (xensave.c). */
+pid_t xm_hook_start (char *const *argv, const char *phase);
+int xm_hook_wait (pid_t *pid, const char *name);
+
+/* The xen backend's send and receive (xensave.c): libxenguest's
+ * xc_domain_save with xenmem's policy, transport and handshake on the
+ * source; libxl's restore of the same configuration on the destination.
+ * Same exit codes and report as xm_send/xm_receive. */
+int xm_xen_send (const char *domid, struct xm_conn *c,
+                 const struct xm_send_opts *o, struct jbuf *report);
+int xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
+                    struct jbuf *report);
+/* 0 if this is a Xen dom0 with xenstored (libxl usable), else -1 with the
+ * reason reported: checked before any connection is made. */
+int xm_xen_present (void);
 
 #endif

@@ -229,6 +229,18 @@ xm_encode_end (uint8_t *out, uint32_t seq, uint64_t pages_sent,
 }
 
 size_t
+xm_encode_xendata (uint8_t *out, uint32_t seq, uint32_t kind,
+                   const void *data, uint32_t len)
+{
+  uint8_t *b = out + XM_REC_HDR_SIZE;
+
+  le32_store (b, kind);
+  le32_store (b + 4, 0);
+  memcpy (b + 8, data, len);
+  return finish_record (out, XM_REC_XENDATA, seq, 8 + len);
+}
+
+size_t
 xm_encode_ack (uint8_t *out, uint32_t seq, int32_t status, const char *msg)
 {
   uint8_t *b = out + XM_REC_HDR_SIZE;
@@ -252,6 +264,7 @@ type_name (uint32_t type)
   case XM_REC_CONTEXT: return "CONTEXT";
   case XM_REC_END: return "END";
   case XM_REC_ACK: return "ACK";
+  case XM_REC_XENDATA: return "XENDATA";
   default: return "unknown";
   }
 }
@@ -346,6 +359,7 @@ check_body_len (struct xm_decoder *d, uint32_t type, uint32_t body_len)
   case XM_REC_CONTEXT: min = 8; max = 8 + XM_CONTEXT_MAX; break;
   case XM_REC_END: min = max = 40; break;
   case XM_REC_ACK: min = 8; max = 8 + XM_ACK_MSG_MAX; break;
+  case XM_REC_XENDATA: min = 8 + 1; max = 8 + XM_XENDATA_MAX; break;
   default:
     return fail (d, "record %" PRIu32 ": unknown type %" PRIu32,
                  d->next_seq, type);
@@ -378,7 +392,8 @@ xm_record_body_len (struct xm_decoder *d, const uint8_t hdr[16])
 }
 
 /* May a record of TYPE come now?  The sender's stream is
- * ROUND (PAGES*) [ROUND (PAGES*)]... CONTEXT END. */
+ * ROUND (PAGES*) [ROUND (PAGES*)]... CONTEXT END, or for backend xen
+ * XENDATA(config) XENDATA(stream)... END. */
 static int
 check_order (struct xm_decoder *d, uint32_t type)
 {
@@ -393,6 +408,19 @@ check_order (struct xm_decoder *d, uint32_t type)
   if (d->end_seen && type != XM_REC_ACK)
     return fail (d, REC_FMT "only the commit (ACK) may follow END",
                  REC_ARGS (d, type));
+  if (d->backend == 2) {       /* xen (backend.h) */
+    if (type == XM_REC_XENDATA || type == XM_REC_ACK ||
+        (type == XM_REC_END && d->xen_config_seen))
+      return 0;                 /* ACK: the commit, after END only */
+    if (type == XM_REC_END)
+      return fail (d, REC_FMT "END before the domain's configuration",
+                   REC_ARGS (d, type));
+    return fail (d, REC_FMT "not part of a xen stream (XENDATA, END)",
+                 REC_ARGS (d, type));
+  }
+  if (type == XM_REC_XENDATA)
+    return fail (d, REC_FMT "XENDATA is for backend xen only, this stream "
+                 "is backend %" PRIu32, REC_ARGS (d, type), d->backend);
   if (d->rounds == 0 && type != XM_REC_ROUND)
     return fail (d, REC_FMT "the first record must be ROUND",
                  REC_ARGS (d, type));
@@ -499,6 +527,31 @@ decode_context (struct xm_decoder *d, const uint8_t *b, struct xm_record *r)
 }
 
 static int
+decode_xendata (struct xm_decoder *d, const uint8_t *b, struct xm_record *r)
+{
+  uint32_t kind = le32_load (b), reserved = le32_load (b + 4);
+
+  if (reserved)
+    return fail (d, REC_FMT "reserved field is 0x%" PRIx32 ", must be 0",
+                 REC_ARGS (d, r->type), reserved);
+  if (kind != XM_XEN_CONFIG && kind != XM_XEN_STREAM)
+    return fail (d, REC_FMT "kind %" PRIu32 " is unknown (1 configuration, "
+                 "2 stream)", REC_ARGS (d, r->type), kind);
+  if (kind == XM_XEN_CONFIG && d->xen_config_seen)
+    return fail (d, REC_FMT "a second configuration", REC_ARGS (d, r->type));
+  if (kind == XM_XEN_STREAM && !d->xen_config_seen)
+    return fail (d, REC_FMT "stream data before the configuration",
+                 REC_ARGS (d, r->type));
+  if (kind == XM_XEN_CONFIG && memchr (b + 8, 0, r->body_len - 8))
+    return fail (d, REC_FMT "the configuration contains a NUL byte",
+                 REC_ARGS (d, r->type));
+  r->u.xendata.kind = kind;
+  r->u.xendata.len = r->body_len - 8;
+  r->u.xendata.data = b + 8;
+  return 0;
+}
+
+static int
 decode_ack (struct xm_decoder *d, const uint8_t *b, struct xm_record *r)
 {
   uint32_t msglen = le32_load (b + 4);
@@ -568,6 +621,7 @@ xm_decode_record (struct xm_decoder *d, const uint8_t *buf, size_t len,
   case XM_REC_ROUND: e = decode_round (d, b, r); break;
   case XM_REC_PAGES: e = decode_pages (d, b, r); break;
   case XM_REC_CONTEXT: e = decode_context (d, b, r); break;
+  case XM_REC_XENDATA: e = decode_xendata (d, b, r); break;
   case XM_REC_END:
     r->u.end.pages_sent = le64_load (b);
     memcpy (r->u.end.digest, b + 8, 32);
@@ -586,6 +640,8 @@ xm_decode_record (struct xm_decoder *d, const uint8_t *buf, size_t len,
     d->context_seen = true;
   else if (type == XM_REC_END)
     d->end_seen = true;
+  else if (type == XM_REC_XENDATA && r->u.xendata.kind == XM_XEN_CONFIG)
+    d->xen_config_seen = true;
   else if (type == XM_REC_ACK && !d->ack_stream)
     d->commit_seen = true;
   return 0;

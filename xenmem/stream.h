@@ -29,7 +29,16 @@ enum xm_rec_type {
   XM_REC_CONTEXT = 3,           /* vCPU/platform state (after the last round) */
   XM_REC_END = 4,               /* memory digest; nothing follows */
   XM_REC_ACK = 5,               /* receiver -> sender: result */
+  XM_REC_XENDATA = 6,           /* backend xen only: libxl's own stream */
 };
+
+/* XENDATA kinds.  The xen backend drives libxenguest (xc_domain_save on
+ * the source, libxl's restore on the destination): its stream is the
+ * domain's configuration (JSON, libxl_domain_config) once, first, then
+ * libxl's migration stream v2 in opaque pieces, then END. */
+#define XM_XEN_CONFIG 1
+#define XM_XEN_STREAM 2
+#define XM_XENDATA_MAX (1u << 20)       /* data bytes per XENDATA record */
 
 /* Entry flags in a PAGES record's pfn list (top bits of each u64). */
 #define XM_PFN_ZERO (1ull << 63)       /* no data follows: all zero */
@@ -58,6 +67,7 @@ struct xm_record {
     struct { uint32_t backend; const uint8_t *blob; uint32_t len; } context;
     struct { uint64_t pages_sent; uint8_t digest[32]; } end;
     struct { int32_t status; char msg[XM_ACK_MSG_MAX + 1]; } ack;
+    struct { uint32_t kind; uint32_t len; const uint8_t *data; } xendata;
   } u;
 };
 
@@ -72,6 +82,7 @@ struct xm_decoder {
   uint32_t rounds;              /* ROUND records seen */
   bool context_seen, end_seen, header_seen;
   bool commit_seen;             /* the sender's ACK after END */
+  bool xen_config_seen;         /* backend xen: the XENDATA config */
   bool ack_stream;              /* the reply channel: ACK records only */
   char err[256];                /* why the last call failed */
 };
@@ -92,6 +103,9 @@ size_t xm_encode_context (uint8_t *out, uint32_t seq, uint32_t backend,
                           const void *blob, uint32_t len);
 size_t xm_encode_end (uint8_t *out, uint32_t seq, uint64_t pages_sent,
                       const uint8_t digest[32]);
+/* XENDATA: KIND (XM_XEN_*), LEN bytes of DATA (1 .. XM_XENDATA_MAX). */
+size_t xm_encode_xendata (uint8_t *out, uint32_t seq, uint32_t kind,
+                          const void *data, uint32_t len);
 /* ACK: MSG is cut to its first XM_ACK_MSG_MAX bytes. */
 size_t xm_encode_ack (uint8_t *out, uint32_t seq, int32_t status,
                       const char *msg);

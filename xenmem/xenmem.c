@@ -1,7 +1,7 @@
 /* xenmem: live memory transfer (iterative pre-copy under dirty logging).
  *
  *   xenmem send    [OPTIONS] --backend=B [--domid=ID] ADDR
- *   xenmem receive [OPTIONS] --backend=B [--domid=ID] ADDR
+ *   xenmem receive [OPTIONS] --backend=B ADDR
  *
  * See doc/xenmem.pod for the options, doc/xenmem-stream.md for the wire
  * format and xenmem/engine.c for the policy. */
@@ -27,7 +27,7 @@ usage (FILE *f)
 {
   fprintf (f,
 "usage: xenmem send    [OPTIONS] --backend=B [--domid=ID] ADDR [-- COMMAND...]\n"
-"       xenmem receive [OPTIONS] --backend=B [--domid=ID] ADDR\n"
+"       xenmem receive [OPTIONS] --backend=B ADDR\n"
 "B: xen, uffd (a test guest), none (no memory: commit handshake only), kvm\n"
 "ADDR: unix:PATH or tcp:HOST:PORT (receive listens on it, send connects).\n"
 "COMMAND (send): the hook, run twice with XENMEM_HOOK_PHASE=prepare (just\n"
@@ -206,8 +206,13 @@ main (int argc, char **argv)
              "tcp:HOST:PORT)\n", mode);
     exit (XM_USAGE);
   }
-  if (b->id == XM_BACKEND_XEN && !domid) {
-    fprintf (stderr, "xenmem: the xen backend needs --domid\n");
+  if (b->id == XM_BACKEND_XEN && !domid && strcmp (mode, "send") == 0) {
+    fprintf (stderr, "xenmem: send with the xen backend needs --domid\n");
+    exit (XM_USAGE);
+  }
+  if (b->id == XM_BACKEND_XEN && domid && strcmp (mode, "receive") == 0) {
+    fprintf (stderr, "xenmem: receive with the xen backend creates the domain "
+             "from the sender's configuration: no --domid\n");
     exit (XM_USAGE);
   }
   if (so.paused_hook && strcmp (mode, "send") != 0) {
@@ -237,7 +242,29 @@ main (int argc, char **argv)
   }
 
   jbuf_add (&rep, "{\"cmd\":\"%s\",\"backend\":\"%s\"", mode, b->name);
-  if (strcmp (mode, "send") == 0) {
+  if (b->id == XM_BACKEND_XEN && xm_xen_present () == -1)
+    exit (XM_CANNOT);
+  if (b->id == XM_BACKEND_XEN && strcmp (mode, "send") == 0) {
+    c = xm_connect (addr, &tls, timeout);
+    if (!c)
+      exit (XM_CANNOT);
+    xm_set_timeout (c, timeout);
+    ret = xm_xen_send (domid, c, &so, &rep);
+    xm_close (c);
+    if (ret == XM_FAILED)
+      fprintf (stderr, "xenmem: migration failed; the source domain runs "
+               "on\n");
+  }
+  else if (b->id == XM_BACKEND_XEN) {
+    c = xm_listen_accept (addr, &tls,
+                          accept_timeout >= 0 ? accept_timeout : timeout);
+    if (!c)
+      exit (XM_CANNOT);
+    xm_set_timeout (c, timeout);
+    ret = xm_xen_receive (c, &ro, &rep);
+    xm_close (c);
+  }
+  else if (strcmp (mode, "send") == 0) {
     struct xm_source *s;
     if (b->open_source (domid, &g, &s) == -1)
       exit (XM_CANNOT);

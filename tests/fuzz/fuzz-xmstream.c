@@ -102,6 +102,10 @@ check_reencode (const struct xm_record *r, const uint8_t *rec, size_t len)
   case XM_REC_END:
     n = xm_encode_end (out, r->seq, r->u.end.pages_sent, r->u.end.digest);
     break;
+  case XM_REC_XENDATA:
+    n = xm_encode_xendata (out, r->seq, r->u.xendata.kind, r->u.xendata.data,
+                           r->u.xendata.len);
+    break;
   case XM_REC_ACK:
     if (strlen (r->u.ack.msg) > XM_ACK_MSG_MAX)
       abort ();

@@ -26,7 +26,7 @@ def crc32c(data, crc=0):
 
 assert crc32c(b"123456789") == 0xE3069283
 
-ROUND, PAGES, CONTEXT, END, ACK = 1, 2, 3, 4, 5
+ROUND, PAGES, CONTEXT, END, ACK, XENDATA = 1, 2, 3, 4, 5, 6
 ZERO = 1 << 63
 
 
@@ -67,6 +67,10 @@ def ack(seq, status, msg):
     return record(ACK, seq, struct.pack("<iI", status, len(msg)) + msg)
 
 
+def xendata(seq, kind, data):
+    return record(XENDATA, seq, struct.pack("<II", kind, 0) + data)
+
+
 def page(c):
     return bytes((c + i) & 0xFF for i in range(4096))
 
@@ -89,11 +93,20 @@ emit("full", 0,
 # The smallest complete stream: one empty round.
 emit("minimal", 0,
      header(3, 1) + round_(0, 0, 0) + context(1, 3, b"") + end(2, 0))
-# Zero pages only, many of them, xen, a big guest.
+# Zero pages only, many of them, a big guest.
 emit("zeros", 0,
-     header(2, 1 << 40) + round_(0, 0, 200)
+     header(1, 1 << 40) + round_(0, 0, 200)
      + pages(1, [((1 << 40) - 1 - i * 977, None) for i in range(200)])
      + pages(2, [(i, None) for i in range(0, 2000, 10)]))
+# Backend xen: the domain's configuration, libxl's stream in pieces, END
+# with the byte count, the commit.
+emit("xen", 0,
+     header(2, 49152)
+     + xendata(0, 1, b'{"c_info":{"type":"pvh","name":"g"}}')
+     + xendata(1, 2, b"LibxlFmt\0\0\0\2\0\0\0\0" + bytes(11))
+     + xendata(2, 2, page(5)[:1000])
+     + end(3, 1027) + ack(4, 0, b"commit"))
+emit("bad-xen-data-first", 0, header(2, 1) + xendata(0, 2, b"x"))
 # Mid-stream, ending at an odd padding length.
 emit("context-pad", 0,
      header(1, 16) + round_(0, 0, 1) + pages(1, [(3, None)])

@@ -301,7 +301,7 @@ test_roundtrip (void)
 
   /* Make the full-size PAGES record fit this decoder. */
   xm_decoder_init (&d);
-  header_for (hb, 2, 1ull << 20);
+  header_for (hb, 1, 1ull << 20);
   xm_decode_header (&d, hb, sizeof hb, &h);
 
   n = xm_encode_round (buf, 0, 0, 12345);
@@ -350,9 +350,9 @@ test_roundtrip (void)
 
   for (unsigned i = 0; i < sizeof blob; i++)
     blob[i] = i * 13;
-  n = xm_encode_context (buf, 4, 2, blob, 999);
+  n = xm_encode_context (buf, 4, 1, blob, 999);
   ok (n == 16 + 1008 && feed (&d, buf, n, &r) == 0 &&
-      r.type == XM_REC_CONTEXT && r.u.context.backend == 2 &&
+      r.type == XM_REC_CONTEXT && r.u.context.backend == 1 &&
       r.u.context.len == 999 && memcmp (r.u.context.blob, blob, 999) == 0,
       "CONTEXT round-trips (999 bytes, padded to 1008)");
 
@@ -863,6 +863,72 @@ test_mutations (void)
   free (copy);
 }
 
+/* Backend xen: XENDATA(config) XENDATA(stream)... END, then the commit;
+ * nothing of the page format, and XENDATA nowhere else. */
+static void
+test_xen (void)
+{
+  struct xm_decoder d;
+  struct xm_record r;
+  uint8_t hb[XM_HEADER_SIZE], *buf = malloc (XM_REC_MAX), body[16] = { 0 };
+  static const uint8_t digest[32];
+  const char *cfg = "{\"c_info\":{\"name\":\"g\"}}";
+  size_t n;
+
+  xm_decoder_init (&d);
+  header_for (hb, 2, 1000);
+  ok (xm_decode_header (&d, hb, sizeof hb, &(struct xm_header) { 0 }) == 0,
+      "xen: header");
+  n = xm_encode_xendata (buf, 0, XM_XEN_STREAM, "abc", 3);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "before the configuration"),
+      "xen: stream data before the configuration refused (%s)", d.err);
+  n = xm_encode_end (buf, 0, 0, digest);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "END before the domain's "
+      "configuration"), "xen: END before the configuration refused");
+  n = xm_encode_round (buf, 0, 0, 10);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "not part of a xen stream"),
+      "xen: ROUND refused in a xen stream");
+  n = xm_encode_xendata (buf, 0, XM_XEN_CONFIG, cfg, strlen (cfg));
+  ok (feed (&d, buf, n, &r) == 0 && r.type == XM_REC_XENDATA &&
+      r.u.xendata.kind == XM_XEN_CONFIG && r.u.xendata.len == strlen (cfg) &&
+      memcmp (r.u.xendata.data, cfg, strlen (cfg)) == 0,
+      "xen: the configuration round-trips");
+  ok (feed (&d, buf, xm_encode_xendata (buf, 1, XM_XEN_CONFIG, cfg, 5), &r)
+      == -1 && has (&d, "a second configuration"),
+      "xen: a second configuration refused");
+  n = xm_encode_xendata (buf, 1, XM_XEN_STREAM, page_a, XM_XENDATA_MAX > 4096
+                         ? 4096 : XM_XENDATA_MAX);
+  ok (feed (&d, buf, n, &r) == 0 && r.u.xendata.kind == XM_XEN_STREAM &&
+      r.u.xendata.len == 4096 && memcmp (r.u.xendata.data, page_a, 4096) == 0,
+      "xen: stream data round-trips");
+  put32 (body, 3);
+  n = raw_record (buf, XM_REC_XENDATA, 2, body, 9);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "kind 3 is unknown"),
+      "xen: unknown kind refused");
+  put32 (body, XM_XEN_STREAM);
+  n = raw_record (buf, XM_REC_XENDATA, 2, body, 8);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "under the minimum"),
+      "xen: empty XENDATA refused");
+  put32 (buf, XM_REC_XENDATA);
+  put32 (buf + 4, 8 + XM_XENDATA_MAX + 1);
+  ok (xm_record_body_len (&d, buf) == -1 && has (&d, "over the limit"),
+      "xen: XENDATA over 1 MiB refused before its body is read");
+  n = xm_encode_end (buf, 2, 4096, digest);
+  ok (feed (&d, buf, n, &r) == 0 && r.type == XM_REC_END &&
+      r.u.end.pages_sent == 4096, "xen: END after the data");
+  n = xm_encode_ack (buf, 3, 0, "commit");
+  ok (feed (&d, buf, n, &r) == 0 && r.type == XM_REC_ACK,
+      "xen: the commit after END");
+
+  xm_decoder_init (&d);
+  header_for (hb, 3, 1000);
+  xm_decode_header (&d, hb, sizeof hb, &(struct xm_header) { 0 });
+  n = xm_encode_xendata (buf, 0, XM_XEN_CONFIG, cfg, strlen (cfg));
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "for backend xen only"),
+      "XENDATA refused in a uffd stream");
+  free (buf);
+}
+
 int
 main (void)
 {
@@ -878,6 +944,7 @@ main (void)
   test_order ();
   test_stream ();
   test_mutations ();
+  test_xen ();
   free (stream);
   return tap_done ();
 }
