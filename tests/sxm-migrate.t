@@ -542,6 +542,19 @@ def main(scratch):
         tap.ok(rc == want and msg in err and src.state() == "idle",
                f"token {name}: exit {want}, says '{msg}', nothing started",
                f"rc={rc}\n{err}")
+    # --memory xen: the source names its domain, the destination does not
+    # (libxl creates it there from the sender's configuration).
+    open(tf, "w").write(rcv.token + "\n")
+    rc, out, err = migrate(tf, [src.ctl], "--memory", "xen")
+    tap.ok(rc == 2 and "xen:DOMID" in err and src.state() == "idle",
+           "migrate --memory xen without a domid: exit 2, nothing started",
+           f"rc={rc}\n{err}")
+    p = subprocess.run([SXM, "receive", "--sr", os.path.join(S, "sr4"),
+                        "--disk", "1M", "--memory", "xen:7"],
+                       capture_output=True, text=True, timeout=60)
+    tap.ok(p.returncode == 2 and "no DOMID" in p.stderr,
+           "receive --memory xen:DOMID: exit 2 (the domain is created there)",
+           p.stderr)
     p = subprocess.run([os.path.join(ROOT, "client", "sxm-mirror"), src.ctl,
                         "flush"], capture_output=True, text=True)
     tap.ok(p.returncode == 1 and "needs a running mirror" in p.stderr,

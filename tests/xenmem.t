@@ -194,6 +194,12 @@ def main(scratch):
                            capture_output=True, text=True, timeout=30)
         tap.ok(p.returncode == 4 and p.stderr.strip(),
                f"{be} backend here: refuses with a message", p.stderr)
+    p = subprocess.run([XENMEM, "receive", "--backend=xen", "--domid=3",
+                        "unix:" + os.path.join(S, "x.sock")],
+                       capture_output=True, text=True, timeout=30)
+    tap.ok(p.returncode == 2 and "no --domid" in p.stderr,
+           "xen receive with --domid: exit 2 (libxl creates the domain)",
+           p.stderr)
     p = subprocess.run([XENMEM, "send", "--backend=uffd", "--frob"],
                        capture_output=True, text=True)
     tap.eq(p.returncode, 2, "unknown option: exit 2")
