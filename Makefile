@@ -41,7 +41,7 @@ FILTER_SRCS := nbdkit-plugin/mirror.c nbdkit-plugin/mirror-dest.c nbdkit-plugin/
 TOOLS      := client/sxm-vhd client/sxm-copy client/sxm-mirror xenmem/xenmem
 BENCH_BINS := bench/map-time
 XEN_TEST_BINS := tests/xen/downtime-probe
-FUZZERS    := tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-jsonline tests/fuzz/fuzz-xmstream
+FUZZERS    := tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-vhd-write tests/fuzz/fuzz-jsonline tests/fuzz/fuzz-xmstream
 FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
@@ -121,6 +121,11 @@ fuzz: all
 	tests/fuzz/fuzz-vhd-open -max_total_time=$(FUZZ_SECONDS) -max_len=262144 \
 	  -rss_limit_mb=2048 -print_final_stats=1 \
 	  tests/fuzz/work/corpus tests/fuzz/work/seeds
+	mkdir -p tests/fuzz/work/write-corpus
+	/usr/bin/python3 tests/fuzz/make-write-seeds.py tests/fuzz/work/seeds tests/fuzz/work/write-seeds
+	tests/fuzz/fuzz-vhd-write -max_total_time=$(FUZZ_SECONDS) -max_len=262144 \
+	  -rss_limit_mb=2048 -print_final_stats=1 \
+	  tests/fuzz/work/write-corpus tests/fuzz/work/write-seeds
 	mkdir -p tests/fuzz/work/json-corpus
 	tests/fuzz/fuzz-jsonline -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	  -rss_limit_mb=2048 -print_final_stats=1 \

@@ -25,6 +25,8 @@ smoke() {
 
 /usr/bin/python3 "$ROOT/tests/fuzz/make-seeds.py" "$scratch/seeds" >/dev/null
 smoke fuzz-vhd-open 30000 "$scratch/seeds" -max_len=65536
+/usr/bin/python3 "$ROOT/tests/fuzz/make-write-seeds.py" "$scratch/seeds" "$scratch/wseeds"
+smoke fuzz-vhd-write 20000 "$scratch/wseeds" -max_len=65536
 smoke fuzz-jsonline 200000 "$ROOT/tests/fuzz/jsonline-seeds" -max_len=4096 \
   -dict="$ROOT/tests/fuzz/jsonline.dict"
 /usr/bin/python3 "$ROOT/tests/fuzz/make-xmstream-seeds.py" "$scratch/xseeds" >/dev/null
