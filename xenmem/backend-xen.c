@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include <libxl.h>
+#include <libxl_utils.h>
 #include <xenctrl.h>
 #include <xenguest.h>
 #include <xentoollog.h>
@@ -759,6 +760,17 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   if (!name || asprintf (&incoming, "%s--incoming", name) < 0) {
     snprintf (why, sizeof why, "out of memory");
     goto refuse;
+  }
+  {
+    uint32_t other;
+    /* A receiver killed -9 leaves its half-built domain behind; say so
+     * rather than let libxl fail on the name. */
+    if (libxl_name_to_domid (e.ctx, incoming, &other) == 0) {
+      snprintf (why, sizeof why, "a domain named %s already exists (domid "
+                "%u, left by an earlier receive that was killed?): destroy "
+                "it (xl destroy %s) and try again", incoming, other, incoming);
+      goto refuse;
+    }
   }
   free (cfg.c_info.name);
   cfg.c_info.name = strdup (incoming);
