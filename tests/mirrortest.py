@@ -201,10 +201,12 @@ class Server:
 
     def __init__(self, scratch, *args, plugin, filters=(), name="srv"):
         import tempfile
-        from sxmtest import nbdkit_env
+        from sxmtest import nbdkit_env, nbdkit_ready
         self.sock = tempfile.mktemp(prefix=name + ".", suffix=".sock",
                                     dir=scratch)
-        cmd = ["nbdkit", "-f", "-U", self.sock, "--exit-with-parent"]
+        pidfile = self.sock + ".pid"
+        cmd = ["nbdkit", "-f", "-U", self.sock, "-P", pidfile,
+               "--exit-with-parent"]
         cmd += ["--filter=" + f for f in filters]
         cmd += [plugin, *args]
         self.logpath = self.sock + ".log"
@@ -212,13 +214,8 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log,
                                      stderr=subprocess.STDOUT,
                                      env=nbdkit_env())
-        deadline = time.time() + 30
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nbdkit exited: {self.logtext()}")
-            if time.time() > deadline:
-                raise RuntimeError("nbdkit did not start")
-            time.sleep(0.02)
+        if not nbdkit_ready(pidfile, self.proc):
+            raise RuntimeError(f"nbdkit exited: {self.logtext()}")
         self.uri = f"nbd+unix:///?socket={self.sock}"
 
     def logtext(self):

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 
-from sxmtest import tap, run_test, sh, nbdkit_env, ROOT, MiB, GiB
+from sxmtest import tap, run_test, sh, nbdkit_env, nbdkit_ready, ROOT, MiB, GiB
 
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
 
@@ -24,21 +24,22 @@ class Server:
 
     def __init__(self, scratch, name, *args, filters=()):
         self.sock = os.path.join(scratch, name + ".sock")
-        self.cmd = ["nbdkit", "-f", "-U", self.sock, "--exit-with-parent"]
+        self.pidfile = self.sock + ".pid"
+        self.cmd = ["nbdkit", "-f", "-U", self.sock, "-P", self.pidfile,
+                    "--exit-with-parent"]
         self.cmd += ["--filter=" + f for f in filters] + list(args)
         self.uri = f"nbd+unix:///?socket={self.sock}"
         self.log = open(os.path.join(scratch, name + ".log"), "a")
         self.p = None
 
     def start(self):
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
+        for f in (self.sock, self.pidfile):
+            if os.path.exists(f):
+                os.unlink(f)
         self.p = subprocess.Popen(self.cmd, stdout=self.log, stderr=self.log,
                                   env=nbdkit_env())
-        for _ in range(1500):
-            if os.path.exists(self.sock):
-                return self
-            time.sleep(0.02)
+        if nbdkit_ready(self.pidfile, self.p):
+            return self
         raise RuntimeError("nbdkit did not start: " + " ".join(self.cmd))
 
     def kill(self):

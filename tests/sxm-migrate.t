@@ -29,7 +29,7 @@ import time
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env  # noqa: E402
+from sxmtest import ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env, nbdkit_ready  # noqa: E402
 from mirrortest import FILTER, SXM_VHD, ctl, connect  # noqa: E402
 
 SXM = os.path.join(ROOT, "scripts", "sxm")
@@ -121,11 +121,13 @@ class Source:
         self.ctl = os.path.join(d, name + ".ctl")
         self.uri = "nbd+unix:///?socket=" + quote(self.sock, safe="/")
         self.log = open(os.path.join(d, name + ".log"), "w")
+        pidfile = self.sock + ".pid"
         self.proc = subprocess.Popen(
-            ["nbdkit", "-f", "-U", self.sock, "--exit-with-parent",
-             "--filter=" + FILTER, PLUGIN, self.vhd,
+            ["nbdkit", "-f", "-U", self.sock, "-P", pidfile,
+             "--exit-with-parent", "--filter=" + FILTER, PLUGIN, self.vhd,
              "mirror-control=" + self.ctl, "mirror-uri=" + self.uri],
             stdout=self.log, stderr=subprocess.STDOUT, env=nbdkit_env())
+        assert nbdkit_ready(pidfile, self.proc), "source nbdkit exited"
         deadline = time.time() + 30
         while not os.path.exists(self.ctl):
             assert self.proc.poll() is None, "source nbdkit exited"

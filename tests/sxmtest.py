@@ -83,11 +83,28 @@ def nbdkit_env():
     return env
 
 
+def nbdkit_ready(pidfile, proc, timeout=30):
+    """Wait until nbdkit (started with -P PIDFILE) accepts connections.
+
+    nbdkit writes its pidfile only then; its socket file exists from
+    bind(), a moment before listen(), and a connect in that moment is
+    refused (a loaded machine hits it now and then)."""
+    deadline = time.time() + timeout
+    while not (os.path.exists(pidfile) and os.path.getsize(pidfile)):
+        if proc.poll() is not None:
+            return False
+        if time.time() > deadline:
+            raise RuntimeError(f"nbdkit did not start in {timeout} s")
+        time.sleep(0.02)
+    return True
+
+
 @contextlib.contextmanager
 def nbdkit(scratch, *args, plugin=PLUGIN, filters=()):
     """Start nbdkit on a unix socket; yield its NBD URI; stop it."""
     sock = tempfile.mktemp(prefix="nbd.", suffix=".sock", dir=scratch)
-    cmd = ["nbdkit", "-f", "-U", sock, "--exit-with-parent"]
+    pidfile = sock + ".pid"
+    cmd = ["nbdkit", "-f", "-U", sock, "-P", pidfile, "--exit-with-parent"]
     for f in filters:
         cmd.append("--filter=" + f)
     cmd += [plugin, *args]
@@ -95,15 +112,9 @@ def nbdkit(scratch, *args, plugin=PLUGIN, filters=()):
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                          env=nbdkit_env())
     try:
-        deadline = time.time() + 30
-        while not os.path.exists(sock):
-            if p.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"nbdkit exited {p.returncode}: "
-                                   f"{log.read()}")
-            if time.time() > deadline:
-                raise RuntimeError("nbdkit did not start in 30 s")
-            time.sleep(0.02)
+        if not nbdkit_ready(pidfile, p):
+            log.seek(0)
+            raise RuntimeError(f"nbdkit exited {p.returncode}: {log.read()}")
         yield f"nbd+unix:///?socket={sock}"
     finally:
         p.terminate()

@@ -16,7 +16,7 @@ import time
 
 import nbd
 
-from sxmtest import (tap, run_test, nbdkit_env, nbd_connect, sh, PLUGIN,
+from sxmtest import (tap, run_test, nbdkit_env, nbdkit_ready, nbd_connect, sh, PLUGIN,
                      ROOT, MiB)
 
 TOOL = os.path.join(ROOT, "client", "sxm-vhd")
@@ -25,16 +25,16 @@ ROUNDS = 24
 
 
 def start(sock, path, *args):
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "--exit-with-parent",
-                          PLUGIN, path, *args], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, env=nbdkit_env())
-    for _ in range(1500):
-        if os.path.exists(sock):
-            return p
-        if p.poll() is not None:
-            raise RuntimeError(p.stderr.read().decode())
-        time.sleep(0.02)
-    raise RuntimeError("nbdkit did not start")
+    pidfile = sock + ".pid"
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "-P", pidfile,
+                          "--exit-with-parent", PLUGIN, path, *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=nbdkit_env())
+    if not nbdkit_ready(pidfile, p):
+        raise RuntimeError(p.stderr.read().decode())
+    return p
 
 
 def main(d):
