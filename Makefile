@@ -103,7 +103,7 @@ tests/unit/test-%: tests/unit/test-%.c tests/unit/tap.h common/libsxm.a $(COMMON
 	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a -lpthread $(ALLLDFLAGS)
 
 # libFuzzer harnesses: clang, ASan+UBSan, the common/ sources compiled in.
-tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(COMMON_SRCS) $(COMMON_HDRS) | deps
+tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzzvhd.h $(COMMON_SRCS) $(COMMON_HDRS) | deps
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	  -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Icommon \
 	  -o $@ $< $(COMMON_SRCS) -lpthread

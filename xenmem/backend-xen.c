@@ -168,7 +168,7 @@ struct xsend {
   uint64_t relayed;             /* libxl stream bytes sent */
   uint64_t wire_bytes;
   bool relay_failed;
-  double bucket, bucket_t;      /* --rate */
+  struct xm_rate rate;          /* --rate */
   /* policy */
   double round_t, bw;
   long round_pages, prev_dirty;
@@ -184,19 +184,7 @@ struct xsend {
 static int
 xsend_put (struct xsend *X, const void *buf, size_t len)
 {
-  if (X->o->rate) {
-    double now = xm_now ();
-    X->bucket += (now - X->bucket_t) * X->o->rate;
-    if (X->bucket > X->o->rate / 10.0)
-      X->bucket = X->o->rate / 10.0;
-    X->bucket_t = now;
-    X->bucket -= len;
-    if (X->bucket < 0) {
-      double w = -X->bucket / X->o->rate;
-      struct timespec ts = { (time_t) w, (long) ((w - (time_t) w) * 1e9) };
-      nanosleep (&ts, NULL);
-    }
-  }
+  xm_rate_spend (&X->rate, X->o->rate, len);
   if (xm_write (X->c, buf, len) == -1)
     return -1;
   X->wire_bytes += len;
@@ -344,24 +332,6 @@ postcopy_cb (void *data)
   return 1;
 }
 
-static int
-read_ack (struct xm_conn *c, struct xm_decoder *d, uint8_t *buf,
-          struct xm_record *r)
-{
-  int64_t blen;
-
-  if (xm_read (c, buf, XM_REC_HDR_SIZE, false) != 1)
-    return -1;
-  if ((blen = xm_record_body_len (d, buf)) < 0 ||
-      xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) != 1 ||
-      xm_decode_record (d, buf, XM_REC_HDR_SIZE + blen, r) == -1) {
-    if (d->err[0])
-      sxm_error ("the receiver's reply: %s", d->err);
-    return -1;
-  }
-  return 0;
-}
-
 int
 xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
              struct jbuf *report)
@@ -449,7 +419,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
 
   /* Header and configuration, then the relay takes over the socket. */
   len = xm_encode_header (rec, &hdr);
-  X.bucket_t = xm_now ();
+  X.rate.t = xm_now ();
   if (xsend_put (&X, rec, len) == -1)
     goto out;
   len = xm_encode_xendata (rec, X.seq++, XM_XEN_CONFIG, json, strlen (json));
@@ -507,7 +477,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   /* Commit handshake.  The name moves to the destination with the guest
    * (xl does the same): the source becomes NAME--migratedaway first. */
   xm_decoder_init_acks (&ad);
-  if (read_ack (c, &ad, rec, &r) == -1)
+  if (xm_read_ack (c, &ad, &r, rec) == -1)
     goto fail;
   if (r.u.ack.status != 0) {
     sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
@@ -527,7 +497,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   else
     sxm_error ("xen: cannot rename domain %u to %s; the destination keeps "
                "the name %s--incoming", X.domid, away, name);
-  if (read_ack (c, &ad, rec, &r) == -1 || r.u.ack.status != 0) {
+  if (xm_read_ack (c, &ad, &r, rec) == -1 || r.u.ack.status != 0) {
   doubt:
     sxm_error ("committed, but the receiver did not confirm that the guest "
                "runs there; the source domain %u stays suspended as %s: check "
@@ -677,14 +647,6 @@ relay_in (void *arg)
   return NULL;
 }
 
-static int
-send_ack (struct xm_conn *c, uint32_t *seq, int32_t status, const char *msg)
-{
-  uint8_t buf[XM_REC_HDR_SIZE + 8 + 256];
-  size_t len = xm_encode_ack (buf, (*seq)++, status, msg);
-  return xm_write (c, buf, len);
-}
-
 int
 xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
                 struct jbuf *report)
@@ -808,7 +770,7 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
                 : "the stream ended early");
     goto refuse;
   }
-  if (send_ack (c, &aseq, 0, "loaded") == -1)
+  if (xm_send_ack (c, &aseq, 0, "loaded") == -1)
     goto out;
 
   /* Wait for the sender's commit (or for it to give up). */
@@ -834,7 +796,7 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
     ret = XM_OK;
     goto out;
   }
-  if (send_ack (c, &aseq, 0, "running") == -1)
+  if (xm_send_ack (c, &aseq, 0, "running") == -1)
     sxm_error ("could not confirm to the sender; the guest runs here");
   /* Take the name, which the source gives up right after its commit
    * (on the same host it holds it until then). */
@@ -852,7 +814,7 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
 
  refuse:
   sxm_error ("%s", why);
-  send_ack (c, &aseq, -EPROTO, why);
+  xm_send_ack (c, &aseq, -EPROTO, why);
 
  out:
   if (ret == XM_OK && o->check_seconds > 0) {

@@ -136,9 +136,7 @@ struct sender {
   uint32_t seq;
   /* totals */
   uint64_t wire_bytes, pages_sent, zero_pages;
-  /* --rate: a token bucket on wire bytes */
-  double bucket_t;
-  double bucket;
+  struct xm_rate rate;          /* --rate */
 };
 
 static int
@@ -148,24 +146,32 @@ src_read (void *obj, const uint64_t *pfns, unsigned n, void *buf)
   return S->b->read_pages (S->s, pfns, n, buf);
 }
 
+void
+xm_rate_spend (struct xm_rate *r, uint64_t rate, size_t len)
+{
+  double now;
+
+  if (!rate)
+    return;
+  /* Spend first, then sleep off the debt: smooth at record size. */
+  now = xm_now ();
+  r->bucket += (now - r->t) * rate;
+  if (r->bucket > rate / 10.0)
+    r->bucket = rate / 10.0;            /* at most 100 ms of burst */
+  r->t = now;
+  r->bucket -= len;
+  if (r->bucket < 0) {
+    double wait = -r->bucket / rate;
+    struct timespec ts = { (time_t) wait,
+                           (long) ((wait - (time_t) wait) * 1e9) };
+    nanosleep (&ts, NULL);
+  }
+}
+
 static int
 put (struct sender *S, const void *buf, size_t len)
 {
-  if (S->o->rate) {
-    /* Spend first, then sleep off the debt: smooth at record size. */
-    double now = xm_now ();
-    S->bucket += (now - S->bucket_t) * S->o->rate;
-    if (S->bucket > S->o->rate / 10.0)
-      S->bucket = S->o->rate / 10.0;   /* at most 100 ms of burst */
-    S->bucket_t = now;
-    S->bucket -= len;
-    if (S->bucket < 0) {
-      double wait = -S->bucket / S->o->rate;
-      struct timespec ts = { (time_t) wait,
-                             (long) ((wait - (time_t) wait) * 1e9) };
-      nanosleep (&ts, NULL);
-    }
-  }
+  xm_rate_spend (&S->rate, S->o->rate, len);
   if (xm_write (S->c, buf, len) == -1)
     return -1;
   S->wire_bytes += len;
@@ -223,9 +229,8 @@ send_pages (struct sender *S, const uint8_t *bitmap)
   return flush_batch (S);
 }
 
-/* Read one record from the receiver's ACK channel. */
-static int
-read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
+int
+xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
           uint8_t *buf)
 {
   int64_t blen;
@@ -301,7 +306,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     sxm_error ("out of memory");
     goto out;
   }
-  S.bucket_t = xm_now ();
+  S.rate.t = xm_now ();
 
   if (b->log_enable (s) == -1)
     goto out;
@@ -358,7 +363,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     char want[32];
     snprintf (want, sizeof want, "round %u", round);
     do {
-      if (read_ack (c, &ad, &r, S.rec) == -1)
+      if (xm_read_ack (c, &ad, &r, S.rec) == -1)
         goto fail_running;
       if (r.u.ack.status != 0) {
         sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
@@ -431,7 +436,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   {
     /* Round acknowledgements after the barrier's are not expected (no
      * ROUND follows it), so the next reply is the answer to END. */
-    if (read_ack (c, &ad, &r, S.rec) == -1)
+    if (xm_read_ack (c, &ad, &r, S.rec) == -1)
       goto fail;
     if (r.u.ack.status != 0) {
       sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
@@ -439,7 +444,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     }
     committed = true;
     len = xm_encode_ack (S.rec, S.seq++, 0, "commit");
-    if (put (&S, S.rec, len) == -1 || read_ack (c, &ad, &r, S.rec) == -1 ||
+    if (put (&S, S.rec, len) == -1 || xm_read_ack (c, &ad, &r, S.rec) == -1 ||
         r.u.ack.status != 0) {
       sxm_error ("committed, but the receiver did not confirm that the guest "
                  "runs there%s%s; the source guest stays paused: check the "
@@ -506,8 +511,8 @@ dst_read (void *obj, const uint64_t *pfns, unsigned n, void *buf)
   return b->read_dest (p[1], pfns, n, buf);
 }
 
-static int
-send_ack (struct xm_conn *c, uint32_t *seq, int32_t status, const char *msg)
+int
+xm_send_ack (struct xm_conn *c, uint32_t *seq, int32_t status, const char *msg)
 {
   uint8_t buf[XM_REC_HDR_SIZE + 8 + 256];
   size_t len = xm_encode_ack (buf, (*seq)++, status, msg);
@@ -576,7 +581,7 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
       char msg[32];
       rounds++;
       snprintf (msg, sizeof msg, "round %" PRIu32, r.u.round.round);
-      if (send_ack (c, &aseq, 0, msg) == -1)
+      if (xm_send_ack (c, &aseq, 0, msg) == -1)
         goto out;
       break;
     }
@@ -625,7 +630,7 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
           goto refuse;
         }
       }
-      if (send_ack (c, &aseq, 0, "loaded") == -1)
+      if (xm_send_ack (c, &aseq, 0, "loaded") == -1)
         goto out;
       break;
     }
@@ -646,7 +651,7 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
         ret = XM_OK;
         goto out;
       }
-      if (send_ack (c, &aseq, 0, "running") == -1) {
+      if (xm_send_ack (c, &aseq, 0, "running") == -1) {
         /* The sender is left in doubt with the source paused; the guest
          * runs here, which is what it committed to. */
         sxm_error ("could not confirm to the sender; the guest runs here");
@@ -658,7 +663,7 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
 
  refuse:
   sxm_error ("%s", why);
-  send_ack (c, &aseq, -EPROTO, why);   /* best effort: the sender resumes */
+  xm_send_ack (c, &aseq, -EPROTO, why);   /* best effort: the sender resumes */
 
  out:
   if (ret == XM_OK && o->check_seconds > 0 && b->check_dest) {

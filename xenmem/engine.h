@@ -16,6 +16,7 @@
 
 #include "backend.h"
 #include "jsonline.h"
+#include "stream.h"
 #include "transport.h"
 
 /* Exit codes shared by the engine and the command line. */
@@ -63,7 +64,23 @@ double xm_now (void);
 pid_t xm_hook_start (char *const *argv, const char *phase);
 int xm_hook_wait (pid_t *pid, const char *name);
 
-/* The xen backend's send and receive (xensave.c): libxenguest's
+/* The commit handshake's two halves, shared by the engine and the xen
+ * backend: read one record from the receiver's reply channel (decoder D,
+ * BUF big enough for an ACK; errors reported), and send an ACK numbered
+ * *SEQ (then incremented).  Both 0, or -1. */
+int xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
+                 uint8_t *buf);
+int xm_send_ack (struct xm_conn *c, uint32_t *seq, int32_t status,
+                 const char *msg);
+
+/* --rate: a token bucket on wire bytes.  Spend LEN bytes at RATE bytes/s
+ * (0: unlimited), sleeping off any debt; T starts as xm_now (). */
+struct xm_rate {
+  double bucket, t;
+};
+void xm_rate_spend (struct xm_rate *r, uint64_t rate, size_t len);
+
+/* The xen backend's send and receive (backend-xen.c): libxenguest's
  * xc_domain_save with xenmem's policy, transport and handshake on the
  * source; libxl's restore of the same configuration on the destination.
  * Same exit codes and report as xm_send/xm_receive. */

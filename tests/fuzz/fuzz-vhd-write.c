@@ -20,33 +20,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "endian.h"
-#include "log.h"
-#include "vhd.h"
+#include "fuzzvhd.h"
 
 #define WINDOW (1u << 20)
 
 static char path[64];
-
-static void
-quiet (enum sxm_log_level level, const char *msg)
-{
-}
-
-static void
-fix_checksums (uint8_t *b, size_t n)
-{
-  size_t foot = n - 512;
-  uint64_t hoff;
-
-  if (memcmp (b + foot, "conectix", 8) == 0)
-    be32_store (b + foot + 64, vhd_checksum (b + foot, 512, 64));
-  if (memcmp (b, "conectix", 8) == 0)
-    be32_store (b + 64, vhd_checksum (b, 512, 64));
-  hoff = be64_load (b + foot + 16);
-  if (hoff <= n - 1024)
-    be32_store (b + hoff + 36, vhd_checksum (b + hoff, 1024, 36));
-}
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
