@@ -1300,8 +1300,24 @@ mirror_cmd_flush (const struct json_obj *req, struct jbuf *out)
   nbdkit_next *n;
   int r;
 
+  if (cur_state () == M_IDLE) {
+    /* No mirror: make the disk itself durable (sxm detach flushes a
+     * disk service this way before stopping it). */
+    int err = 0;
+
+    n = bg_open ("", 0);
+    if (!n)
+      return fail_reply (out, "cannot open the disk to flush it");
+    r = n->can_flush (n) == 1 ? n->flush (n, 0, &err) : 0;
+    bg_close (n);
+    if (r == -1)
+      return fail_reply (out, "flush failed: %s", strerror (err ? err : EIO));
+    jbuf_add (out, ",\"state\":\"idle\",\"flush_ms\":%.1f",
+              (mirror_now () - t0) * 1e3);
+    return 0;
+  }
   if (cur_state () != M_MIRRORING)
-    return fail_reply (out, "flush needs a running mirror (state is %s)",
+    return fail_reply (out, "flush needs state idle or mirroring (state is %s)",
                        mirror_state_name (cur_state ()));
   n = bg_open (mirror_export, 0);
   if (!n)

@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,15 +55,38 @@ class TAP:
 tap = TAP()
 
 
+def stop_disk_services(run):
+    """Kill every disk service (sxm attach, or sxm receive's) recorded in
+    the run directory RUN: they outlive the commands that start them by
+    design, but not the test."""
+    if not os.path.isdir(run):
+        return
+    for f in os.listdir(run):
+        if not f.endswith(".pid"):
+            continue
+        try:
+            pid = int(open(os.path.join(run, f)).read().split()[0])
+            with open(f"/proc/{pid}/comm") as c:
+                if c.read().strip() == "nbdkit":
+                    os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
 def run_test(main):
-    """Run MAIN(scratch_dir); an exception is a failed test, not a crash."""
+    """Run MAIN(scratch_dir); an exception is a failed test, not a crash.
+    sxm's run directory (SXM_RUNDIR, inherited by every sxm the test
+    starts) is scratch/run, never the host's /run/sxm; disk services
+    left there are stopped at the end."""
     scratch = tempfile.mkdtemp(prefix=os.path.basename(sys.argv[0]) + ".",
                                dir=os.environ.get("TMPDIR", "/var/tmp"))
+    os.environ["SXM_RUNDIR"] = os.path.join(scratch, "run")
     try:
         main(scratch)
     except Exception:
         tap.ok(False, "test script raised", traceback.format_exc())
     finally:
+        stop_disk_services(os.environ["SXM_RUNDIR"])
         if tap.failed and os.environ.get("SXM_KEEP"):
             tap.diag(f"scratch kept in {scratch}")
         else:
