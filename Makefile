@@ -69,20 +69,24 @@ $(FILTER): $(FILTER_SRCS) nbdkit-plugin/mirror.h common/libsxm.a $(COMMON_HDRS) 
 client/sxm-vhd: LDLIBS += -luuid
 
 # xenmem: the engine, stream, transport and backends in an archive that the
-# tool and its unit tests link.
+# tool and its unit tests link; the command line (option parsing, the send
+# path, the VM monitor) only in the tool.  The uffd guest's disks are
+# libnbd handles.
 XENMEM_SRCS := xenmem/engine.c xenmem/stream.c xenmem/transport.c \
                xenmem/backend-uffd.c xenmem/backend-xen.c xenmem/backend-kvm.c \
-               xenmem/backend-none.c
+               xenmem/backend-none.c xenmem/vbd.c
+XENMEM_CLI_SRCS := xenmem/xenmem.c xenmem/cli.c xenmem/monitor.c
 XENMEM_OBJS := $(XENMEM_SRCS:.c=.o)
 XENMEM_HDRS := $(wildcard xenmem/*.h)
-XENMEM_LIBS := $(shell pkg-config --libs gnutls 2>/dev/null) -lxenlight -lxenguest -lxenctrl -lxentoollog -lpthread
+XENMEM_LIBS := $(shell pkg-config --libs gnutls 2>/dev/null) $(shell pkg-config --libs libnbd 2>/dev/null) \
+               -lxenlight -lxenguest -lxenctrl -lxentoollog -lpthread
 xenmem/%.o: xenmem/%.c $(XENMEM_HDRS) $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) -Ixenmem -c -o $@ $<
 xenmem/libxenmem.a: $(XENMEM_OBJS)
 	rm -f $@
 	ar rcs $@ $^
-xenmem/xenmem: xenmem/xenmem.c xenmem/libxenmem.a common/libsxm.a $(XENMEM_HDRS) | deps
-	$(CC) $(ALLCFLAGS) -Ixenmem -o $@ $< xenmem/libxenmem.a common/libsxm.a \
+xenmem/xenmem: $(XENMEM_CLI_SRCS) xenmem/libxenmem.a common/libsxm.a $(XENMEM_HDRS) | deps
+	$(CC) $(ALLCFLAGS) -Ixenmem -o $@ $(XENMEM_CLI_SRCS) xenmem/libxenmem.a common/libsxm.a \
 	  $(ALLLDFLAGS) $(XENMEM_LIBS)
 tests/unit/test-xm%: tests/unit/test-xm%.c tests/unit/tap.h xenmem/libxenmem.a common/libsxm.a $(XENMEM_HDRS)
 	$(CC) $(ALLCFLAGS) -Ixenmem -o $@ $< xenmem/libxenmem.a common/libsxm.a \

@@ -55,22 +55,21 @@ class TAP:
 tap = TAP()
 
 
-def stop_disk_services(run):
-    """Kill every disk service (sxm attach, or sxm receive's) recorded in
-    the run directory RUN: they outlive the commands that start them by
-    design, but not the test."""
-    if not os.path.isdir(run):
-        return
-    for f in os.listdir(run):
-        if not f.endswith(".pid"):
-            continue
-        try:
-            pid = int(open(os.path.join(run, f)).read().split()[0])
-            with open(f"/proc/{pid}/comm") as c:
-                if c.read().strip() == "nbdkit":
-                    os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
+def stop_disk_services(top):
+    """Kill every disk service (sxm attach, or sxm receive's) whose
+    pidfile is anywhere under TOP (each test host's run directory): they
+    outlive the commands that start them by design, but not the test."""
+    for d, _, files in os.walk(top):
+        for f in files:
+            if not f.endswith(".pid"):
+                continue
+            try:
+                pid = int(open(os.path.join(d, f)).read().split()[0])
+                with open(f"/proc/{pid}/comm") as c:
+                    if c.read().strip() == "nbdkit":
+                        os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
 
 
 def run_test(main):
@@ -86,7 +85,7 @@ def run_test(main):
     except Exception:
         tap.ok(False, "test script raised", traceback.format_exc())
     finally:
-        stop_disk_services(os.environ["SXM_RUNDIR"])
+        stop_disk_services(scratch)
         if tap.failed and os.environ.get("SXM_KEEP"):
             tap.diag(f"scratch kept in {scratch}")
         else:

@@ -8,19 +8,27 @@
 # PSK, PSK file readable by others, plaintext to a non-loopback address,
 # receiver killed mid-stream, stream bytes flipped or cut by a proxy at
 # random offsets: the source guest is resumed and keeps counting, the
-# receiver refuses with a message.  Seeds: XENMEM_SEED.
+# receiver refuses with a message.  Disks (real nbdkit memory servers,
+# shared by source and destination as shared storage would be): the moved
+# guest's every record slot verifies; a receiver with the wrong disks
+# refuses and the source runs on.  The VM monitor: a guest that persists
+# (xenmem guest, receive --monitor) migrates A -> B -> A through
+# `xenmem send --guest`, survives bad requests and failed sends, quits.
+# Seeds: XENMEM_SEED.
 import json
 import os
 import random
 import secrets
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import ROOT, run_test, tap  # noqa: E402
+from sxmtest import ROOT, nbdkit, run_test, tap  # noqa: E402
 
 XENMEM = os.path.join(ROOT, "xenmem", "xenmem")
 
@@ -58,6 +66,112 @@ def parse(out):
 def finish(r, timeout=60):
     out, err = r.communicate(timeout=timeout)
     return r.returncode, parse(out), err
+
+
+def wait_socket(path, proc, timeout=30):
+    """True once PATH is a socket (a monitor is up); False if PROC exited
+    first."""
+    deadline = time.time() + timeout
+    while not (os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode)):
+        if proc.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def monitor(sock, *words, cwd=None):
+    """xenmem monitor SOCK WORDS: (exit, parsed reply, stderr)."""
+    p = subprocess.run([XENMEM, "monitor", sock, *words], capture_output=True,
+                       text=True, timeout=120, cwd=cwd)
+    return p.returncode, parse(p.stdout), p.stderr
+
+
+def vm_proc(args, log, cwd=None):
+    """A long-running xenmem (guest, or receive --monitor), output to LOG."""
+    f = open(log, "w")
+    return subprocess.Popen([XENMEM, *args], stdout=f, stderr=subprocess.STDOUT,
+                            cwd=cwd)
+
+
+def ended(proc, timeout=30):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def disk_check_ok(j, records_min=1):
+    c = j.get("check", j)
+    return (c.get("ok") is True and c.get("records_verified", 0) >= records_min
+            and c.get("records_bad") == 0 and c.get("disk_reads_bad") == 0
+            and c.get("disk_seq_advanced") is True and
+            c.get("disk_seq", 0) > c.get("disk_seq_at_resume", 0))
+
+
+# An outside checker of the guest's disk records, from doc/xenmem.pod's
+# DISK RECORDS alone (not from backend-uffd.c).
+M64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def splitmix(z):
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & M64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & M64
+    return z ^ (z >> 31)
+
+
+def fnv1a(b):
+    h = 0x811C9DC5
+    for x in b:
+        h = ((h ^ x) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def record(q, nonce, disk, slot):
+    r = bytearray(b"SXMDREC1" + struct.pack("<QQII", q, nonce, disk, slot))
+    s = (nonce ^ (q * GOLDEN)) & M64
+    while len(r) < 4092:
+        s = (s + GOLDEN) & M64
+        r += struct.pack("<Q", splitmix(s))
+    del r[4092:]
+    return bytes(r + struct.pack("<I", fnv1a(r)))
+
+
+def slot_offset(size, slot):
+    return ((slot % 4) * size // 4 & ~((2 << 20) - 1)) + slot // 4 * 4096
+
+
+def check_disks(uris, slots):
+    """Read every slot; the newest record found fixes disk_seq, and every
+    slot must then hold exactly the newest record <= it that maps there.
+    (records checked, error or None)."""
+    import nbd
+    n, found = len(uris), {}
+    for d, uri in enumerate(uris):
+        h = nbd.NBD()
+        h.connect_uri(uri)
+        size = h.get_size()
+        for slot in range(slots):
+            found[d, slot] = h.pread(4096, slot_offset(size, slot))
+        h.shutdown()
+    recs = [struct.unpack("<QQ", b[8:24]) for b in found.values()
+            if b[:8] == b"SXMDREC1"]
+    if not recs:
+        return 0, "no records"
+    seq, nonce = max(recs)
+    checked = 0
+    for (d, slot), b in found.items():
+        # the newest q <= seq with (q-1) % n == d, (q-1) // n % slots == slot
+        j = (seq - 1 - d) // n if seq > d else -1
+        if j < slot:
+            continue
+        q = d + 1 + n * (slot + (j - slot) // slots * slots)
+        if b != record(q, nonce, d, slot):
+            return checked, f"disk {d} slot {slot}: not record {q}"
+        checked += 1
+    return checked, None
 
 
 def migrate(tapname, addr, send_args=(), recv_args=()):
@@ -316,6 +430,227 @@ def main(scratch):
                f"stream {kind} at byte {off}: receiver refuses "
                "and discards, source resumed and verified",
                f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
+
+    disk_tests(S)
+    monitor_tests(S, rng)
+
+
+def disk_tests(S):
+    addr = "unix:" + os.path.join(S, "d.sock")
+    with nbdkit(S, "64M", plugin="memory") as d0, \
+            nbdkit(S, "64M", plugin="memory") as d1, \
+            nbdkit(S, "32M", plugin="memory") as small:
+        for disks in ([d0], [d0, d1]):
+            n = len(disks)
+            dargs = ["--disk=" + d for d in disks]
+            sj, rj = migrate(f"{n} disk(s), shared by both sides: migrated",
+                             addr, ["--guest-mem=32M", "--dirty-rate=2M",
+                                    "--warmup=0.3", "--disk-rate=200",
+                                    *dargs], dargs)
+            tap.ok(disk_check_ok(rj, records_min=60) and
+                   rj["check"].get("disks") == n and
+                   sj.get("disks") == n and sj.get("disk_seq", 0) > 0,
+                   f"{n} disk(s): every written slot verifies on the "
+                   "destination, disk_seq went on from the source's",
+                   f"send {sj}\nrecv {rj}")
+
+        # A receiver with one disk for a two-disk guest refuses it; the
+        # source resumes, its records and checksum intact.
+        r = start_recv(addr, "--disk=" + d0)
+        rc, sj, se = send(addr, "--guest-mem=32M", "--disk=" + d0,
+                          "--disk=" + d1, "--check=0.4")
+        rrc, rj, re_ = finish(r)
+        tap.ok(rc == 1 and rrc == 1 and rj.get("result") == "discarded" and
+               "2 disk(s)" in re_ and "given 1" in re_ and
+               disk_check_ok(sj) and "resumed" in se,
+               "1 disk given for a 2-disk guest: refused, the source runs on "
+               "and verifies", f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
+        # Same number, other size: refused, naming the disk and both sizes.
+        r = start_recv(addr, "--disk=" + d0, "--disk=" + small)
+        rc, sj, se = send(addr, "--guest-mem=32M", "--disk=" + d0,
+                          "--disk=" + d1, "--check=0.3")
+        rrc, rj, re_ = finish(r)
+        tap.ok(rc == 1 and rrc == 1 and "disk 1 is 67108864 bytes" in re_ and
+               "33554432" in re_ and disk_check_ok(sj),
+               "a destination disk of another size: refused, named",
+               f"send {rc} {sj} {se}\nrecv {rrc} {rj} {re_}")
+        # Wrong disks behind the right sizes (swapped): the check sees it.
+        r = start_recv(addr, "--check=0.3", "--disk=" + d1, "--disk=" + d0)
+        rc, sj, se = send(addr, "--guest-mem=32M", "--warmup=0.3",
+                          "--disk=" + d0, "--disk=" + d1)
+        rrc, rj, re_ = finish(r)
+        tap.ok(rrc == 1 and rj.get("check", {}).get("records_bad", 0) > 0 and
+               "wrong record" in re_,
+               "disks swapped on the destination: the check finds the "
+               "records out of place", f"recv {rrc} {rj} {re_}")
+
+    p = subprocess.run([XENMEM, "receive", "--backend=uffd", "--disk=nbd+unix"
+                        ":///?socket=" + os.path.join(S, "none.sock"), addr],
+                       capture_output=True, text=True, timeout=30)
+    tap.ok(p.returncode == 4 and "none.sock" in p.stderr,
+           "an unreachable disk: the receiver refuses at once, exit 4",
+           p.stderr)
+    with nbdkit(S, "5M", plugin="memory") as tiny:
+        rc, sj, se = send(addr, "--disk=" + tiny)
+        tap.ok(rc == 4 and "too small" in se and "5242880" in se,
+               "a disk too small for the record slots: refused, named", se)
+    p = subprocess.run([XENMEM, "receive", "--backend=none", "--disk=x",
+                        addr], capture_output=True, text=True, timeout=30)
+    tap.ok(p.returncode == 2 and "--disk" in p.stderr,
+           "--disk with a backend without disks: exit 2", p.stderr)
+
+
+def monitor_tests(S, rng):
+    # Each VM process runs in its own directory, the clients in another:
+    # a send's relative paths are the client's.
+    vmdir, cdir = os.path.join(S, "vm"), os.path.join(S, "client")
+    os.makedirs(vmdir)
+    os.makedirs(cdir)
+    vm1, vm2, vm3 = (os.path.join(S, f"vm{i}.sock") for i in (1, 2, 3))
+    with nbdkit(S, "64M", plugin="memory") as disk:
+        g1 = vm_proc(["guest", "--monitor=" + vm1, "--guest-mem=32M",
+                      "--dirty-rate=2M", "--disk=" + disk, "--disk-rate=100"],
+                     os.path.join(S, "vm1.log"), cwd=vmdir)
+        up = wait_socket(vm1, g1)
+        tap.ok(up and stat.S_IMODE(os.stat(vm1).st_mode) == 0o600,
+               "xenmem guest: the monitor socket appears, mode 0600",
+               open(os.path.join(S, "vm1.log")).read())
+        rc, st, err = monitor(vm1, "status")
+        tap.ok(rc == 0 and st.get("guest") == "running" and
+               st.get("disks") == 1 and st.get("exit") == 0,
+               "monitor status: the guest runs with its disk", f"{rc} {st} {err}")
+
+        # A into B (receive --monitor keeps it and serves vm2).
+        r2 = vm_proc(["receive", "--backend=uffd", "-q", "--timeout=20",
+                      "--check=0.3", "--json=" + os.path.join(S, "r2.json"),
+                      "--disk=" + disk, "--monitor=" + vm2,
+                      "unix:" + os.path.join(S, "m2.sock")],
+                     os.path.join(S, "vm2.log"), cwd=vmdir)
+        p = subprocess.run([XENMEM, "send", "--backend=uffd", "--guest=" + vm1,
+                            "-q", "--json=s1.json", "--timeout=20",
+                            "unix:" + os.path.join(S, "m2.sock")],
+                           capture_output=True, text=True, timeout=120,
+                           cwd=cdir)
+        s1 = parse(open(os.path.join(cdir, "s1.json")).read()) \
+            if os.path.exists(os.path.join(cdir, "s1.json")) else {}
+        g1rc = ended(g1)
+        tap.ok(p.returncode == 0 and s1.get("result") == "migrated" and
+               g1rc == 0 and not os.path.exists(vm1) and
+               not os.path.exists(os.path.join(vmdir, "s1.json")),
+               "send --guest: migrated, the report in the client's "
+               "directory; the first VM process exits 0 and its socket goes",
+               f"{p.returncode} {p.stderr} {s1} vm1 exit {g1rc}: "
+               + open(os.path.join(S, "vm1.log")).read())
+        up = wait_socket(vm2, r2)
+        r2j = parse(open(os.path.join(S, "r2.json")).read()) \
+            if os.path.exists(os.path.join(S, "r2.json")) else {}
+        tap.ok(up and r2j.get("result") == "running" and disk_check_ok(r2j),
+               "receive --monitor: report written, checked (disk records "
+               "too), then its monitor serves",
+               f"{r2j} " + open(os.path.join(S, "vm2.log")).read())
+        rc, a, _ = monitor(vm2, "status")
+        time.sleep(0.4)
+        rc2, b, err = monitor(vm2, "status")
+        tap.ok(rc == 0 and rc2 == 0 and b.get("counter", 0) > a.get("counter", 0)
+               and b.get("disk_seq", 0) > a.get("disk_seq", 0) and
+               b.get("pid") == r2.pid,
+               "the received VM runs on: counter and disk_seq advance",
+               f"{a}\n{b}\n{err}")
+
+        # Bad requests do not end it.
+        rc, j, err = monitor(vm2, "send", "--frob", "unix:x.sock", cwd=cdir)
+        rc2, j2, err2 = monitor(vm2, "send", "--guest-mem=64M",
+                                "unix:x.sock", cwd=cdir)
+        rc3, st, _ = monitor(vm2, "status")
+        tap.ok(rc == 2 and j.get("exit") == 2 and "frob" in err and
+               rc2 == 2 and "guest-mem" in err2 and rc3 == 0 and
+               r2.poll() is None,
+               "bad options in a monitor send: exit 2, messages on the "
+               "client's stderr, the VM answers on", f"{j} {err}\n{j2} {err2}")
+        rc, j, _ = monitor(vm2, "frob")
+        tap.ok(rc == 2 and j.get("exit") == 2 and "error" in j,
+               "an unknown request: exit 2", j)
+
+        # Failed sends leave it running.
+        p = subprocess.run([XENMEM, "send", "--guest=" + vm2, "-q",
+                            "--timeout=1", "unix:nothing.sock"],
+                           capture_output=True, text=True, timeout=60,
+                           cwd=cdir)
+        _, a, _ = monitor(vm2, "status")
+        time.sleep(0.3)
+        _, b, _ = monitor(vm2, "status")
+        tap.ok(p.returncode == 4 and b.get("guest") == "running" and
+               b.get("counter", 0) > a.get("counter", 0),
+               "send --guest to nothing listening: exit 4, the guest runs on",
+               f"{p.returncode} {p.stderr} {a} {b}")
+        k = start_recv("unix:" + os.path.join(S, "k2.sock"), "--disk=" + disk)
+        sp = subprocess.Popen([XENMEM, "send", "--guest=" + vm2, "-q",
+                               "--json", "--rate=4M", "--check=0.3",
+                               "--timeout=20",
+                               "unix:" + os.path.join(S, "k2.sock")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=cdir)
+        time.sleep(0.3 + rng.random() * 0.5)
+        k.kill()
+        k.wait()
+        out, err = sp.communicate(timeout=60)
+        kj = parse(out)
+        _, a, _ = monitor(vm2, "status")
+        time.sleep(0.3)
+        _, b, _ = monitor(vm2, "status")
+        tap.ok(sp.returncode == 1 and disk_check_ok(kj) and
+               b.get("counter", 0) > a.get("counter", 0) and
+               b.get("disk_seq", 0) > a.get("disk_seq", 0),
+               "receiver killed during a monitor send: exit 1, the resumed "
+               "guest verifies and runs on", f"{sp.returncode} {kj} {err}\n"
+               f"{a}\n{b}")
+
+        # B back into A (a third process, itself under a monitor), quit.
+        r3 = vm_proc(["receive", "--backend=uffd", "-q", "--timeout=20",
+                      "--check=0.3", "--json=" + os.path.join(S, "r3.json"),
+                      "--disk=" + disk, "--monitor=" + vm3,
+                      "unix:" + os.path.join(S, "m3.sock")],
+                     os.path.join(S, "vm3.log"), cwd=vmdir)
+        p = subprocess.run([XENMEM, "send", "--backend=uffd", "--guest=" + vm2,
+                            "-q", "--timeout=20",
+                            "unix:" + os.path.join(S, "m3.sock")],
+                           capture_output=True, text=True, timeout=120,
+                           cwd=cdir)
+        r2rc = ended(r2)
+        up = wait_socket(vm3, r3)
+        r3j = parse(open(os.path.join(S, "r3.json")).read()) \
+            if os.path.exists(os.path.join(S, "r3.json")) else {}
+        rc, st, _ = monitor(vm3, "check", "0.3")
+        tap.ok(p.returncode == 0 and r2rc == 0 and up and
+               disk_check_ok(r3j) and rc == 0 and disk_check_ok(st) and
+               st.get("records_verified", 0) > r2j.get("check", {}).get(
+                   "records_verified", 0),
+               "migrated back (A -> B -> A): the second VM process exits 0, "
+               "the third checks out, every record of the trip verifies",
+               f"{p.returncode} {p.stderr} vm2 exit {r2rc}\n{r3j}\n{st}\n"
+               + open(os.path.join(S, "vm3.log")).read())
+        rc, j, _ = monitor(vm3, "quit")
+        r3rc = ended(r3)
+        tap.ok(rc == 0 and j.get("exit") == 0 and r3rc == 0 and
+               not os.path.exists(vm3), "quit: the VM process exits 0, its "
+               "socket goes", f"{rc} {j} exit {r3rc}")
+        n, why = check_disks([disk], 1024)
+        tap.ok(why is None and n >= st.get("records_verified", 1 << 30),
+               "an outside checker following xenmem.pod's record format "
+               f"verifies the disk after the trip ({n} records)", why)
+
+        # SIGTERM: the guest is destroyed, the socket removed, exit 1.
+        g = vm_proc(["guest", "--monitor=" + vm1, "--disk=" + disk],
+                    os.path.join(S, "vm4.log"), cwd=vmdir)
+        up = wait_socket(vm1, g)
+        g.terminate()
+        grc = ended(g)
+        tap.ok(up and grc == 1 and not os.path.exists(vm1),
+               "SIGTERM: the VM process removes its socket and exits 1",
+               f"exit {grc}: " + open(os.path.join(S, "vm4.log")).read())
+    rc, j, err = monitor(vm1, "status")
+    tap.ok(rc == 4 and "cannot connect" in err,
+           "monitor with no VM behind the socket: exit 4", err)
 
 
 run_test(main)

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "jsonline.h"
+#include "vbd.h"
 
 #define XM_PAGE_SIZE 4096u
 #define XM_PAGE_SHIFT 12
@@ -41,6 +42,14 @@ struct xm_guest_opts {
   uint64_t mem_bytes;           /* guest RAM; multiple of 2 MiB, >= 4 MiB */
   uint64_t dirty_rate;          /* bytes/s of pages the guest dirties; 0 = none */
   uint64_t dirty_bytes;         /* size of the region it dirties (0 = all free RAM) */
+  /* uffd only: the guest's disks (borrowed: the caller opened them and
+   * closes them after close_source), and how it uses them: RATE records
+   * of 4096 bytes a second spread over SLOTS slots per disk
+   * (doc/xenmem.pod, "DISK RECORDS"). */
+  struct xm_vbd *const *disks;
+  unsigned ndisks;              /* 0 .. XM_DISKS_MAX */
+  uint64_t disk_rate;           /* records/s */
+  uint32_t disk_slots;          /* multiple of 4, >= 4 */
 };
 
 struct xm_backend_ops {
@@ -104,6 +113,21 @@ struct xm_backend_ops {
    * sender committed): a xen domain runs on; test guests live in this
    * process and end with it.  !KEEP: destroy the half-built guest. */
   void (*close_dest) (struct xm_dest *d, bool keep);
+
+  /* ---- optional: the test guest's disks and a second life -------------
+   * set_disks (NULL: the backend's guests have no disks, and receive
+   * refuses --disk): give the destination D, right after create_dest, the
+   * N disks it runs on (the receiver "reattaches the VBDs"; borrowed, as
+   * in xm_guest_opts).  set_context then refuses a guest whose disks do
+   * not match them in number or size. */
+  int (*set_disks) (struct xm_dest *d, struct xm_vbd *const *disks,
+                    unsigned n);
+  /* adopt_dest (NULL: cannot): turn the started destination D into a
+   * source that can be migrated out again (xenmem receive --monitor).
+   * The guest runs on throughout, from the guest's point of view; on
+   * success D is consumed and *OUT is a running source, on failure D is
+   * left as it was (still running, if it could be kept so). */
+  int (*adopt_dest) (struct xm_dest *d, struct xm_source **out);
 };
 
 const struct xm_backend_ops *xm_backend_find (const char *name);

@@ -557,6 +557,12 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
     snprintf (why, sizeof why, "cannot create the destination guest");
     goto refuse;
   }
+  if (o->ndisks && (!b->set_disks ||
+                    b->set_disks (dst, o->disks, o->ndisks) == -1)) {
+    snprintf (why, sizeof why, "cannot give the destination guest its "
+              "disks");
+    goto refuse;
+  }
 
   for (;;) {
     int64_t blen;
@@ -684,7 +690,11 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
   }
   if (dst && b->describe_dest)
     b->describe_dest (dst, report);
-  if (dst)
+  if (o->keep)
+    *o->keep = NULL;
+  if (dst && o->keep && started && ret == XM_OK)
+    *o->keep = dst;
+  else if (dst)
     b->close_dest (dst, started);
   free (buf);
   free (tmp);

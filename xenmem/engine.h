@@ -44,6 +44,16 @@ struct xm_recv_opts {
   bool test_no_running;         /* testing: never send "running" (the
                                  * sender is left in doubt) */
   bool quiet;
+  /* The destination guest's disks, opened by the caller before the stream
+   * (an unreachable disk is found before a sender waits on us) and given
+   * to the guest with set_disks right after create_dest; borrowed. */
+  struct xm_vbd *const *disks;
+  unsigned ndisks;
+  /* Not NULL: a guest that was started (and passed the check) is handed
+   * out here, still running, instead of being closed with xm_receive's
+   * end (xenmem receive --monitor keeps it and migrates it on).  NULL
+   * unless the result is XM_OK. */
+  struct xm_dest **keep;
 };
 
 /* Both fill REPORT with ",\"key\":value" JSON members (rounds, bytes,

@@ -1,330 +1,262 @@
 /* xenmem: live memory transfer (iterative pre-copy under dirty logging).
  *
  *   xenmem send    [OPTIONS] --backend=B [--domid=ID] ADDR
- *   xenmem receive [OPTIONS] --backend=B ADDR
+ *   xenmem send    [OPTIONS] --backend=uffd --guest=SOCKET ADDR
+ *   xenmem receive [OPTIONS] --backend=B [--monitor=SOCKET] ADDR
+ *   xenmem guest   --monitor=SOCKET [GUEST OPTIONS]
+ *   xenmem monitor SOCKET REQUEST...
  *
  * See doc/xenmem.pod for the options, doc/xenmem-stream.md for the wire
- * format and xenmem/engine.c for the policy. */
+ * format, xenmem/engine.c for the policy, cli.c for option parsing and
+ * the send path and monitor.c for the running VM's monitor. */
 #include <errno.h>
-#include <getopt.h>
-#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "backend.h"
+#include "cli.h"
 #include "engine.h"
 #include "jsonline.h"
 #include "log.h"
-#include "size.h"
+#include "monitor.h"
 #include "transport.h"
 
 static void
-usage (FILE *f)
+sleep_s (double s)
 {
-  fprintf (f,
-"usage: xenmem send    [OPTIONS] --backend=B [--domid=ID] ADDR [-- COMMAND...]\n"
-"       xenmem receive [OPTIONS] --backend=B ADDR\n"
-"B: xen, uffd (a test guest), none (no memory: commit handshake only), kvm\n"
-"ADDR: unix:PATH or tcp:HOST:PORT (receive listens on it, send connects).\n"
-"COMMAND (send): the hook, run twice with XENMEM_HOOK_PHASE=prepare (just\n"
-"  before the pause) and =paused (before the commit); if it fails, the\n"
-"  guest stays on the source (sxm migrate: disk flush and switchover).\n"
-"  --tls-psk=FILE          TLS with a pre-shared key (nbdkit's psk format)\n"
-"  --tls-identity=NAME     PSK identity to use (send; default: the first)\n"
-"  --tls-x509=DIR          TLS with x509 certificates (ca-cert.pem, ...)\n"
-"  --insecure              allow plaintext TCP to a non-loopback address\n"
-"  --timeout=S             connect/accept and per-read timeout (default 60)\n"
-"  --accept-timeout=S      receive: wait this long for the sender instead\n"
-"  --abort                 send: connect, authenticate and hang up: the\n"
-"                          receiver discards and exits 1 (sxm's rollback)\n"
-"  --json[=FILE]           final report as one JSON object (stdout or FILE)\n"
-"  -q, --quiet             no per-round lines\n"
-" send:\n"
-"  --downtime-ms=MS        stop-and-copy once predicted downtime <= MS (30)\n"
-"  --max-rounds=N          at most N pre-copy rounds (30)\n"
-"  --rate=BYTES            bandwidth limit, bytes/s (k/M/G suffixes)\n"
-"  --verify-memory         send sha256 of memory at pause; receiver checks\n"
-" test guests (kvm, uffd):\n"
-"  --guest-mem=SIZE        guest RAM (default 64M)\n"
-"  --dirty-rate=BYTES      bytes/s of pages the guest dirties (default 0)\n"
-"  --dirty-size=SIZE       size of the region it dirties (default: all)\n"
-"  --warmup=S              let the guest run S seconds before migrating\n"
-"  --check=S               after the move, let the guest run S seconds and\n"
-"                          check it (receive: on the destination; send: on\n"
-"                          the source when the migration failed)\n"
-"Exit: 0 migrated/running, 1 failed (source resumed), 2 usage,\n"
-"      3 in doubt (committed, destination did not confirm), 4 cannot start.\n");
+  struct timespec ts = { (time_t) s, (long) ((s - (time_t) s) * 1e9) };
+
+  while (nanosleep (&ts, &ts) == -1 && errno == EINTR)
+    ;
 }
 
-enum {
-  O_BACKEND = 256, O_DOMID, O_PSK, O_IDENT, O_X509, O_INSECURE, O_TIMEOUT,
-  O_JSON, O_DOWNTIME, O_ROUNDS, O_RATE, O_VERIFY, O_GMEM, O_DRATE, O_DSIZE,
-  O_WARMUP, O_CHECK, O_ACCEPT, O_ABORT,
-};
-
-static bool
-parse_double (const char *s, double *out)
+/* send --guest=SOCKET: the VM runs in another process; hand it our argv
+ * (without --guest and --backend, which only said where it is) as a
+ * monitor request, with our stdout, stderr and directory. */
+static int
+send_to_monitor (const struct xm_cli *cli, int argc, char **argv)
 {
-  char *end;
-  errno = 0;
-  *out = strtod (s, &end);
-  return errno == 0 && end != s && *end == 0 && *out >= 0;
+  char **fwd = calloc (argc + 2, sizeof *fwd), *reply = NULL;
+  int n = 0, ret;
+  bool hook = false;
+
+  if (!fwd) {
+    fprintf (stderr, "xenmem: out of memory\n");
+    return XM_CANNOT;
+  }
+  fwd[n++] = (char *) "send";
+  for (int i = 0; i < argc; i++) {
+    if (!hook && strcmp (argv[i], "--") == 0)
+      hook = true;
+    else if (!hook && (strncmp (argv[i], "--guest=", 8) == 0 ||
+                       strncmp (argv[i], "--backend=", 10) == 0))
+      continue;
+    else if (!hook && (strcmp (argv[i], "--guest") == 0 ||
+                       strcmp (argv[i], "--backend") == 0)) {
+      i++;
+      continue;
+    }
+    fwd[n++] = argv[i];
+  }
+  ret = xm_monitor_call (cli->guest, n, fwd, &reply);
+  free (reply);
+  free (fwd);
+  return ret;
+}
+
+/* xenmem monitor SOCKET REQUEST...: print the reply line. */
+static int
+monitor_cmd (int argc, char **argv)
+{
+  char *reply = NULL;
+  int ret;
+
+  if (argc < 2) {
+    fprintf (stderr, "xenmem: monitor SOCKET status|check S|cont|quit\n");
+    return XM_USAGE;
+  }
+  ret = xm_monitor_call (argv[0], argc - 1, argv + 1, &reply);
+  if (reply)
+    printf ("%s\n", reply);
+  free (reply);
+  return ret;
+}
+
+/* A new test guest that migrates away (xenmem send). */
+static int
+send_new_guest (struct xm_cli *cli)
+{
+  struct xm_vbd *disks[XM_DISKS_MAX] = { NULL };
+  struct xm_source *s;
+  bool migrated;
+  int ret;
+
+  if (xm_cli_open_disks (cli, disks) == -1)
+    return XM_CANNOT;
+  cli->g.disks = disks;
+  cli->g.ndisks = cli->ndisks;
+  if (cli->b->open_source (cli->domid, &cli->g, &s) == -1) {
+    xm_cli_close_disks (disks, cli->ndisks);
+    return XM_CANNOT;
+  }
+  if (cli->warmup > 0)
+    sleep_s (cli->warmup);
+  ret = xm_cli_send (cli, cli->b, s, &migrated);
+  /* In doubt, the paused source is kept only as long as we run: for the
+   * test guests that is now; a xen domain stays paused. */
+  cli->b->close_source (s, migrated);
+  xm_cli_close_disks (disks, cli->ndisks);
+  return ret;
+}
+
+/* xenmem guest: a new test guest that stays, under a monitor. */
+static int
+guest_cmd (struct xm_cli *cli)
+{
+  struct xm_vbd *disks[XM_DISKS_MAX] = { NULL };
+  struct xm_source *s;
+
+  if (xm_cli_open_disks (cli, disks) == -1)
+    return XM_CANNOT;
+  cli->g.disks = disks;
+  cli->g.ndisks = cli->ndisks;
+  if (cli->b->open_source (NULL, &cli->g, &s) == -1) {
+    xm_cli_close_disks (disks, cli->ndisks);
+    return XM_CANNOT;
+  }
+  return xm_monitor_serve (cli->monitor, cli->b, s, disks, cli->ndisks,
+                           cli->quiet);
+}
+
+static int
+receive (struct xm_cli *cli)
+{
+  struct xm_vbd *disks[XM_DISKS_MAX] = { NULL };
+  struct xm_dest *kept = NULL;
+  struct xm_source *s;
+  struct jbuf rep = { 0 };
+  struct xm_conn *c;
+  int ret;
+
+  /* The monitor's place and the disks first: what would make us refuse
+   * or lose a guest refuses before anyone sends us one. */
+  if (cli->monitor && xm_monitor_usable (cli->monitor) == -1)
+    return XM_CANNOT;
+  if (xm_cli_open_disks (cli, disks) == -1)
+    return XM_CANNOT;
+  c = xm_listen_accept (cli->addr, &cli->tls, cli->accept_timeout >= 0
+                        ? cli->accept_timeout : cli->timeout);
+  if (!c) {
+    xm_cli_close_disks (disks, cli->ndisks);
+    return XM_CANNOT;
+  }
+  xm_set_timeout (c, cli->timeout);
+  cli->ro.disks = disks;
+  cli->ro.ndisks = cli->ndisks;
+  cli->ro.keep = cli->monitor ? &kept : NULL;
+  jbuf_add (&rep, "{\"cmd\":\"receive\",\"backend\":\"%s\"", cli->b->name);
+  ret = xm_receive (cli->b, cli->domid, c, &cli->ro, &rep);
+  xm_close (c);
+  /* The report is written before the monitor's socket appears: whoever
+   * waits for either (sxm receive) finds it there. */
+  ret = xm_cli_report (cli, &rep, ret);
+  if (kept && ret != XM_OK) {
+    cli->b->close_dest (kept, true);
+    kept = NULL;
+  }
+  if (!kept) {
+    xm_cli_close_disks (disks, cli->ndisks);
+    return ret;
+  }
+  if (cli->b->adopt_dest (kept, &s) == -1) {
+    sxm_error ("the received guest cannot be kept under a monitor; it ends "
+               "with this process");
+    cli->b->close_dest (kept, true);
+    xm_cli_close_disks (disks, cli->ndisks);
+    return XM_FAILED;
+  }
+  return xm_monitor_serve (cli->monitor, cli->b, s, disks, cli->ndisks,
+                           cli->quiet);
 }
 
 int
 main (int argc, char **argv)
 {
-  static const struct option longopts[] = {
-    { "backend", required_argument, NULL, O_BACKEND },
-    { "domid", required_argument, NULL, O_DOMID },
-    { "tls-psk", required_argument, NULL, O_PSK },
-    { "tls-identity", required_argument, NULL, O_IDENT },
-    { "tls-x509", required_argument, NULL, O_X509 },
-    { "insecure", no_argument, NULL, O_INSECURE },
-    { "timeout", required_argument, NULL, O_TIMEOUT },
-    { "accept-timeout", required_argument, NULL, O_ACCEPT },
-    { "abort", no_argument, NULL, O_ABORT },
-    { "json", optional_argument, NULL, O_JSON },
-    { "quiet", no_argument, NULL, 'q' },
-    { "downtime-ms", required_argument, NULL, O_DOWNTIME },
-    { "max-rounds", required_argument, NULL, O_ROUNDS },
-    { "rate", required_argument, NULL, O_RATE },
-    { "verify-memory", no_argument, NULL, O_VERIFY },
-    { "guest-mem", required_argument, NULL, O_GMEM },
-    { "dirty-rate", required_argument, NULL, O_DRATE },
-    { "dirty-size", required_argument, NULL, O_DSIZE },
-    { "warmup", required_argument, NULL, O_WARMUP },
-    { "check", required_argument, NULL, O_CHECK },
-    { "help", no_argument, NULL, 'h' },
-    { NULL, 0, NULL, 0 },
-  };
-  const struct xm_backend_ops *b = NULL;
-  const char *mode, *addr, *domid = NULL, *json_file = NULL;
-  struct xm_tls_opts tls = { 0 };
-  struct xm_send_opts so = { .downtime_ms = 30, .max_rounds = 30 };
-  struct xm_recv_opts ro = { 0 };
-  struct xm_guest_opts g = { .mem_bytes = 64 << 20 };
+  struct xm_cli cli;
+  const char *mode;
   struct jbuf rep = { 0 };
-  double timeout = 60, warmup = 0, check = 0, accept_timeout = -1;
-  bool json = false, quiet = false, abort_ = false;
   struct xm_conn *c;
-  int c_, ret;
-  uint64_t v;
+  int ret;
 
   sxm_log_set_program ("xenmem");
   signal (SIGPIPE, SIG_IGN);
   if (argc < 2 || strcmp (argv[1], "-h") == 0 ||
       strcmp (argv[1], "--help") == 0) {
-    usage (argc < 2 ? stderr : stdout);
-    exit (argc < 2 ? XM_USAGE : 0);
+    xm_cli_usage (argc < 2 ? stderr : stdout);
+    return argc < 2 ? XM_USAGE : 0;
   }
-  /* "-- COMMAND [ARG...]" ends the options: the hook, kept as an
-   * argv and never given to a shell. */
-  for (int i = 2; i < argc; i++)
-    if (strcmp (argv[i], "--") == 0) {
-      if (i + 1 >= argc) {
-        fprintf (stderr, "xenmem: '--' must be followed by a COMMAND\n");
-        exit (XM_USAGE);
-      }
-      so.paused_hook = &argv[i + 1];
-      argc = i;
-      break;
-    }
   mode = argv[1];
-  if (strcmp (mode, "send") != 0 && strcmp (mode, "receive") != 0) {
-    fprintf (stderr, "xenmem: unknown command '%s' (send or receive)\n", mode);
-    exit (XM_USAGE);
+  if (strcmp (mode, "monitor") == 0)
+    return monitor_cmd (argc - 2, argv + 2);
+  if (strcmp (mode, "send") != 0 && strcmp (mode, "receive") != 0 &&
+      strcmp (mode, "guest") != 0) {
+    fprintf (stderr, "xenmem: unknown command '%s' (send, receive, guest or "
+             "monitor)\n", mode);
+    return XM_USAGE;
   }
-  optind = 2;
-  while ((c_ = getopt_long (argc, argv, "qh", longopts, NULL)) != -1) {
-    switch (c_) {
-    case O_BACKEND:
-      if (!(b = xm_backend_find (optarg))) {
-        fprintf (stderr, "xenmem: unknown backend '%s' (xen, uffd, none "
-                 "or kvm)\n",
-                 optarg);
-        exit (XM_USAGE);
-      }
-      break;
-    case O_DOMID: domid = optarg; break;
-    case O_PSK: tls.psk_file = optarg; break;
-    case O_IDENT: tls.psk_identity = optarg; break;
-    case O_X509: tls.x509_dir = optarg; break;
-    case O_INSECURE: tls.insecure = true; break;
-    case O_JSON: json = true; json_file = optarg; break;
-    case 'q': quiet = true; break;
-    case O_VERIFY: so.verify_memory = true; break;
-    case O_ABORT: abort_ = true; break;
-    case O_TIMEOUT: case O_DOWNTIME: case O_WARMUP: case O_CHECK:
-    case O_ACCEPT: {
-      double d;
-      if (!parse_double (optarg, &d)) {
-        fprintf (stderr, "xenmem: --%s: '%s' is not a non-negative number\n",
-                 c_ == O_TIMEOUT ? "timeout" : c_ == O_DOWNTIME ?
-                 "downtime-ms" : c_ == O_WARMUP ? "warmup" : c_ == O_ACCEPT ?
-                 "accept-timeout" : "check", optarg);
-        exit (XM_USAGE);
-      }
-      if (c_ == O_TIMEOUT) timeout = d;
-      else if (c_ == O_DOWNTIME) so.downtime_ms = d;
-      else if (c_ == O_WARMUP) warmup = d;
-      else if (c_ == O_ACCEPT) accept_timeout = d;
-      else check = d;
-      break;
-    }
-    case O_ROUNDS: case O_RATE: case O_GMEM: case O_DRATE: case O_DSIZE:
-      if (parse_size (optarg, &v) == -1) {
-        fprintf (stderr, "xenmem: '%s' is not a size\n", optarg);
-        exit (XM_USAGE);
-      }
-      if (c_ == O_ROUNDS) {
-        if (v < 1 || v > 1000) {
-          fprintf (stderr, "xenmem: --max-rounds must be 1 to 1000\n");
-          exit (XM_USAGE);
-        }
-        so.max_rounds = v;
-      }
-      else if (c_ == O_RATE) so.rate = v;
-      else if (c_ == O_GMEM) g.mem_bytes = v;
-      else if (c_ == O_DRATE) g.dirty_rate = v;
-      else g.dirty_bytes = v;
-      break;
-    case 'h': usage (stdout); exit (0);
-    default: usage (stderr); exit (XM_USAGE);
-    }
-  }
-  if (!b) {
-    fprintf (stderr, "xenmem: --backend=xen|uffd|none|kvm is required\n");
-    exit (XM_USAGE);
-  }
-  if (argc - optind != 1) {
-    fprintf (stderr, "xenmem: %s needs exactly one ADDR (unix:PATH or "
-             "tcp:HOST:PORT)\n", mode);
-    exit (XM_USAGE);
-  }
-  if (b->id == XM_BACKEND_XEN && !domid && strcmp (mode, "send") == 0) {
-    fprintf (stderr, "xenmem: send with the xen backend needs --domid\n");
-    exit (XM_USAGE);
-  }
-  if (b->id == XM_BACKEND_XEN && domid && strcmp (mode, "receive") == 0) {
-    fprintf (stderr, "xenmem: receive with the xen backend creates the domain "
-             "from the sender's configuration: no --domid\n");
-    exit (XM_USAGE);
-  }
-  if (so.paused_hook && strcmp (mode, "send") != 0) {
-    fprintf (stderr, "xenmem: a hook (-- COMMAND) is for send only\n");
-    exit (XM_USAGE);
-  }
-  addr = argv[optind];
-  so.quiet = ro.quiet = quiet;
-  ro.check_seconds = check;
-  /* Test hook for the "in doubt" path: a receiver that starts the guest
-   * but never says so. */
-  ro.test_no_running = getenv ("XENMEM_TEST_NO_RUNNING") != NULL;
+  ret = xm_cli_parse (&cli, mode, argc - 2, argv + 2, 0);
+  if (ret || cli.help)
+    goto out;
 
-  if (abort_) {
-    /* Only a holder of the key can make the receiver give up early. */
-    if (strcmp (mode, "send") != 0) {
-      fprintf (stderr, "xenmem: --abort is for send only\n");
-      exit (XM_USAGE);
+  if (cli.guest)
+    ret = send_to_monitor (&cli, argc - 2, argv + 2);
+  else if (strcmp (mode, "guest") == 0)
+    ret = guest_cmd (&cli);
+  else if (cli.abort_)
+    ret = xm_cli_abort (&cli);
+  else if (cli.b->id == XM_BACKEND_XEN) {
+    if (xm_xen_present () == -1) {
+      ret = XM_CANNOT;
+      goto out;
     }
-    c = xm_connect (addr, &tls, timeout);
-    if (!c)
-      exit (XM_CANNOT);
-    xm_close (c);
-    if (!quiet)
-      fprintf (stderr, "xenmem: told the receiver to give up\n");
-    exit (0);
-  }
-
-  jbuf_add (&rep, "{\"cmd\":\"%s\",\"backend\":\"%s\"", mode, b->name);
-  if (b->id == XM_BACKEND_XEN && xm_xen_present () == -1)
-    exit (XM_CANNOT);
-  if (b->id == XM_BACKEND_XEN && strcmp (mode, "send") == 0) {
-    c = xm_connect (addr, &tls, timeout);
-    if (!c)
-      exit (XM_CANNOT);
-    xm_set_timeout (c, timeout);
-    ret = xm_xen_send (domid, c, &so, &rep);
-    xm_close (c);
-    if (ret == XM_FAILED)
-      fprintf (stderr, "xenmem: migration failed; the source domain runs "
-               "on\n");
-  }
-  else if (b->id == XM_BACKEND_XEN) {
-    c = xm_listen_accept (addr, &tls,
-                          accept_timeout >= 0 ? accept_timeout : timeout);
-    if (!c)
-      exit (XM_CANNOT);
-    xm_set_timeout (c, timeout);
-    ret = xm_xen_receive (c, &ro, &rep);
-    xm_close (c);
-  }
-  else if (strcmp (mode, "send") == 0) {
-    struct xm_source *s;
-    if (b->open_source (domid, &g, &s) == -1)
-      exit (XM_CANNOT);
-    if (warmup > 0) {
-      struct timespec ts = { (time_t) warmup,
-                             (long) ((warmup - (time_t) warmup) * 1e9) };
-      nanosleep (&ts, NULL);
-    }
-    c = xm_connect (addr, &tls, timeout);
-    if (!c) {
-      b->close_source (s, false);
-      exit (XM_CANNOT);
-    }
-    xm_set_timeout (c, timeout);
-    ret = xm_send (b, s, c, &so, &rep);
-    xm_close (c);
-    if (ret == XM_FAILED) {
-      fprintf (stderr, "xenmem: migration failed; the source guest was "
-               "resumed\n");
-      if (check > 0 && b->check_source) {
-        jbuf_add (&rep, ",\"check\":{\"seconds\":%.3f", check);
-        int r = b->check_source (s, check, &rep);
-        jbuf_add (&rep, ",\"ok\":%s}", r == 0 ? "true" : "false");
-        if (r == -1)
-          fprintf (stderr, "xenmem: the resumed source guest failed its "
-                   "check\n");
+    if (strcmp (mode, "send") == 0) {
+      c = xm_connect (cli.addr, &cli.tls, cli.timeout);
+      if (!c) {
+        ret = XM_CANNOT;
+        goto out;
       }
-    }
-    if (b->describe_source)
-      b->describe_source (s, &rep);
-    /* In doubt, the paused source is kept only as long as we run: for the
-     * test guests that is now; a xen domain stays paused. */
-    b->close_source (s, ret == XM_OK);
-  }
-  else {
-    c = xm_listen_accept (addr, &tls,
-                          accept_timeout >= 0 ? accept_timeout : timeout);
-    if (!c)
-      exit (XM_CANNOT);
-    xm_set_timeout (c, timeout);
-    ret = xm_receive (b, domid, c, &ro, &rep);
-    xm_close (c);
-  }
-  jbuf_add (&rep, ",\"exit\":%d}", ret);
-  if (json) {
-    FILE *f = json_file ? fopen (json_file, "w") : stdout;
-    if (!f) {
-      fprintf (stderr, "xenmem: %s: %m\n", json_file);
-      ret = ret ? ret : XM_FAILED;
+      xm_set_timeout (c, cli.timeout);
+      jbuf_add (&rep, "{\"cmd\":\"send\",\"backend\":\"xen\"");
+      ret = xm_xen_send (cli.domid, c, &cli.so, &rep);
+      xm_close (c);
+      if (ret == XM_FAILED)
+        fprintf (stderr, "xenmem: migration failed; the source domain runs "
+                 "on\n");
     }
     else {
-      fprintf (f, "%s\n", rep.s ? rep.s : "{}");
-      if (f != stdout)
-        fclose (f);
+      c = xm_listen_accept (cli.addr, &cli.tls, cli.accept_timeout >= 0
+                            ? cli.accept_timeout : cli.timeout);
+      if (!c) {
+        ret = XM_CANNOT;
+        goto out;
+      }
+      xm_set_timeout (c, cli.timeout);
+      jbuf_add (&rep, "{\"cmd\":\"receive\",\"backend\":\"xen\"");
+      ret = xm_xen_receive (c, &cli.ro, &rep);
+      xm_close (c);
     }
+    ret = xm_cli_report (&cli, &rep, ret);
   }
-  else if (!quiet)
-    fprintf (stderr, "xenmem: %s\n", ret == XM_OK ? (strcmp (mode, "send") == 0
-             ? "migrated" : "the guest runs here") : "failed");
-  jbuf_free (&rep);
+  else if (strcmp (mode, "send") == 0)
+    ret = send_new_guest (&cli);
+  else
+    ret = receive (&cli);
+
+ out:
+  xm_cli_free (&cli);
   return ret;
 }
 

@@ -77,12 +77,15 @@ bit (const uint8_t *bm, uint64_t i)
   return bm[i / 8] >> (i % 8) & 1;
 }
 
-/* The context blob, version 1, as backend-uffd.c lays it out (little-
- * endian, offsets fixed): the test reads it to replay the guest. */
+/* The context blob, version 2, as backend-uffd.c lays it out (little-
+ * endian, offsets fixed): the test reads it to replay the guest.  Version
+ * 2 appended the disk fields from offset 88. */
 enum {
   CTX_VERSION = 8, CTX_SIZE = 12, CTX_NPAGES = 16, CTX_COUNTER = 24,
   CTX_RNG = 32, CTX_CHECKSUM = 40, CTX_RSTART = 48, CTX_RLEN = 56,
-  CTX_RATE = 64, CTX_BUDGET = 72, CTX_WRITES = 80, CTX_LEN = 88,
+  CTX_RATE = 64, CTX_BUDGET = 72, CTX_WRITES = 80, CTX_NDISKS = 88,
+  CTX_DISK_SLOTS = 92, CTX_DISK_SEQ = 112, CTX_DISK_PENDING = 136,
+  CTX_DISK_SIZE = 176, CTX_LEN = 240,
 };
 
 static uint64_t
@@ -133,7 +136,9 @@ paused_ctx (struct xm_source *s, struct ctx *c)
 static struct xm_source *
 open_guest (uint64_t mem, uint64_t rate, uint64_t region)
 {
-  struct xm_guest_opts g = { mem, rate, region };
+  struct xm_guest_opts g = {
+    .mem_bytes = mem, .dirty_rate = rate, .dirty_bytes = region,
+  };
   struct xm_source *s = NULL;
 
   if (B->open_source (NULL, &g, &s) == -1)
@@ -146,7 +151,7 @@ open_guest (uint64_t mem, uint64_t rate, uint64_t region)
 static void
 test_refusals (void)
 {
-  struct xm_guest_opts g = { 3 * MIB, 0, 0 };
+  struct xm_guest_opts g = { .mem_bytes = 3 * MIB };
   struct xm_source *s = NULL;
   struct xm_dest *d = NULL;
 
@@ -215,7 +220,7 @@ refused_without (const char *what, long nr, long cmd, int err,
       BPF_STMT (BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = { sizeof f / sizeof f[0], f };
-    struct xm_guest_opts g = { 4 * MIB, 0, 0 };
+    struct xm_guest_opts g = { .mem_bytes = 4 * MIB };
     struct xm_source *s;
 
     if (cmd == -1)              /* every call of NR: straight to ERRNO */
@@ -708,7 +713,7 @@ test_bad_blobs (struct xm_source *s)
     const char *field;
   } cases[] = {
     { 0, 1, 'Y', "'magic'" },
-    { CTX_VERSION, 4, 2, "'version'" },
+    { CTX_VERSION, 4, 1, "'version'" },
     { CTX_SIZE, 4, 80, "'size'" },
     { CTX_NPAGES, 8, np * 2, "'npages'" },
     { CTX_RSTART, 8, 0, "'region_start'" },
@@ -718,6 +723,13 @@ test_bad_blobs (struct xm_source *s)
     { CTX_RLEN, 8, UINT64_MAX, "'region_len'" },
     { CTX_RNG, 8, 0, "'rng'" },
     { CTX_WRITES, 8, UINT64_MAX, "'writes'" },
+    { CTX_NDISKS, 4, 9, "'ndisks'" },
+    { CTX_NDISKS, 4, 1, "'disk_slots'" },
+    { CTX_DISK_SLOTS, 4, 1024, "'disk_slots'" },
+    { CTX_DISK_SEQ, 8, 5, "'disk_seq'" },
+    { CTX_DISK_PENDING, 8, 1, "'disk_pending'" },
+    { CTX_DISK_SIZE, 8, 64 * MIB, "'disk_size[0]'" },
+    { CTX_DISK_SIZE + 56, 8, 64 * MIB, "'disk_size[7]'" },
   };
 
   if (B->create_dest (NULL, np, &d) == -1)

@@ -1,0 +1,358 @@
+#!/usr/bin/python3
+# A running VM that writes its disk moves A -> B -> A and keeps its disk:
+# everything real, two "hosts" on this machine (each an SR directory and
+# an sxm run directory), TCP + TLS on 127.0.0.1 between them.
+#
+# The VM is xenmem's uffd test guest run as a VM process (`xenmem guest
+# --monitor`), its disks attached with `sxm attach`; it writes
+# sequence-numbered, checksummed records to them all along and re-reads
+# earlier ones.  B is `sxm receive --memory uffd --monitor` (the new
+# disks served by B's own disk services, which stay after the commit, the
+# guest going on there with them); A is `sxm migrate --memory
+# uffd:MONITOR`.  After each leg: the guest's check on the new host
+# (counter advancing, memory checksum, EVERY record it ever wrote read
+# back from the new disks, new records landing), the old host's disk
+# services detached and the new host's attached and idle; then back with
+# the same commands.  One disk and two disks.
+#
+# Failures on both legs (destination disk service killed mid-copy, memory
+# receiver killed mid-stream, sxm migrate killed, destination SR filling
+# up): the guest keeps running where it was, with its disk and every
+# record intact; the other side keeps no VHD and no disk service.
+# Seeds: none needed (the guest's records are self-describing).
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import unquote
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sxmtest import ROOT, MiB, GiB, run_test, tap, nbdkit_env  # noqa: E402
+from mirrortest import SXM_VHD, connect  # noqa: E402
+
+SXM = os.path.join(ROOT, "scripts", "sxm")
+XENMEM = os.path.join(ROOT, "xenmem", "xenmem")
+SIZE = 5 * GiB                    # records land past 4 GiB too
+
+
+def free_ports():
+    """Four consecutive free TCP ports on 127.0.0.1 (fronts + memory)."""
+    for _ in range(100):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        ok = True
+        for q in range(p + 1, p + 4):
+            t = socket.socket()
+            try:
+                t.bind(("127.0.0.1", q))
+            except OSError:
+                ok = False
+            t.close()
+        if ok and p + 4 < 65536:
+            return p
+    raise RuntimeError("no four free ports")
+
+
+def fields(line):
+    """key=value fields of an attach line, percent-decoded."""
+    return {k: unquote(v) for k, v in (f.split("=", 1) for f in line.split())}
+
+
+class Host:
+    """An SR and a run directory: what sxm sees of one host."""
+
+    def __init__(self, d, name):
+        self.name, self.d = name, d
+        self.sr = os.path.join(d, "sr")
+        self.run = os.path.join(d, "run")
+        os.makedirs(self.sr, exist_ok=True)
+        self.env = dict(nbdkit_env(), SXM_RUNDIR=self.run)
+
+    def sxm(self, *args, timeout=300, **kw):
+        return subprocess.run([SXM, *args], capture_output=True, text=True,
+                              env=self.env, timeout=timeout, **kw)
+
+    def services(self):
+        p = self.sxm("list", "--json")
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def vhds(self):
+        return sorted(f for f in os.listdir(self.sr) if f.endswith(".vhd"))
+
+
+def monitor(sock, *req, timeout=120):
+    p = subprocess.run([XENMEM, "monitor", sock, *req], capture_output=True,
+                       text=True, timeout=timeout)
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except Exception:
+        return {"exit": p.returncode, "unparsed": p.stdout + p.stderr}
+
+
+def check(sock, seconds=1.0):
+    """The guest's own check: (ok, its JSON)."""
+    j = monitor(sock, "check", str(seconds))
+    ok = (j.get("exit") == 0 and j.get("checksum_ok") is True and
+          j.get("counter_advanced") is True and j.get("records_bad") == 0 and
+          j.get("disk_reads_bad") == 0 and
+          j.get("records_verified", 0) > 0 and
+          j.get("disk_seq", 0) > j.get("disk_seq_at_resume", 0))
+    return ok, j
+
+
+class VM:
+    """The VM on host A at first: disks attached there, xenmem guest."""
+
+    def __init__(self, host, ndisks, prefill_mib=0):
+        self.ctls, self.uris = [], []
+        for i in range(ndisks):
+            f = os.path.join(host.sr, f"vm-disk{i}.vhd")
+            subprocess.run([SXM_VHD, "create", f, str(SIZE)], check=True,
+                           capture_output=True)
+            p = host.sxm("attach", f)
+            assert p.returncode == 0, p.stderr
+            kv = fields(p.stdout.strip())
+            self.ctls.append(kv["control"])
+            self.uris.append(kv["uri"])
+            if prefill_mib:            # data for the copy to take a while
+                h = connect(kv["uri"])
+                blk = os.urandom(1 * MiB)
+                for m in range(prefill_mib):
+                    h.pwrite(blk, 1 * GiB + m * MiB)
+                h.flush()
+                h.shutdown()
+        self.mon = os.path.join(host.d, "vm.mon")
+        self.log = open(os.path.join(host.d, "vm.log"), "w")
+        args = [XENMEM, "guest", "--monitor=" + self.mon, "--guest-mem=64M",
+                "--dirty-rate=4M", "--disk-rate=200"]
+        args += ["--disk=" + u for u in self.uris]
+        self.proc = subprocess.Popen(args, stdout=self.log,
+                                     stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 30
+        while not os.path.exists(self.mon):
+            assert self.proc.poll() is None, "xenmem guest exited"
+            assert time.time() < deadline, "no monitor socket"
+            time.sleep(0.02)
+        time.sleep(0.5)                # some records before the move
+
+
+class Receive:
+    def __init__(self, host, ndisks, mon_name, expires=120):
+        self.host = host
+        self.port = free_ports()
+        self.mon = os.path.join(host.d, mon_name)
+        self.token_file = os.path.join(host.d, f"token.{self.port}")
+        args = [SXM, "receive", "--sr", host.sr, "--memory", "uffd",
+                "--monitor", self.mon, "--check", "0.5",
+                "--listen", f"127.0.0.1:{self.port}", "--expires",
+                str(expires), "--token-file", self.token_file]
+        for _ in range(ndisks):
+            args += ["--disk", str(SIZE)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env=host.env)
+        self.token = self.proc.stdout.readline().strip()
+
+    def finish(self, timeout=180):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            err += "\n(test: sxm receive did not end; killed)"
+        self.out, self.err = out, err
+        return self.proc.returncode
+
+    def lines(self):
+        return [fields(x) for x in self.out.splitlines()
+                if x.startswith("name=")]
+
+
+def migrate(host, token_file, ctls, mon, *extra, wait=True):
+    args = [SXM, "migrate", "--token-file", token_file,
+            "--memory", "uffd:" + mon, *extra]
+    for c in ctls:
+        args += ["--disk", c]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=host.env)
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=300)
+    return p.returncode, out, err
+
+
+def wait_log(p, pattern, lines, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        if not line:
+            return False
+        lines.append(line)
+        if re.search(pattern, line):
+            return True
+    return False
+
+
+def leg(src, dst, ctls, mon, ndisks, tag, vm_proc=None):
+    """One successful move; returns the new (ctls, monitor)."""
+    st0 = monitor(mon, "status")
+    rcv = Receive(dst, ndisks, f"vm-{tag}.mon")
+    rc, out, err = migrate(src, rcv.token_file, ctls, mon)
+    rrc = rcv.finish()
+    lines = rcv.lines()
+    mons = [unquote(x[len("monitor="):]) for x in rcv.out.splitlines()
+            if x.startswith("monitor=")]
+    tap.ok(rc == 0 and rrc == 0 and len(lines) == ndisks and
+           mons == [rcv.mon],
+           f"{tag}: migrate and receive exit 0; receive prints {ndisks} "
+           "disk line(s) and the monitor", f"rc={rc} rrc={rrc}\n{err}\n"
+           f"{rcv.out}\n{rcv.err}")
+    if vm_proc is not None:
+        try:
+            vrc = vm_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            vrc = None
+        tap.eq(vrc, 0, f"{tag}: the VM process on {src.name} exits 0 "
+               "(the guest left)")
+    else:
+        tap.ok(not os.path.exists(mon), f"{tag}: the old monitor is gone")
+    ok, j = check(rcv.mon, 1.0)
+    tap.ok(ok and j["disk_seq_at_resume"] >= st0.get("disk_seq", 1),
+           f"{tag}: on {dst.name} the guest runs on: counter and memory "
+           "check, every record it ever wrote reads back from the new "
+           "disk(s), new records land", json.dumps(j) + "\n" +
+           json.dumps(st0))
+    svc_src = src.services()
+    svc_dst = dst.services()
+    tap.ok(svc_src == [] and len(svc_dst) == ndisks and
+           all(d["alive"] and d["mirror"] == "idle" for d in svc_dst) and
+           sorted(d["control"] for d in svc_dst) ==
+           sorted(x["control"] for x in lines),
+           f"{tag}: {src.name}'s disk services detached (VHDs kept), "
+           f"{dst.name}'s attached, alive, idle", f"{svc_src}\n{svc_dst}")
+    return [x["control"] for x in lines], rcv.mon
+
+
+def roundtrip(S, ndisks):
+    a = Host(os.path.join(S, f"A{ndisks}"), "A")
+    b = Host(os.path.join(S, f"B{ndisks}"), "B")
+    vm = VM(a, ndisks)
+    nvhd = len(a.vhds())
+    ctls, mon = leg(a, b, vm.ctls, vm.mon, ndisks, f"{ndisks} disk(s) A->B",
+                    vm_proc=vm.proc)
+    tap.eq(len(a.vhds()), nvhd, f"{ndisks} disk(s): A's VHDs stay on disk")
+    ctls, mon = leg(b, a, ctls, mon, ndisks, f"{ndisks} disk(s) B->A")
+    tap.eq(len(a.vhds()), 2 * nvhd,
+           f"{ndisks} disk(s): back on A in new VHDs beside the old ones")
+    monitor(mon, "quit")
+
+
+# ---- failures -------------------------------------------------------------
+
+def fault_case(S, tag, direction, fault):
+    """Move a VM whose disk holds 48 MiB (the copy is rate-limited so that
+    it lasts) and inject FAULT; DIRECTION "A->B" starts on A, "B->A"
+    first moves it A -> B (successfully) and injects on the way back."""
+    a = Host(os.path.join(S, tag, "A"), "A")
+    b = Host(os.path.join(S, tag, "B"), "B")
+    vm = VM(a, 1, prefill_mib=48)
+    src, dst, ctls, mon = a, b, vm.ctls, vm.mon
+    if direction == "B->A":
+        rcv = Receive(b, 1, "vm-b.mon")
+        rc, _, err = migrate(a, rcv.token_file, ctls, mon)
+        assert rcv.finish() == 0 and rc == 0, err
+        ctls, mon = [rcv.lines()[0]["control"]], rcv.mon
+        src, dst = b, a
+    before_vhds = dst.vhds()
+    before_svc = sorted(d["name"] for d in dst.services())
+    mnt = None
+    if fault == "sr-full":
+        mnt = os.path.join(dst.d, "small")
+        os.makedirs(mnt)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs",
+                           mnt], capture_output=True).returncode != 0:
+            tap.ok(True, f"# SKIP {tag}: cannot mount a small tmpfs here")
+            monitor(mon, "quit")
+            return
+        dst.sr = os.path.join(mnt, "sr")
+        os.makedirs(dst.sr)
+        before_vhds = []
+    try:
+        rcv = Receive(dst, 1, f"vm-{tag}.mon", expires=15)
+        if fault == "sr-full":          # the token said there was room
+            with open(os.path.join(mnt, "filler"), "wb") as f:
+                f.write(b"\1" * (36 * MiB))
+        p = migrate(src, rcv.token_file, ctls, mon, "--copy-rate=24M",
+                    wait=False)
+        lines = []
+        pattern = {"service": r"== copy", "memory": r"== memory",
+                   "migrate": r"== copy", "sr-full": r"== copy"}[fault]
+        wait_log(p, pattern, lines)
+        time.sleep(0.4)
+        if fault == "service":
+            svc = dst.services()
+            for d in svc:
+                os.kill(d["pid"], signal.SIGKILL)
+            what = "destination disk service killed mid-copy"
+        elif fault == "memory":
+            r = subprocess.run(["pgrep", "-P", str(rcv.proc.pid), "-x",
+                                "xenmem"], capture_output=True, text=True)
+            for x in r.stdout.split():
+                os.kill(int(x), signal.SIGKILL)
+            what = "memory receiver killed mid-stream"
+        elif fault == "migrate":
+            # Only sxm itself dies; its children (the live copy) hold its
+            # pipes and finish or fail on their own.
+            p.kill()
+            what = "sxm migrate killed -9"
+        else:
+            what = "destination SR fills up during the copy"
+        if fault == "migrate":
+            rc = p.wait(timeout=30)
+            err = ""
+            p.stdout.close()
+            p.stderr.close()
+        else:
+            out, err = p.communicate(timeout=180)
+            rc = p.returncode
+        if fault == "migrate":
+            # The admin's part (sxm(1)): the killed migrate's mirror is
+            # aborted by hand; the destination gives up at its deadline.
+            subprocess.run([os.path.join(ROOT, "client", "sxm-mirror"),
+                            ctls[0], "abort"], capture_output=True)
+        rrc = rcv.finish()
+        ok, j = check(mon, 1.0)
+        svc = src.services()
+        tap.ok(rc != 0 and rrc != 0 and ok and len(svc) == 1 and
+               svc[0]["alive"] and svc[0]["mirror"] == "idle",
+               f"{tag}: {what} ({direction}): migrate fails, the guest runs "
+               f"on at {src.name} with its disk, every record intact",
+               f"rc={rc} rrc={rrc}\n{''.join(lines)}{err}\n{rcv.err}\n"
+               f"{json.dumps(j)}\n{svc}")
+        after_svc = sorted(d["name"] for d in dst.services())
+        tap.ok(dst.vhds() == before_vhds and after_svc == before_svc,
+               f"{tag}: {dst.name} keeps no new VHD and no new disk service",
+               f"{dst.vhds()} vs {before_vhds}\n{after_svc} vs {before_svc}")
+    finally:
+        monitor(mon, "quit")
+        if mnt:
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+def main(S):
+    for n in (1, 2):
+        roundtrip(S, n)
+    for direction in ("A->B", "B->A"):
+        for fault in ("service", "memory", "migrate", "sr-full"):
+            fault_case(S, f"{fault}-{direction[0]}", direction, fault)
+
+
+run_test(main)
