@@ -170,6 +170,7 @@ bench: all
 	bench/mirror.sh
 	bench/xenmem.sh
 	bench/migrate.sh
+	bench/front.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1

@@ -5,10 +5,16 @@
 # Source disk: bench/lib.sh's sample (8 GiB dynamic VHD, 1 GiB allocated
 # in 64 runs of 16 MiB), served by nbdkit with the vhd plugin and the
 # mirror filter on a unix socket.  Destination: what `sxm receive` serves
-# (nbdkit vhd sr=DIR over TCP loopback with TLS-PSK, a fresh dynamic VHD
-# each run).  Cases, each run fresh, rotating, MIGRATE_BENCH_REPS times:
-#   nbdcopy       nbdcopy from the source (filter idle) to the destination
-#                 export: the bare cost of moving the data (anchor)
+# (a fresh dynamic VHD each run, served by the destination's disk service
+# - nbdkit vhd + mirror filter on a unix socket - behind a TLS front on TCP
+# loopback: nbdkit's nbd plugin with TLS-PSK).  Cases, each run fresh,
+# rotating, MIGRATE_BENCH_REPS times:
+#   nbdcopy       nbdcopy from the source (filter idle) to nbdkit vhd
+#                 sr=DIR with TLS on TCP: the bare cost of moving the data
+#                 (anchor; also what sxm receive served before the disk
+#                 service)
+#   nbdcopy-front the same data through the TLS front into a disk service:
+#                 what the front costs the bulk path
 #   qemu-img      qemu-img convert -O vpc of the source file to a local
 #                 file: no network, no TLS (second anchor)
 #   sxm idle      sxm migrate --memory none, nothing writing
@@ -28,6 +34,7 @@ REPS=${MIGRATE_BENCH_REPS:-3}
 FILTER="$ROOT/nbdkit-plugin/nbdkit-mirror-filter.so"
 SXM="$ROOT/scripts/sxm"
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/bench-migrate.XXXXXX")
+export SXM_RUNDIR=$W/run      # sxm's disk services, detached after each run
 SRC_PID= FIO_PID=
 # Every child is killed on the way out (a bare wait would wait for ever on
 # a server nobody stopped).
@@ -89,6 +96,35 @@ run_nbdcopy() {
   echo "nbdcopy $(echo "$t1 - $t0" | bc) - - - -"
 }
 
+# The destination as sxm receive serves it, by hand: a disk service and
+# its TLS front.
+run_nbdcopy_front() {
+  local port d=$W/sr uuid fp t0 t1
+  rm -rf "$d"; mkdir -p "$d"
+  port=$(free_port)
+  uuid=$(cat /proc/sys/kernel/random/uuid)
+  "$ROOT/client/sxm-vhd" create --uuid="$uuid" "$d/$uuid.vhd" 8G >/dev/null
+  "$SXM" attach -q "$d/$uuid.vhd" >/dev/null
+  (umask 077; printf 'sxm:%s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$W/k.psk")
+  nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$port" -P "$W/d.pid" --tls=require \
+    --tls-psk="$W/k.psk" --filter=exportname nbd socket="$SXM_RUNDIR/$uuid.sock" \
+    exportname="$uuid" exportname-strict=true default-export="$uuid" 2>>"$W/dst.log" &
+  fp=$!
+  for _ in $(seq 500); do [ -s "$W/d.pid" ] && break; sleep 0.02; done
+  start_source
+  t0=$(now)
+  nbdcopy --destination-is-zero "nbd+unix:///?socket=$W/vm.sock" \
+    "nbds://sxm@127.0.0.1:$port/$uuid?tls-psk-file=$W/k.psk"
+  t1=$(now)
+  stop_pid "$SRC_PID"; stop_pid "$fp"; rm -f "$W/d.pid"
+  detach_all
+  echo "nbdcopy-front $(echo "$t1 - $t0" | bc) - - - -"
+}
+detach_all() {
+  local n
+  for n in $("$SXM" list --json | jq -r '.[].name'); do "$SXM" detach -q --force "$n"; done
+}
+
 run_qemu_img() {
   local t0 t1
   rm -f "$W/q.vhd"
@@ -118,12 +154,14 @@ run_sxm() {  # NAME WITH_FIO WITH_MEM
   wait "$rp" || { echo "bench/migrate.sh: sxm receive failed" >&2; exit 1; }
   [ "$fio" = 0 ] || stop_pid "$FIO_PID"
   stop_pid "$SRC_PID"
+  detach_all
   jq -r --arg n "$name" '"\($n) \(.total_ms / 1000) \(.memory.downtime_ms) \(.switchover[0].hold_ms) \((.phase_start_ms.memory - .phase_start_ms.copy) / 1000) \(.phase_start_ms.mirror / 1000)"' "$W/sum.json"
 }
 
 for r in $(seq "$REPS"); do
   echo "bench/migrate.sh: round $r of $REPS" >&2
   run_nbdcopy
+  run_nbdcopy_front
   run_qemu_img
   run_sxm "sxm-idle" 0 0
   run_sxm "sxm-fio" 1 0
@@ -132,8 +170,8 @@ done >"$W/results"
 
 base=$(awk '$1 == "nbdcopy" { print $2 }' "$W/results" | median)
 printf '\nsxm migrate vs anchors: 8 GiB VHD, 1 GiB allocated, loopback TCP + TLS, medians of %s\n' "$REPS"
-printf '%-12s %10s %10s %10s %10s %14s %12s\n' case "whole s" "vs nbdcopy" "checks s" "copy s" "downtime ms" "hold ms"
-for c in nbdcopy qemu-img sxm-idle sxm-fio sxm-fio+mem; do
+printf "%-14s %10s %10s %10s %10s %14s %12s\n" case "whole s" "vs nbdcopy" "checks s" "copy s" "downtime ms" "hold ms"
+for c in nbdcopy nbdcopy-front qemu-img sxm-idle sxm-fio sxm-fio+mem; do
   t=$(awk -v c="$c" '$1 == c { print $2 }' "$W/results" | median)
   dt=- h=- cp=- ck=-
   if awk -v c="$c" '$1 == c && $3 != "-" { f = 1 } END { exit !f }' "$W/results"; then
@@ -142,5 +180,5 @@ for c in nbdcopy qemu-img sxm-idle sxm-fio sxm-fio+mem; do
     cp=$(awk -v c="$c" '$1 == c { print $5 }' "$W/results" | median)
     ck=$(awk -v c="$c" '$1 == c { print $6 }' "$W/results" | median)
   fi
-  printf '%-12s %10.2f %10.2f %10s %10s %14s %12s\n' "$c" "$t" "$(echo "$t / $base" | bc -l)" "$ck" "$cp" "$dt" "$h"
+  printf '%-14s %10.2f %10.2f %10s %10s %14s %12s\n' "$c" "$t" "$(echo "$t / $base" | bc -l)" "$ck" "$cp" "$dt" "$h"
 done

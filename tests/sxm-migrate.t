@@ -19,9 +19,7 @@ import base64
 import json
 import os
 import random
-import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,30 +27,14 @@ import time
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env, nbdkit_ready  # noqa: E402
+from sxmtest import (ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env,  # noqa: E402
+                     nbdkit_ready, free_ports, wait_log)
 from mirrortest import FILTER, SXM_VHD, ctl, connect  # noqa: E402
 
 SXM = os.path.join(ROOT, "scripts", "sxm")
 GiB = 1 << 30
 SIZE = 5 * GiB
 HOSTILE = "x $(touch pwned) 'q\" `id`"
-
-
-def free_ports():
-    """Two consecutive free TCP ports on 127.0.0.1."""
-    for _ in range(50):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        t = socket.socket()
-        try:
-            t.bind(("127.0.0.1", p + 1))
-            t.close()
-            return p
-        except OSError:
-            t.close()
-    raise RuntimeError("no two free ports")
 
 
 class Writer:
@@ -211,19 +193,6 @@ def migrate(token_file, ctls, *extra, env=None, timeout=300, wait=True,
         return p
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
-
-
-def wait_log(p, pattern, lines, timeout=60):
-    """Read P's stderr until a line matches PATTERN (lines kept)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = p.stderr.readline()
-        if not line:
-            return False
-        lines.append(line)
-        if re.search(pattern, line):
-            return True
-    return False
 
 
 class Faulted:

@@ -22,41 +22,20 @@
 # Seeds: none needed (the guest's records are self-describing).
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from urllib.parse import unquote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import ROOT, MiB, GiB, run_test, tap, nbdkit_env  # noqa: E402
+from sxmtest import (ROOT, MiB, GiB, run_test, tap, nbdkit_env,  # noqa: E402
+                     free_ports, wait_log)
 from mirrortest import SXM_VHD, connect  # noqa: E402
 
 SXM = os.path.join(ROOT, "scripts", "sxm")
 XENMEM = os.path.join(ROOT, "xenmem", "xenmem")
 SIZE = 5 * GiB                    # records land past 4 GiB too
-
-
-def free_ports():
-    """Four consecutive free TCP ports on 127.0.0.1 (fronts + memory)."""
-    for _ in range(100):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        ok = True
-        for q in range(p + 1, p + 4):
-            t = socket.socket()
-            try:
-                t.bind(("127.0.0.1", q))
-            except OSError:
-                ok = False
-            t.close()
-        if ok and p + 4 < 65536:
-            return p
-    raise RuntimeError("no four free ports")
 
 
 def fields(line):
@@ -147,7 +126,7 @@ class VM:
 class Receive:
     def __init__(self, host, ndisks, mon_name, expires=120):
         self.host = host
-        self.port = free_ports()
+        self.port = free_ports(4)
         self.mon = os.path.join(host.d, mon_name)
         self.token_file = os.path.join(host.d, f"token.{self.port}")
         args = [SXM, "receive", "--sr", host.sr, "--memory", "uffd",
@@ -187,18 +166,6 @@ def migrate(host, token_file, ctls, mon, *extra, wait=True):
         return p
     out, err = p.communicate(timeout=300)
     return p.returncode, out, err
-
-
-def wait_log(p, pattern, lines, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = p.stderr.readline()
-        if not line:
-            return False
-        lines.append(line)
-        if re.search(pattern, line):
-            return True
-    return False
 
 
 def leg(src, dst, ctls, mon, ndisks, tag, vm_proc=None):

@@ -8,7 +8,9 @@ import atexit
 import contextlib
 import os
 import shutil
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -254,3 +256,38 @@ def files_equal(a, b):
 
 def nbdcopy_to(uri, dest):
     sh("nbdcopy", uri, dest)
+
+
+def free_ports(n=2):
+    """The first of N consecutive free TCP ports on 127.0.0.1 (an sxm
+    receive needs its port, the memory port after it, and one more per
+    extra disk)."""
+    for _ in range(100):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        ok = p + n <= 65536
+        for q in range(p + 1, p + n):
+            t = socket.socket()
+            try:
+                t.bind(("127.0.0.1", q))
+            except OSError:
+                ok = False
+            t.close()
+        if ok:
+            return p
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def wait_log(p, pattern, lines, timeout=60):
+    """Read P's stderr until a line matches PATTERN (lines kept)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        if not line:
+            return False
+        lines.append(line)
+        if re.search(pattern, line):
+            return True
+    return False

@@ -1206,6 +1206,23 @@ disks_ok (const struct xm_guest_opts *o)
 
 static void uffd_close_source (struct xm_source *s, bool migrated);
 
+/* An empty source: no RAM, no tracking yet, its scan vector ready. */
+static struct xm_source *
+source_alloc (void)
+{
+  struct xm_source *s = calloc (1, sizeof *s);
+
+  if (s) {
+    s->uffd = s->pagemap = -1;
+    s->vec = calloc (SCAN_VEC, sizeof *s->vec);
+    if (s->vec)
+      return s;
+    free (s);
+  }
+  sxm_error ("uffd: out of memory");
+  return NULL;
+}
+
 static int
 uffd_open_source (const char *id, const struct xm_guest_opts *o,
                   struct xm_source **out)
@@ -1225,17 +1242,8 @@ uffd_open_source (const char *id, const struct xm_guest_opts *o,
     return -1;
   }
 
-  s = calloc (1, sizeof *s);
-  if (!s) {
-    sxm_error ("uffd: out of memory");
+  if (!(s = source_alloc ()))
     return -1;
-  }
-  s->uffd = s->pagemap = -1;
-  s->vec = calloc (SCAN_VEC, sizeof *s->vec);
-  if (!s->vec) {
-    sxm_error ("uffd: out of memory");
-    goto fail;
-  }
   if (guest_map (&s->g, "source", npages) == -1)
     goto fail;
   if (tracking_open (s) == -1)
@@ -1837,18 +1845,8 @@ uffd_adopt_dest (struct xm_dest *d, struct xm_source **out)
                "source");
     return -1;
   }
-  s = calloc (1, sizeof *s);
-  if (!s) {
-    sxm_error ("uffd: out of memory");
+  if (!(s = source_alloc ()))
     return -1;
-  }
-  s->uffd = s->pagemap = -1;
-  s->vec = calloc (SCAN_VEC, sizeof *s->vec);
-  if (!s->vec) {
-    sxm_error ("uffd: out of memory");
-    free (s);
-    return -1;
-  }
   /* What can fail without the guest noticing comes first: the dirty
    * tracking (its probe only looks at page 0). */
   s->g.role = "source";
