@@ -407,6 +407,20 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
     ret = XM_CANNOT;
     goto out;
   }
+  /* The destination would create the domain from this configuration as
+   * it is: with the source's disk devices.  Until the receiver can map
+   * each disk to its own (the disk map), a domain with disks is not
+   * moved rather than moved onto the wrong storage. */
+  if (cfg.num_disks > 0) {
+    sxm_error ("xen: domain %u has %d disk(s) (the first: %s as %s); "
+               "xenmem cannot yet give the new domain the destination's "
+               "disks (no disk map), so it refuses to move it",
+               X.domid, cfg.num_disks,
+               cfg.disks[0].pdev_path ? cfg.disks[0].pdev_path : "?",
+               cfg.disks[0].vdev ? cfg.disks[0].vdev : "?");
+    ret = XM_CANNOT;
+    goto out;
+  }
   if (strlen (json) > XM_XENDATA_MAX || !cfg.c_info.name ||
       asprintf (&away, "%s--migratedaway", cfg.c_info.name) < 0) {
     sxm_error ("xen: domain %u's configuration is unusable (no name, or "
