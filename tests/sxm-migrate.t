@@ -28,7 +28,8 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sxmtest import (ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env,  # noqa: E402
-                     nbdkit_ready, free_ports, wait_log)
+                     nbdkit_ready, free_ports, wait_log,
+                     communicate_or_kill)
 from mirrortest import FILTER, SXM_VHD, ctl, connect  # noqa: E402
 
 SXM = os.path.join(ROOT, "scripts", "sxm")
@@ -168,14 +169,9 @@ class Receiver:
         return [int(p) for p in r.stdout.split()]
 
     def finish(self, timeout=120):
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            err += "\n(test: sxm receive did not end; killed)"
-        self.out, self.err = out, err
-        return self.proc.returncode
+        rc, self.out, self.err = communicate_or_kill(self.proc, timeout,
+                                                     "sxm receive")
+        return rc
 
     def new_files(self):
         return sorted(set(os.listdir(self.sr)) - self.before)

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sxmtest import (ROOT, MiB, GiB, run_test, tap, nbdkit_env,  # noqa: E402
-                     free_ports, wait_log)
+                     free_ports, wait_log, communicate_or_kill)
 from mirrortest import SXM_VHD, connect  # noqa: E402
 
 SXM = os.path.join(ROOT, "scripts", "sxm")
@@ -143,14 +143,9 @@ class Receive:
         self.token = self.proc.stdout.readline().strip()
 
     def finish(self, timeout=180):
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            err += "\n(test: sxm receive did not end; killed)"
-        self.out, self.err = out, err
-        return self.proc.returncode
+        rc, self.out, self.err = communicate_or_kill(self.proc, timeout,
+                                                     "sxm receive")
+        return rc
 
     def lines(self):
         return [fields(x) for x in self.out.splitlines()

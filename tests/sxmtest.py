@@ -291,3 +291,15 @@ def wait_log(p, pattern, lines, timeout=60):
         if re.search(pattern, line):
             return True
     return False
+
+
+def communicate_or_kill(proc, timeout, what):
+    """PROC's (returncode, stdout, stderr); killed (and said so in stderr)
+    if it has not ended within TIMEOUT seconds."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err += f"\n(test: {what} did not end; killed)"
+    return proc.returncode, out, err
