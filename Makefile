@@ -74,7 +74,8 @@ client/sxm-vhd: LDLIBS += -luuid
 # libnbd handles.
 XENMEM_SRCS := xenmem/engine.c xenmem/stream.c xenmem/transport.c \
                xenmem/backend-uffd.c xenmem/backend-xen.c xenmem/backend-kvm.c \
-               xenmem/backend-none.c xenmem/vbd.c
+               xenmem/backend-none.c xenmem/vbd.c xenmem/preflight.c \
+               xenmem/xen-checks.c
 XENMEM_CLI_SRCS := xenmem/xenmem.c xenmem/cli.c xenmem/monitor.c
 XENMEM_OBJS := $(XENMEM_SRCS:.c=.o)
 XENMEM_HDRS := $(wildcard xenmem/*.h)
@@ -112,7 +113,7 @@ tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzzvhd.h $(COMMON_SRCS) $(COM
 	  -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Icommon \
 	  -o $@ $< $(COMMON_SRCS) -lpthread
 
-tests/fuzz/fuzz-xmstream: xenmem/stream.c xenmem/stream.h
+tests/fuzz/fuzz-xmstream: xenmem/stream.c xenmem/stream.h xenmem/preflight.c xenmem/preflight.h
 
 # The Xen test's blackout probe (runs in the rig's dom0).
 tests/xen/downtime-probe: tests/xen/downtime-probe.c | deps

@@ -254,8 +254,11 @@ def fault_case(S, tag, direction, fault):
         if fault == "sr-full":          # the token said there was room
             with open(os.path.join(mnt, "filler"), "wb") as f:
                 f.write(b"\1" * (36 * MiB))
+        # The memory fault needs a memory phase long enough to be hit in:
+        # 64 MiB at 16 MiB/s is 4 s (unlimited, 0.3 s: over before the kill).
+        extra = ["--memory-opt", "--rate=16M"] if fault == "memory" else []
         p = migrate(src, rcv.token_file, ctls, mon, "--copy-rate=24M",
-                    wait=False)
+                    *extra, wait=False)
         lines = []
         pattern = {"service": r"== copy", "memory": r"== memory",
                    "migrate": r"== copy", "sr-full": r"== copy"}[fault]

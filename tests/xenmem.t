@@ -317,6 +317,33 @@ def main(scratch):
     p = subprocess.run([XENMEM, "send", "--backend=uffd", "--frob"],
                        capture_output=True, text=True)
     tap.eq(p.returncode, 2, "unknown option: exit 2")
+    # The xen disk map and check-only: refused where they make no sense,
+    # before anything is opened (the xen paths run in tests/xen.t).
+    u = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    x = "unix:" + os.path.join(S, "x.sock")
+    for argv, want, what in (
+            (["send", "--backend=uffd", f"--disk-map=/dev/nbd0={u}", x],
+             "for the xen backend", "--disk-map with uffd"),
+            (["send", "--backend=xen", "--domid=1", "--disk-map=/dev/nbd0=x", x],
+             "is not a UUID", "--disk-map to something not a UUID"),
+            (["send", "--backend=xen", "--domid=1", "--disk-map=/dev/nbd0", x],
+             "expected TARGET=UUID", "--disk-map without '='"),
+            (["send", "--backend=xen", "--domid=1", f"--disk-map=/dev/a={u}",
+              f"--disk-map=/dev/b={u}", x], "mapped twice",
+             "two disks to one UUID"),
+            (["receive", "--backend=xen", f"--disk-map={u}=/dev/null", x],
+             "not a block device", "receive --disk-map to a character device"),
+            (["receive", "--backend=xen", f"--disk-map={u}=/nonexistent", x],
+             "not a block device", "receive --disk-map to a missing device"),
+            (["send", "--backend=uffd", "--check-only", x],
+             "--check-only is for send with the xen backend",
+             "--check-only with uffd"),
+            (["receive", "--backend=xen", "--check-only", x],
+             "--check-only is for send", "--check-only on receive")):
+        p = subprocess.run([XENMEM] + argv, capture_output=True, text=True,
+                           timeout=30)
+        tap.ok(p.returncode == 2 and want in p.stderr,
+               f"{what}: exit 2, said", p.stderr)
 
     # --- receiver killed mid-stream: the source resumes -------------------
     addr = "unix:" + os.path.join(S, "k.sock")

@@ -50,6 +50,7 @@
 #include "engine.h"
 #include "log.h"
 #include "stream.h"
+#include "xen-checks.h"
 
 /* libxl's migration stream v2 (Xen's docs/specs/libxl-migration-stream):
  * a header whose fields are big-endian, then records (type, length, body
@@ -345,12 +346,14 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
                                .data = &X };
   libxl_domain_config cfg;
   xc_dominfo_t info;
-  struct xm_header hdr = { XM_STREAM_VERSION, XM_BACKEND_XEN, 1, 0 };
+  struct xm_header hdr = { XM_STREAM_VERSION, XM_BACKEND_XEN, 1,
+                           o->check_only ? XM_HDR_CHECK_ONLY : 0 };
   struct xm_decoder ad;
   struct xm_record r;
+  struct xm_preflight *pf = calloc (1, sizeof *pf);   /* ~20 KiB */
   pthread_t relay;
   bool relay_started = false, committed = false, renamed = false;
-  bool end_sent = false;
+  bool end_sent = false, checked = false;
   char *json = NULL, *name = NULL, *away = NULL, *end;
   uint8_t *rec = malloc (XM_REC_HDR_SIZE + 8 + XM_XENDATA_MAX + 8);
   uint8_t head[24], digest[32] = { 0 };
@@ -363,7 +366,12 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   libxl_domain_config_init (&cfg);
   errno = 0;
   d = strtoul (id ? id : "", &end, 10);
-  if (!rec || !id || !*id || *end || errno || d == 0 || d >= DOMID_FIRST_RESERVED) {
+  if (!rec || !pf) {
+    sxm_error ("out of memory");
+    ret = XM_CANNOT;
+    goto out;
+  }
+  if (!id || !*id || *end || errno || d == 0 || d >= DOMID_FIRST_RESERVED) {
     sxm_error ("xen: '%s' is not a guest domain id", id ? id : "");
     ret = XM_CANNOT;
     goto out;
@@ -407,17 +415,9 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
     ret = XM_CANNOT;
     goto out;
   }
-  /* The destination would create the domain from this configuration as
-   * it is: with the source's disk devices.  Until the receiver can map
-   * each disk to its own (the disk map), a domain with disks is not
-   * moved rather than moved onto the wrong storage. */
-  if (cfg.num_disks > 0) {
-    sxm_error ("xen: domain %u has %d disk(s) (the first: %s as %s); "
-               "xenmem cannot yet give the new domain the destination's "
-               "disks (no disk map), so it refuses to move it",
-               X.domid, cfg.num_disks,
-               cfg.disks[0].pdev_path ? cfg.disks[0].pdev_path : "?",
-               cfg.disks[0].vdev ? cfg.disks[0].vdev : "?");
+  /* What the destination checks before anything moves (and what this
+   * side refuses itself: unmapped disks, unmovable devices). */
+  if (xm_xen_preflight_build (X.e.xch, X.e.ctx, X.domid, &cfg, o, pf) == -1) {
     ret = XM_CANNOT;
     goto out;
   }
@@ -439,6 +439,35 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   len = xm_encode_xendata (rec, X.seq++, XM_XEN_CONFIG, json, strlen (json));
   if (xsend_put (&X, rec, len) == -1)
     goto out;
+  {
+    uint8_t *pb = malloc (xm_preflight_size (pf));
+    if (!pb) {
+      sxm_error ("out of memory");
+      goto out;
+    }
+    len = xm_encode_xendata (rec, X.seq++, XM_XEN_PREFLIGHT, pb,
+                             xm_preflight_encode (pf, pb));
+    free (pb);
+    if (xsend_put (&X, rec, len) == -1)
+      goto out;
+  }
+  /* The destination's word on the preflight: nothing has moved yet, so a
+   * refusal leaves the guest as it was (exit 4). */
+  xm_decoder_init_acks (&ad);
+  if (xm_read_ack (c, &ad, &r, rec) == -1)
+    goto out;
+  if (r.u.ack.status != 0) {
+    sxm_error ("the destination refused the guest before anything moved: %s",
+               r.u.ack.msg);
+    ret = XM_CANNOT;
+    goto out;
+  }
+  if (o->check_only) {
+    X.why = "check only: the destination would take the guest";
+    checked = true;
+    ret = XM_OK;
+    goto out;
+  }
   if (pipe2 (p, O_CLOEXEC) == -1) {
     sxm_error ("pipe: %m");
     goto out;
@@ -490,7 +519,6 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
 
   /* Commit handshake.  The name moves to the destination with the guest
    * (xl does the same): the source becomes NAME--migratedaway first. */
-  xm_decoder_init_acks (&ad);
   if (xm_read_ack (c, &ad, &r, rec) == -1)
     goto fail;
   if (r.u.ack.status != 0) {
@@ -561,9 +589,10 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
     close (X.rfd);
   jbuf_add (&X.rstats, "]");
   jbuf_add (report, ",\"result\":\"%s\",\"domid\":%u,\"rounds\":%u,"
-            "\"stop_reason\":", ret == XM_OK ? "migrated" : ret == XM_IN_DOUBT
+            "\"stop_reason\":", checked ? "ready" : ret == XM_OK ? "migrated"
+            : ret == XM_IN_DOUBT
             ? "in-doubt" : ret == XM_CANNOT ? "not started"
-            : "failed, source resumed", X.domid, X.rounds + 1);
+            : "failed, source resumed", X.domid, checked ? 0 : X.rounds + 1);
   jbuf_str (report, X.why ? X.why : "none");
   jbuf_add (report, ",\"stream_bytes\":%" PRIu64 ",\"wire_bytes\":%" PRIu64
             ",\"guest_bytes\":%" PRIu64 ",\"wire_over_ram\":%.4f,"
@@ -575,7 +604,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
    * runs while it processes the request: suspend_ms); then the last
    * pages and state (final_ms), the destination finishing its restore
    * (restore_ms), the commit round trip and unpause (commit_ms). */
-  if (ret == XM_OK)
+  if (ret == XM_OK && !checked)
     jbuf_add (report, ",\"downtime_ms\":%.3f,\"suspend_ms\":%.3f,"
               "\"final_ms\":%.3f,\"restore_ms\":%.3f,\"commit_ms\":%.3f",
               (t_run - X.t_suspend) * 1e3, (X.t_suspended - X.t_suspend) * 1e3,
@@ -593,6 +622,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   free (name);
   free (away);
   free (rec);
+  free (pf);
   xen_env_close (&X.e);
   return ret;
 }
@@ -670,6 +700,7 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   struct xm_header h;
   struct xm_record r;
   struct xrecv R = { .c = c, .d = &d, .wfd = -1 };
+  struct xm_preflight *pf = NULL;
   libxl_domain_config cfg;
   libxl_domain_restore_params params;
   uint8_t *buf = malloc (XM_REC_HDR_SIZE + 8 + XM_XENDATA_MAX + 8);
@@ -730,6 +761,38 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
       goto refuse;
     }
   }
+  /* The preflight: Xen version, disk map, memory, CPU.  A refusal here
+   * is the sender's exit 4: nothing has moved. */
+  if (xm_read (c, buf, XM_REC_HDR_SIZE, false) != 1)
+    goto out;
+  if ((blen = xm_record_body_len (&d, buf)) < 0) {
+    snprintf (why, sizeof why, "%s", d.err);
+    goto refuse;
+  }
+  if (xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) != 1)
+    goto out;
+  if (xm_decode_record (&d, buf, XM_REC_HDR_SIZE + blen, &r) == -1) {
+    snprintf (why, sizeof why, "%s", d.err);
+    goto refuse;
+  }
+  if (r.type != XM_REC_XENDATA || r.u.xendata.kind != XM_XEN_PREFLIGHT) {
+    snprintf (why, sizeof why, "the configuration is not followed by the "
+              "preflight");
+    goto refuse;
+  }
+  if (!(pf = malloc (sizeof *pf))) {
+    snprintf (why, sizeof why, "out of memory");
+    goto refuse;
+  }
+  if (xm_preflight_decode (r.u.xendata.data, r.u.xendata.len, pf, why,
+                           sizeof why) == -1)
+    goto refuse;
+  if (xm_xen_preflight_check (e.xch, e.ctx, &cfg, pf, o, why, sizeof why)
+      == -1) {
+    ret = XM_CANNOT;
+    goto refuse;
+  }
+
   /* A new domain id, and a temporary name until the commit (on the same
    * host the source still holds the name). */
   name = strdup (cfg.c_info.name);
@@ -745,6 +808,7 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
       snprintf (why, sizeof why, "a domain named %s already exists (domid "
                 "%u, left by an earlier receive that was killed?): destroy "
                 "it (xl destroy %s) and try again", incoming, other, incoming);
+      ret = XM_CANNOT;
       goto refuse;
     }
   }
@@ -753,6 +817,20 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   cfg.c_info.domid = DOMID_INVALID;
   params.checkpointed_stream = LIBXL_CHECKPOINTED_STREAM_NONE;
   params.stream_version = 2;
+
+  /* Everything checked: the sender may start (or, asking only, goes
+   * away: then the caller accepts the real stream). */
+  if (xm_send_ack (c, &aseq, 0, "ready") == -1)
+    goto out;
+  if (h.flags & XM_HDR_CHECK_ONLY) {
+    jbuf_add (report, ",\"result\":\"checked\"");
+    ret = XM_CHECKED;
+    goto done;
+  }
+  for (int i = 0; i < cfg.num_disks; i++)
+    if (!o->quiet)
+      fprintf (stderr, "xenmem: disk %s -> phy:%s\n", cfg.disks[i].vdev,
+               cfg.disks[i].pdev_path);
 
   if (pipe2 (p, O_CLOEXEC) == -1) {
     snprintf (why, sizeof why, "pipe: %s", strerror (errno));
@@ -863,10 +941,12 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
     jbuf_add (report, ",\"error\":");
     jbuf_str (report, why);
   }
+ done:
   if (p[0] != -1)
     close (p[0]);
   libxl_domain_config_dispose (&cfg);
   libxl_domain_restore_params_dispose (&params);
+  free (pf);
   free (name);
   free (incoming);
   free (buf);

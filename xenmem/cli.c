@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
 #include "cli.h"
+#include "preflight.h"
 #include "log.h"
 #include "size.h"
 
@@ -40,9 +43,18 @@ xm_cli_usage (FILE *f)
 "  --max-rounds=N          at most N pre-copy rounds (30)\n"
 "  --rate=BYTES            bandwidth limit, bytes/s (k/M/G suffixes)\n"
 "  --verify-memory         send sha256 of memory at pause; receiver checks\n"
+"  --disk-map=TARGET=UUID  (xen, repeatable) the domain's disk whose target\n"
+"                          is TARGET goes to the destination disk UUID; every\n"
+"                          disk of the domain must be mapped\n"
+"  --check-only            (xen) ask the receiver whether it would take the\n"
+"                          domain (Xen version, disk map, memory, CPU), then\n"
+"                          hang up: exit 0 yes, 4 no; the receiver waits on\n"
 "  --guest=SOCKET          (uffd) migrate the running VM whose monitor is\n"
 "                          SOCKET (xenmem guest, receive --monitor) instead\n"
 "                          of a new guest\n"
+" receive:\n"
+"  --disk-map=UUID=DEVICE  (xen, repeatable) the sender's disk UUID becomes\n"
+"                          phy:DEVICE (a block device) in the new domain\n"
 " test guests (kvm, uffd):\n"
 "  --guest-mem=SIZE        guest RAM (default 64M)\n"
 "  --dirty-rate=BYTES      bytes/s of pages the guest dirties (default 0)\n"
@@ -65,7 +77,7 @@ enum {
   O_BACKEND = 256, O_DOMID, O_PSK, O_IDENT, O_X509, O_INSECURE, O_TIMEOUT,
   O_JSON, O_DOWNTIME, O_ROUNDS, O_RATE, O_VERIFY, O_GMEM, O_DRATE, O_DSIZE,
   O_WARMUP, O_CHECK, O_ACCEPT, O_ABORT, O_DISK, O_DISK_RATE, O_DISK_SLOTS,
-  O_MONITOR, O_GUEST,
+  O_MONITOR, O_GUEST, O_DISK_MAP, O_CHECK_ONLY,
 };
 
 static const struct option longopts[] = {
@@ -88,6 +100,8 @@ static const struct option longopts[] = {
   { "dirty-rate", required_argument, NULL, O_DRATE },
   { "dirty-size", required_argument, NULL, O_DSIZE },
   { "disk", required_argument, NULL, O_DISK },
+  { "disk-map", required_argument, NULL, O_DISK_MAP },
+  { "check-only", no_argument, NULL, O_CHECK_ONLY },
   { "disk-rate", required_argument, NULL, O_DISK_RATE },
   { "disk-slots", required_argument, NULL, O_DISK_SLOTS },
   { "warmup", required_argument, NULL, O_WARMUP },
@@ -175,8 +189,16 @@ take_option (struct xm_cli *cli, int c, const char *arg, unsigned flags,
   case 'q': cli->quiet = true; break;
   case O_VERIFY: cli->so.verify_memory = true; break;
   case O_ABORT: cli->abort_ = true; break;
+  case O_CHECK_ONLY: cli->so.check_only = true; break;
   case O_MONITOR: cli->monitor = arg; break;
   case O_GUEST: cli->guest = arg; break;
+  case O_DISK_MAP:
+    if (cli->ndisk_map == XM_DISK_MAP_MAX)
+      return usage_error ("--disk-map: at most %d disks", XM_DISK_MAP_MAX);
+    if (!(cli->disk_map_args[cli->ndisk_map] = strdup (arg)))
+      return usage_error ("out of memory");
+    cli->ndisk_map++;
+    break;
   case O_DISK:
     if (cli->ndisks == XM_DISKS_MAX)
       return usage_error ("--disk: at most %d disks", XM_DISKS_MAX);
@@ -226,6 +248,52 @@ take_option (struct xm_cli *cli, int c, const char *arg, unsigned flags,
   return 0;
 }
 
+/* --disk-map=FROM=TO, split and checked once the mode is known: send
+ * maps a target (which may hold '=': split at the last one) to a UUID,
+ * receive a UUID to a block device that exists now (a missing one is
+ * found before a sender connects).  Each FROM and TO once. */
+static int
+check_disk_map (struct xm_cli *cli, bool send)
+{
+  struct xm_disk_map *m = send ? cli->so.disk_map : cli->ro.disk_map;
+  uint8_t u[16];
+
+  if (!cli->b || cli->b->id != XM_BACKEND_XEN)
+    return usage_error ("--disk-map is for the xen backend (a domain's "
+                        "disks)");
+  if (!send && strcmp (cli->mode, "receive") != 0)
+    return usage_error ("--disk-map is for send and receive");
+  for (unsigned i = 0; i < cli->ndisk_map; i++) {
+    char *a = cli->disk_map_args[i];
+    char *eq = send ? strrchr (a, '=') : strchr (a, '=');
+    if (!eq || eq == a || !eq[1])
+      return usage_error ("--disk-map=%s: expected %s", a, send
+                          ? "TARGET=UUID" : "UUID=DEVICE");
+    *eq = 0;
+    m[i].from = a;
+    m[i].to = eq + 1;
+    if (xm_uuid_parse (send ? m[i].to : m[i].from, u) == -1)
+      return usage_error ("--disk-map: '%s' is not a UUID", send ? m[i].to
+                          : m[i].from);
+    if (!send) {
+      struct stat st;
+      if (stat (m[i].to, &st) == -1 || !S_ISBLK (st.st_mode))
+        return usage_error ("--disk-map: %s is not a block device%s%s",
+                            m[i].to, errno == ENOENT ? "" : ": ",
+                            errno == ENOENT ? "" : strerror (errno));
+    }
+    for (unsigned j = 0; j < i; j++)
+      if (strcmp (m[j].from, m[i].from) == 0 || strcmp (m[j].to, m[i].to) == 0)
+        return usage_error ("--disk-map: %s or %s is mapped twice",
+                            m[i].from, m[i].to);
+  }
+  if (send)
+    cli->so.ndisk_map = cli->ndisk_map;
+  else
+    cli->ro.ndisk_map = cli->ndisk_map;
+  return 0;
+}
+
 /* What no single option can see: combinations, by mode. */
 static int
 check_combination (struct xm_cli *cli, int nargs, unsigned flags,
@@ -256,6 +324,9 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
                         "from the sender's configuration: no --domid");
   if (cli->so.paused_hook && !send)
     return usage_error ("a hook (-- COMMAND) is for send only");
+  if (cli->so.check_only &&
+      (!send || !cli->b || cli->b->id != XM_BACKEND_XEN))
+    return usage_error ("--check-only is for send with the xen backend");
   if (cli->abort_ && !send)
     return usage_error ("--abort is for send only");
   if (cli->guest && !send)
@@ -282,6 +353,8 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
   }
   else if (disk_rate_set || disk_slots_set)
     return usage_error ("--disk-rate and --disk-slots need --disk");
+  if (cli->ndisk_map)
+    return check_disk_map (cli, send);
   return 0;
 }
 
@@ -353,6 +426,9 @@ void
 xm_cli_free (struct xm_cli *cli)
 {
   free (cli->argv);
+  for (unsigned i = 0; i < cli->ndisk_map; i++)
+    free (cli->disk_map_args[i]);
+  cli->ndisk_map = 0;
   cli->argv = NULL;
 }
 

@@ -31,6 +31,8 @@ struct xm_cli {
   struct xm_guest_opts g;
   const char *disk_uris[XM_DISKS_MAX];
   unsigned ndisks;
+  char *disk_map_args[XM_DISK_MAP_MAX];      /* --disk-map: our copies, */
+  unsigned ndisk_map;                        /* split in place */
   double timeout, warmup, check, accept_timeout;
   bool json, quiet, abort_, help;
   char **argv;                  /* our copy: getopt permutes it and the

@@ -26,6 +26,17 @@ enum xm_exit {
   XM_USAGE = 2,
   XM_IN_DOUBT = 3,      /* send: committed but no word the destination runs */
   XM_CANNOT = 4,        /* nothing started: backend, address, TLS, peer */
+  XM_CHECKED = 100,     /* internal, receive: a check-only session was
+                         * answered "ready"; accept the real one next */
+};
+
+/* --disk-map=FROM=TO (backend xen): on the source FROM is a disk's target
+ * in the domain's configuration (/dev/nbd0) and TO the destination disk's
+ * UUID; on the destination FROM is that UUID and TO the device the new
+ * domain gets (phy:).  Strings borrowed from argv. */
+#define XM_DISK_MAP_MAX 16
+struct xm_disk_map {
+  const char *from, *to;
 };
 
 struct xm_send_opts {
@@ -37,6 +48,12 @@ struct xm_send_opts {
   /* NULL, or a command (argv, NULL-terminated) started when the guest is
    * paused and waited for before END; its failure resumes the source. */
   char *const *paused_hook;
+  struct xm_disk_map disk_map[XM_DISK_MAP_MAX];
+  unsigned ndisk_map;
+  /* Backend xen: only ask the destination whether it would take the
+   * guest (configuration and preflight, its answer), then hang up; the
+   * receiver waits for the real stream (sxm migrate's check phase). */
+  bool check_only;
 };
 
 struct xm_recv_opts {
@@ -54,6 +71,8 @@ struct xm_recv_opts {
    * end (xenmem receive --monitor keeps it and migrates it on).  NULL
    * unless the result is XM_OK. */
   struct xm_dest **keep;
+  struct xm_disk_map disk_map[XM_DISK_MAP_MAX];     /* backend xen */
+  unsigned ndisk_map;
 };
 
 /* Both fill REPORT with ",\"key\":value" JSON members (rounds, bytes,

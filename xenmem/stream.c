@@ -12,40 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "endian.h"
 #include "stream.h"
-
-/* ---- little-endian fields -------------------------------------------- */
-
-/* The stream is little-endian on every host; fields sit at arbitrary
- * offsets in the receive buffer, so they are assembled byte by byte. */
-static inline uint32_t
-le32_load (const uint8_t *p)
-{
-  return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 |
-         (uint32_t) p[3] << 24;
-}
-
-static inline uint64_t
-le64_load (const uint8_t *p)
-{
-  return (uint64_t) le32_load (p) | (uint64_t) le32_load (p + 4) << 32;
-}
-
-static inline void
-le32_store (uint8_t *p, uint32_t v)
-{
-  p[0] = v;
-  p[1] = v >> 8;
-  p[2] = v >> 16;
-  p[3] = v >> 24;
-}
-
-static inline void
-le64_store (uint8_t *p, uint64_t v)
-{
-  le32_store (p, (uint32_t) v);
-  le32_store (p + 4, (uint32_t) (v >> 32));
-}
 
 /* ---- CRC-32C ----------------------------------------------------------- */
 
@@ -336,9 +304,12 @@ xm_decode_header (struct xm_decoder *d, const uint8_t *buf, size_t len,
   if (t.npages < 1 || t.npages > (1ull << 40))
     return fail (d, "stream header: npages %" PRIu64 " is out of range "
                  "(1 .. 2^40)", t.npages);
-  if (t.flags != 0)
+  if (t.flags & ~XM_HDR_CHECK_ONLY)
     return fail (d, "stream header: flags 0x%" PRIx32 " are not defined "
-                 "(must be 0)", t.flags);
+                 "(only 0x1, check-only)", t.flags & ~XM_HDR_CHECK_ONLY);
+  if ((t.flags & XM_HDR_CHECK_ONLY) && t.backend != 2)
+    return fail (d, "stream header: check-only (flag 0x1) is for backend "
+                 "xen, this stream is backend %" PRIu32, t.backend);
   d->header_seen = true;
   d->npages = t.npages;
   d->backend = t.backend;
@@ -393,7 +364,7 @@ xm_record_body_len (struct xm_decoder *d, const uint8_t hdr[16])
 
 /* May a record of TYPE come now?  The sender's stream is
  * ROUND (PAGES*) [ROUND (PAGES*)]... CONTEXT END, or for backend xen
- * XENDATA(config) XENDATA(stream)... END. */
+ * XENDATA(config) XENDATA(preflight) XENDATA(stream)... END. */
 static int
 check_order (struct xm_decoder *d, uint32_t type)
 {
@@ -410,11 +381,12 @@ check_order (struct xm_decoder *d, uint32_t type)
                  REC_ARGS (d, type));
   if (d->backend == 2) {       /* xen (backend.h) */
     if (type == XM_REC_XENDATA || type == XM_REC_ACK ||
-        (type == XM_REC_END && d->xen_config_seen))
+        (type == XM_REC_END && d->xen_preflight_seen))
       return 0;                 /* ACK: the commit, after END only */
     if (type == XM_REC_END)
-      return fail (d, REC_FMT "END before the domain's configuration",
-                   REC_ARGS (d, type));
+      return fail (d, REC_FMT "END before the domain's %s",
+                   REC_ARGS (d, type), d->xen_config_seen ? "preflight"
+                   : "configuration");
     return fail (d, REC_FMT "not part of a xen stream (XENDATA, END)",
                  REC_ARGS (d, type));
   }
@@ -534,14 +506,21 @@ decode_xendata (struct xm_decoder *d, const uint8_t *b, struct xm_record *r)
   if (reserved)
     return fail (d, REC_FMT "reserved field is 0x%" PRIx32 ", must be 0",
                  REC_ARGS (d, r->type), reserved);
-  if (kind != XM_XEN_CONFIG && kind != XM_XEN_STREAM)
+  if (kind != XM_XEN_CONFIG && kind != XM_XEN_STREAM &&
+      kind != XM_XEN_PREFLIGHT)
     return fail (d, REC_FMT "kind %" PRIu32 " is unknown (1 configuration, "
-                 "2 stream)", REC_ARGS (d, r->type), kind);
+                 "2 stream, 3 preflight)", REC_ARGS (d, r->type), kind);
   if (kind == XM_XEN_CONFIG && d->xen_config_seen)
     return fail (d, REC_FMT "a second configuration", REC_ARGS (d, r->type));
-  if (kind == XM_XEN_STREAM && !d->xen_config_seen)
-    return fail (d, REC_FMT "stream data before the configuration",
+  if (kind == XM_XEN_PREFLIGHT && !d->xen_config_seen)
+    return fail (d, REC_FMT "the preflight before the configuration",
                  REC_ARGS (d, r->type));
+  if (kind == XM_XEN_PREFLIGHT && d->xen_preflight_seen)
+    return fail (d, REC_FMT "a second preflight", REC_ARGS (d, r->type));
+  if (kind == XM_XEN_STREAM && !d->xen_preflight_seen)
+    return fail (d, REC_FMT "stream data before the %s",
+                 REC_ARGS (d, r->type), d->xen_config_seen ? "preflight"
+                 : "configuration");
   if (kind == XM_XEN_CONFIG && memchr (b + 8, 0, r->body_len - 8))
     return fail (d, REC_FMT "the configuration contains a NUL byte",
                  REC_ARGS (d, r->type));
@@ -642,6 +621,8 @@ xm_decode_record (struct xm_decoder *d, const uint8_t *buf, size_t len,
     d->end_seen = true;
   else if (type == XM_REC_XENDATA && r->u.xendata.kind == XM_XEN_CONFIG)
     d->xen_config_seen = true;
+  else if (type == XM_REC_XENDATA && r->u.xendata.kind == XM_XEN_PREFLIGHT)
+    d->xen_preflight_seen = true;
   else if (type == XM_REC_ACK && !d->ack_stream)
     d->commit_seen = true;
   return 0;

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define XM_STREAM_MAGIC "SXMXMEM\n"     /* 8 bytes, no NUL */
-#define XM_STREAM_VERSION 1
+#define XM_STREAM_VERSION 2     /* 2: xen streams carry a preflight */
 #define XM_HEADER_SIZE 32
 #define XM_REC_HDR_SIZE 16
 #define XM_BATCH_MAX 1024               /* entries per PAGES record */
@@ -35,20 +35,28 @@ enum xm_rec_type {
 /* XENDATA kinds.  The xen backend drives libxenguest (xc_domain_save on
  * the source, libxl's restore on the destination): its stream is the
  * domain's configuration (JSON, libxl_domain_config) once, first, then
- * libxl's migration stream v2 in opaque pieces, then END. */
+ * the preflight (preflight.h: what the destination checks before anything
+ * moves; it answers with an ACK), then libxl's migration stream v2 in
+ * opaque pieces, then END. */
 #define XM_XEN_CONFIG 1
 #define XM_XEN_STREAM 2
+#define XM_XEN_PREFLIGHT 3
 #define XM_XENDATA_MAX (1u << 20)       /* data bytes per XENDATA record */
 
 /* Entry flags in a PAGES record's pfn list (top bits of each u64). */
 #define XM_PFN_ZERO (1ull << 63)       /* no data follows: all zero */
 #define XM_PFN_MASK ((1ull << 52) - 1)
 
+/* Header flags. */
+#define XM_HDR_CHECK_ONLY 1u    /* backend xen: configuration and preflight
+                                 * only; the receiver answers, then waits
+                                 * for the real stream */
+
 struct xm_header {
   uint32_t version;
   uint32_t backend;             /* enum xm_backend_id */
   uint64_t npages;
-  uint32_t flags;               /* none defined: must be 0 */
+  uint32_t flags;               /* XM_HDR_*; others must be 0 */
 };
 
 /* A decoded record.  Pointers point into the buffer given to the decoder. */
@@ -83,6 +91,7 @@ struct xm_decoder {
   bool context_seen, end_seen, header_seen;
   bool commit_seen;             /* the sender's ACK after END */
   bool xen_config_seen;         /* backend xen: the XENDATA config */
+  bool xen_preflight_seen;      /* backend xen: the XENDATA preflight */
   bool ack_stream;              /* the reply channel: ACK records only */
   char err[256];                /* why the last call failed */
 };

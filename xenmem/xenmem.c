@@ -237,16 +237,25 @@ main (int argc, char **argv)
                  "on\n");
     }
     else {
-      c = xm_listen_accept (cli.addr, &cli.tls, cli.accept_timeout >= 0
-                            ? cli.accept_timeout : cli.timeout);
-      if (!c) {
-        ret = XM_CANNOT;
-        goto out;
-      }
-      xm_set_timeout (c, cli.timeout);
-      jbuf_add (&rep, "{\"cmd\":\"receive\",\"backend\":\"xen\"");
-      ret = xm_xen_receive (c, &cli.ro, &rep);
-      xm_close (c);
+      /* A sender may ask first (send --check-only: a session that ends
+       * after the destination's "ready"); then the real stream comes on
+       * a new connection. */
+      do {
+        jbuf_free (&rep);
+        c = xm_listen_accept (cli.addr, &cli.tls, cli.accept_timeout >= 0
+                              ? cli.accept_timeout : cli.timeout);
+        if (!c) {
+          ret = XM_CANNOT;
+          goto out;
+        }
+        xm_set_timeout (c, cli.timeout);
+        jbuf_add (&rep, "{\"cmd\":\"receive\",\"backend\":\"xen\"");
+        ret = xm_xen_receive (c, &cli.ro, &rep);
+        xm_close (c);
+        if (ret == XM_CHECKED && !cli.quiet)
+          fprintf (stderr, "xenmem: a sender checked: this host would take "
+                   "the guest; waiting for its stream\n");
+      } while (ret == XM_CHECKED);
     }
     ret = xm_cli_report (&cli, &rep, ret);
   }

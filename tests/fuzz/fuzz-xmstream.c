@@ -16,14 +16,19 @@
  * get past the checksums to the field and order checks.  Bit 1 set: decode
  * as the reply channel (ACK records, no header).
  *
- * The codec is one file with no dependencies, compiled in here so that the
- * generic tests/fuzz/fuzz-% rule builds this harness as it is. */
+ * A preflight record's body (XENDATA kind 3) also goes through its own
+ * decoder (xenmem/preflight.c) and must re-encode the same.
+ *
+ * The codecs have no dependencies beyond common/endian.h, and are
+ * compiled in here so that the generic tests/fuzz/fuzz-% rule builds this
+ * harness as it is. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../xenmem/stream.c"
+#include "../../xenmem/preflight.c"
 
 static uint32_t
 ld32 (const uint8_t *p)
@@ -105,6 +110,24 @@ check_reencode (const struct xm_record *r, const uint8_t *rec, size_t len)
   case XM_REC_XENDATA:
     n = xm_encode_xendata (out, r->seq, r->u.xendata.kind, r->u.xendata.data,
                            r->u.xendata.len);
+    if (r->u.xendata.kind == XM_XEN_PREFLIGHT) {
+      /* The preflight body: refused with a terminated message, or
+       * accepted and re-encoded to the same bytes. */
+      static struct xm_preflight pf;
+      static uint8_t pbuf[24 + 64 * XM_PF_DISKS_MAX + 24 * XM_PF_LEAVES_MAX
+                          + 16 * XM_PF_MSRS_MAX];
+      char err[256] = "";
+      if (xm_preflight_decode (r->u.xendata.data, r->u.xendata.len, &pf,
+                               err, sizeof err) == -1) {
+        if (!err[0] || strnlen (err, sizeof err) == sizeof err)
+          abort ();
+        if (verbose)
+          fprintf (stderr, "%s\n", err);
+      }
+      else if (xm_preflight_encode (&pf, pbuf) != r->u.xendata.len ||
+               memcmp (pbuf, r->u.xendata.data, r->u.xendata.len) != 0)
+        abort ();
+    }
     break;
   case XM_REC_ACK:
     if (strlen (r->u.ack.msg) > XM_ACK_MSG_MAX)

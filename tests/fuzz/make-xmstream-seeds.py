@@ -30,7 +30,7 @@ ROUND, PAGES, CONTEXT, END, ACK, XENDATA = 1, 2, 3, 4, 5, 6
 ZERO = 1 << 63
 
 
-def header(backend, npages, version=1, flags=0):
+def header(backend, npages, version=2, flags=0):
     h = b"SXMXMEM\n" + struct.pack("<IIQI", version, backend, npages, flags)
     return h + struct.pack("<I", crc32c(h))
 
@@ -98,14 +98,19 @@ emit("zeros", 0,
      header(1, 1 << 40) + round_(0, 0, 200)
      + pages(1, [((1 << 40) - 1 - i * 977, None) for i in range(200)])
      + pages(2, [(i, None) for i in range(0, 2000, 10)]))
-# Backend xen: the domain's configuration, libxl's stream in pieces, END
+# Backend xen: the domain's configuration, the preflight (one disk, one
+# CPUID leaf, one MSR), libxl's stream in pieces, END
 # with the byte count, the commit.
 emit("xen", 0,
      header(2, 49152)
      + xendata(0, 1, b'{"c_info":{"type":"pvh","name":"g"}}')
-     + xendata(1, 2, b"LibxlFmt\0\0\0\2\0\0\0\0" + bytes(11))
-     + xendata(2, 2, page(5)[:1000])
-     + end(3, 1027) + ack(4, 0, b"commit"))
+     + xendata(1, 3, struct.pack("<6I", 4, 17, 1, 1, 1, 0)
+               + b"xvda".ljust(32, b"\0") + bytes(range(16)) + bytes(16)
+               + struct.pack("<6I", 0, 0, 0xd, 0x756e6547, 0x6c65746e, 0x49656e69)
+               + struct.pack("<IIQ", 0xce, 0, 0))
+     + xendata(2, 2, b"LibxlFmt\0\0\0\2\0\0\0\0" + bytes(11))
+     + xendata(3, 2, page(5)[:1000])
+     + end(4, 1027) + ack(5, 0, b"commit"))
 emit("bad-xen-data-first", 0, header(2, 1) + xendata(0, 2, b"x"))
 # Mid-stream, ending at an odd padding length.
 emit("context-pad", 0,

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "preflight.h"
 #include "stream.h"
 #include "tap.h"
 
@@ -292,10 +293,10 @@ test_roundtrip (void)
     struct xm_header in = { XM_STREAM_VERSION, 3, 1ull << 40, 0 };
     n = xm_encode_header (hb, &in);
   }
-  ok (n == 32 && memcmp (hb, "SXMXMEM\n", 8) == 0 && hb[8] == 1 &&
+  ok (n == 32 && memcmp (hb, "SXMXMEM\n", 8) == 0 && hb[8] == 2 &&
       hb[12] == 3 && hb[16 + 5] == 1, "header: 32 bytes, magic, version, "
       "backend, npages little-endian at their offsets");
-  ok (xm_decode_header (&d, hb, n, &h) == 0 && h.version == 1 &&
+  ok (xm_decode_header (&d, hb, n, &h) == 0 && h.version == 2 &&
       h.backend == 3 && h.npages == 1ull << 40 && h.flags == 0,
       "header round-trips (npages 2^40, uffd)");
 
@@ -405,12 +406,16 @@ test_header (void)
 
   HDR_REJECT (hb[0] = 'X', "bad magic", "bad magic refused");
   HDR_REJECT (hb[7] = 0, "bad magic", "magic without its newline refused");
-  HDR_REJECT ((put32 (hb + 8, 2), FIXCRC), "version 2 is not supported",
-              "version 2 refused");
-  HDR_REJECT (put32 (hb + 8, 2), "version 2 is not supported",
+  HDR_REJECT ((put32 (hb + 8, 1), FIXCRC), "version 1 is not supported",
+              "version 1 (no xen preflight) refused");
+  HDR_REJECT ((put32 (hb + 8, 3), FIXCRC), "version 3 is not supported",
+              "version 3 refused");
+  HDR_REJECT (put32 (hb + 8, 3), "version 3 is not supported",
               "version is checked before the checksum");
-  HDR_REJECT ((put32 (hb + 24, 1), FIXCRC), "flags 0x1 are not defined",
-              "nonzero flags refused");
+  HDR_REJECT ((put32 (hb + 24, 2), FIXCRC), "flags 0x2 are not defined",
+              "undefined flags refused");
+  HDR_REJECT ((put32 (hb + 24, 1), FIXCRC), "check-only (flag 0x1) is for "
+              "backend xen", "check-only refused outside backend xen");
   HDR_REJECT (hb[20] ^= 1, "checksum mismatch", "header checksum checked");
   HDR_REJECT (hb[29] ^= 1, "checksum mismatch", "stored checksum checked");
   HDR_REJECT ((put32 (hb + 12, 0), FIXCRC), "backend 0 is unknown",
@@ -863,7 +868,8 @@ test_mutations (void)
   free (copy);
 }
 
-/* Backend xen: XENDATA(config) XENDATA(stream)... END, then the commit;
+/* Backend xen: XENDATA(config) XENDATA(preflight) XENDATA(stream)... END,
+ * then the commit;
  * nothing of the page format, and XENDATA nowhere else. */
 static void
 test_xen (void)
@@ -896,27 +902,40 @@ test_xen (void)
   ok (feed (&d, buf, xm_encode_xendata (buf, 1, XM_XEN_CONFIG, cfg, 5), &r)
       == -1 && has (&d, "a second configuration"),
       "xen: a second configuration refused");
-  n = xm_encode_xendata (buf, 1, XM_XEN_STREAM, page_a, XM_XENDATA_MAX > 4096
+  n = xm_encode_xendata (buf, 1, XM_XEN_STREAM, "abc", 3);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "stream data before the "
+      "preflight"), "xen: stream data before the preflight refused (%s)",
+      d.err);
+  n = xm_encode_end (buf, 1, 0, digest);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "END before the domain's "
+      "preflight"), "xen: END before the preflight refused");
+  n = xm_encode_xendata (buf, 1, XM_XEN_PREFLIGHT, "pf", 2);
+  ok (feed (&d, buf, n, &r) == 0 && r.u.xendata.kind == XM_XEN_PREFLIGHT &&
+      r.u.xendata.len == 2, "xen: the preflight after the configuration");
+  n = xm_encode_xendata (buf, 2, XM_XEN_PREFLIGHT, "pf", 2);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "a second preflight"),
+      "xen: a second preflight refused");
+  n = xm_encode_xendata (buf, 2, XM_XEN_STREAM, page_a, XM_XENDATA_MAX > 4096
                          ? 4096 : XM_XENDATA_MAX);
   ok (feed (&d, buf, n, &r) == 0 && r.u.xendata.kind == XM_XEN_STREAM &&
       r.u.xendata.len == 4096 && memcmp (r.u.xendata.data, page_a, 4096) == 0,
       "xen: stream data round-trips");
-  put32 (body, 3);
-  n = raw_record (buf, XM_REC_XENDATA, 2, body, 9);
-  ok (feed (&d, buf, n, &r) == -1 && has (&d, "kind 3 is unknown"),
+  put32 (body, 4);
+  n = raw_record (buf, XM_REC_XENDATA, 3, body, 9);
+  ok (feed (&d, buf, n, &r) == -1 && has (&d, "kind 4 is unknown"),
       "xen: unknown kind refused");
   put32 (body, XM_XEN_STREAM);
-  n = raw_record (buf, XM_REC_XENDATA, 2, body, 8);
+  n = raw_record (buf, XM_REC_XENDATA, 3, body, 8);
   ok (feed (&d, buf, n, &r) == -1 && has (&d, "under the minimum"),
       "xen: empty XENDATA refused");
   put32 (buf, XM_REC_XENDATA);
   put32 (buf + 4, 8 + XM_XENDATA_MAX + 1);
   ok (xm_record_body_len (&d, buf) == -1 && has (&d, "over the limit"),
       "xen: XENDATA over 1 MiB refused before its body is read");
-  n = xm_encode_end (buf, 2, 4096, digest);
+  n = xm_encode_end (buf, 3, 4096, digest);
   ok (feed (&d, buf, n, &r) == 0 && r.type == XM_REC_END &&
       r.u.end.pages_sent == 4096, "xen: END after the data");
-  n = xm_encode_ack (buf, 3, 0, "commit");
+  n = xm_encode_ack (buf, 4, 0, "commit");
   ok (feed (&d, buf, n, &r) == 0 && r.type == XM_REC_ACK,
       "xen: the commit after END");
 
@@ -927,6 +946,119 @@ test_xen (void)
   ok (feed (&d, buf, n, &r) == -1 && has (&d, "for backend xen only"),
       "XENDATA refused in a uffd stream");
   free (buf);
+}
+
+/* The preflight body (preflight.c): round trip, every refusal names its
+ * field and offset, UUIDs, and the Xen version rule. */
+static void
+test_preflight (void)
+{
+  static struct xm_preflight p, q;
+  static uint8_t b[24 + 64 * XM_PF_DISKS_MAX + 24 * XM_PF_LEAVES_MAX +
+                   16 * XM_PF_MSRS_MAX];
+  char err[256], txt[37], why[200];
+  uint8_t u[16];
+  size_t n;
+
+  ok (xm_uuid_parse ("0F1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", u) == 0 &&
+      u[0] == 0x0f && u[15] == 0xf0, "uuid: parses mixed case");
+  xm_uuid_format (u, txt);
+  ok (strcmp (txt, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0") == 0,
+      "uuid: formats lower case (%s)", txt);
+  ok (xm_uuid_parse ("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f", u) == -1 &&
+      xm_uuid_parse ("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f00", u) == -1 &&
+      xm_uuid_parse ("0f1e2d3c+4b5a-6978-8796-a5b4c3d2e1f0", u) == -1 &&
+      xm_uuid_parse ("0g1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", u) == -1,
+      "uuid: short, long, bad separator, bad digit refused");
+
+  memset (&p, 0, sizeof p);
+  p.xen_major = 4; p.xen_minor = 17;
+  p.ndisks = 2; p.nleaves = 3; p.nmsrs = 2;
+  strcpy (p.disks[0].vdev, "xvda");
+  strcpy (p.disks[1].vdev, "xvdb");
+  for (int i = 0; i < 16; i++)
+    p.disks[0].uuid[i] = i, p.disks[1].uuid[i] = 0xf0 | i;
+  for (uint32_t i = 0; i < p.nleaves; i++)
+    p.leaves[i] = (struct xm_pf_leaf) { i, 0, 0x11 * i, 0x22, 0x33, 0x44 };
+  p.msrs[0] = (struct xm_pf_msr) { 0xce, 0, 1ull << 40 };
+  p.msrs[1] = (struct xm_pf_msr) { 0x10a, 0, 7 };
+  n = xm_preflight_encode (&p, b);
+  ok (n == 24 + 2 * 64 + 3 * 24 + 2 * 16 && n == xm_preflight_size (&p),
+      "preflight: %zu bytes", n);
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == 0 &&
+      q.xen_major == 4 && q.xen_minor == 17 && q.ndisks == 2 &&
+      strcmp (q.disks[1].vdev, "xvdb") == 0 && q.disks[1].uuid[3] == 0xf3 &&
+      q.nleaves == 3 && q.leaves[2].a == 0x22 && q.nmsrs == 2 &&
+      q.msrs[0].val == 1ull << 40 && q.msrs[1].idx == 0x10a,
+      "preflight: round-trips");
+
+  ok (xm_preflight_decode (b, 23, &q, err, sizeof err) == -1 &&
+      strstr (err, "shorter than its 24-byte header"), "preflight: short "
+      "refused (%s)", err);
+  ok (xm_preflight_decode (b, n - 1, &q, err, sizeof err) == -1 &&
+      strstr (err, "make 256"), "preflight: length not what the counts make "
+      "refused (%s)", err);
+  b[20] = 1;
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "offset 20"), "preflight: reserved field refused (%s)", err);
+  b[20] = 0;
+  put32 (b + 8, XM_PF_DISKS_MAX + 1);
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "ndisks (offset 8) is 17"), "preflight: too many disks "
+      "refused (%s)", err);
+  put32 (b + 8, 2);
+  put32 (b + 12, 0xffffffff);
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "nleaves (offset 12)"), "preflight: huge leaf count "
+      "refused before any length arithmetic (%s)", err);
+  put32 (b + 12, 3);
+  put32 (b + 16, XM_PF_MSRS_MAX + 1);
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "nmsrs (offset 16)"), "preflight: too many MSRs refused");
+  put32 (b + 16, 2);
+  b[24 + 64 + 2] = 'D';
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "disk 1 (offset 90): byte 0x44"), "preflight: a bad byte "
+      "in a device name refused (%s)", err);
+  strcpy ((char *) b + 24 + 64, "xvda");
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "device xvda a second time"), "preflight: the same device "
+      "twice refused (%s)", err);
+  b[24 + 64 + 3] = 'b';
+  b[24 + 64 + 10] = 'x';
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "after the device name's NUL"), "preflight: bytes after "
+      "the NUL refused (%s)", err);
+  b[24 + 64 + 10] = 0;
+  memset (b + 24, 'a', 32);
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "not NUL-terminated"), "preflight: unterminated device "
+      "name refused (%s)", err);
+  memset (b + 24, 0, 32);
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "disk 0 (offset 24): the device name is empty"),
+      "preflight: empty device name refused (%s)", err);
+  strcpy ((char *) b + 24, "xvda");
+  b[24 + 50] = 1;
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "reserved bytes"), "preflight: a disk's reserved bytes "
+      "refused");
+  b[24 + 50] = 0;
+  b[n - 16 + 4] = 1;
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == -1 &&
+      strstr (err, "MSR 1 (offset 244): flags 0x1"), "preflight: MSR flags "
+      "refused (%s)", err);
+  b[n - 16 + 4] = 0;
+  ok (xm_preflight_decode (b, n, &q, err, sizeof err) == 0,
+      "preflight: valid again once mended");
+
+  ok (xm_xen_version_ok (4, 17, 4, 17, why, sizeof why) == 0 &&
+      xm_xen_version_ok (4, 17, 4, 18, why, sizeof why) == 0,
+      "xen version: same or newer minor allowed");
+  ok (xm_xen_version_ok (4, 17, 4, 16, why, sizeof why) == -1 &&
+      strstr (why, "older Xen 4.16"), "xen version: older refused (%s)", why);
+  ok (xm_xen_version_ok (4, 17, 5, 0, why, sizeof why) == -1 &&
+      strstr (why, "one major release"), "xen version: other major refused");
 }
 
 int
@@ -945,6 +1077,7 @@ main (void)
   test_stream ();
   test_mutations ();
   test_xen ();
+  test_preflight ();
   free (stream);
   return tap_done ();
 }

@@ -44,7 +44,7 @@ guest() {
   xl destroy rigguest 2>/dev/null
   for try in 1 2 3; do
     rm -f $L/guest-*.log
-    xl create $S/guest.cfg >/tmp/create.log 2>&1
+    xl create ${GCFG:-$S/guest.cfg} >/tmp/create.log 2>&1
     for i in $(seq 150); do
       [ "$(num)" -ge 3 ] 2>/dev/null && return 0
       xl list rigguest >/dev/null 2>&1 || break
@@ -56,7 +56,7 @@ guest() {
   cat /tmp/create.log; return 1
 }
 
-echo "1..7"
+echo "1..12"
 if guest && [ "$(memok)" = ok ]; then
   echo "ok 1 - PVH guest boots and counts ($(last))"
 else
@@ -155,7 +155,7 @@ for try in 1 2 3; do
   $X send --backend=xen --domid="$src" --timeout=60 unix:/tmp/xs.sock 2>/tmp/sends.err; src2=$?
   wait $rp; rrc2=$?
   l_ok=no
-  if [ "$left" = 0 ] || { [ $src2 = 1 ] && [ $rrc2 = 1 ] && grep -q 'already exists' /tmp/recvs.err &&
+  if [ "$left" = 0 ] || { [ $src2 = 4 ] && [ $rrc2 = 4 ] && grep -q 'already exists' /tmp/recvs.err &&
                           [ "$(xl domid rigguest 2>/dev/null)" = "$src" ]; }; then
     l_ok=yes
   fi
@@ -183,6 +183,180 @@ if [ "$(ndom)" = 1 ] && counts_on "at the end"; then
 else
   echo "not ok 7 - afterwards exactly one rigguest domain, counting"; xl list
 fi
+xl destroy rigguest 2>/dev/null
+
+# --- sxm: a guest with a disk moves A -> B -> A ---------------------------
+# The guest's disk is a VHD in SR A served by `sxm attach --nbd-device`
+# (nbdkit vhd plugin + mirror filter; /dev/nbdN in dom0), given to the
+# domain as phy:/dev/nbdN.  `sxm receive --memory xen` in SR B and `sxm
+# migrate --memory xen:DOMID` move disk and memory; then back to A.
+xl destroy rigguest 2>/dev/null         # the diskless one, if any
+ip link set lo up       # sxm's TLS fronts and memory stream: 127.0.0.1
+SXM=$S/sxm/scripts/sxm
+SXM_VHD=$S/sxm/client/sxm-vhd
+export SXM_RUNDIR=/run/sxm SXM_KEEP_RUNDIR=1
+mkdir -p /srv/srA /srv/srB
+# The newest heartbeat with a disk state: "heartbeat N mem M disk R S".
+dlast() { cat $L/guest-*.log 2>/dev/null | grep -a -o 'heartbeat [0-9]* mem [A-Za-z]* disk [0-9]* [A-Za-z]*' | sort -k2 -n | tail -n 1; }
+drec() { dlast | cut -d' ' -f6; }
+dstate() { dlast | cut -d' ' -f7; }
+disk_on() {     # disk_on LABEL: heartbeat and records advance, all read back
+  a=$(dlast); sleep 8; b=$(dlast)     # the guest verifies every 3rd beat
+  echo "# $1: ${a:-none} -> ${b:-none}"
+  [ "$(echo "$b" | cut -d' ' -f2)" -gt "$(echo "$a" | cut -d' ' -f2)" ] 2>/dev/null &&
+    [ "$(echo "$b" | cut -d' ' -f6)" -gt "$(echo "$a" | cut -d' ' -f6)" ] 2>/dev/null &&
+    [ "$(echo "$b" | cut -d' ' -f4)" = ok ] && [ "$(echo "$b" | cut -d' ' -f7)" = ok ]
+}
+kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" | head -n 1; }
+# The device the domain's xvda is backed by (blkback's params).
+vbd_dev() { xenstore-read "/local/domain/0/backend/vbd/$1/51712/params" 2>/dev/null; }
+# sxm_leg LABEL SR PORT CONTROL [MIGRATE OPTIONS]: receive in SR, migrate
+# the running rigguest there; sets LEG_RC (migrate), LEG_RRC (receive),
+# LEG_GAP (probe), LEG_DT (sxm's own downtime), NEWCTL (the moved disk's
+# control socket on the destination), LEG_SRC, LEG_DST.
+sxm_leg() {
+  label=$1 sr=$2 port=$3 ctl=$4; shift 4
+  LEG_TF=$(tf)
+  LEG_SRC=$(xl domid rigguest); rm -f /tmp/tok /tmp/mig.json
+  $SXM receive --sr "$sr" --disk 64M --disk 8M --memory xen --listen 127.0.0.1:$port \
+    --token-file /tmp/tok >/tmp/recv.out 2>/tmp/recv.err &
+  RP=$!
+  for i in $(seq 100); do [ -s /tmp/tok ] && break; sleep 0.1; done
+  probe_start
+  t0=$(date +%s.%N)
+  $SXM migrate --token-file /tmp/tok --disk "$ctl" --disk "$CTL2" --memory xen:$LEG_SRC \
+    --memory-opt --max-rounds=8 --summary-json /tmp/mig.json "$@" >/tmp/mig.out 2>/tmp/mig.err; LEG_RC=$?
+  # A failed migrate tells the receiver to give up; it must within 30 s.
+  for i in $(seq 300); do kill -0 $RP 2>/dev/null || break; sleep 0.1; done
+  kill $RP 2>/dev/null
+  wait $RP; LEG_RRC=$?
+  LEG_S=$(secs "$t0" "$(date +%s.%N)")
+  LEG_GAP=$(probe_stop)
+  LEG_DT=$(jq -r '.memory.downtime_ms // "-"' /tmp/mig.json 2>/dev/null)
+  LEG_HOOK=$(jq -r '.memory.hook_ms // "-"' /tmp/mig.json 2>/dev/null)
+  jq -c '.memory | {rounds, stop_reason, downtime_ms, suspend_ms, final_ms, restore_ms, commit_ms, hook_ms, prepare_ms}' \
+    /tmp/mig.json 2>/dev/null | sed 's/^/#   memory: /'
+  LEG_DST=$(xl domid rigguest 2>/dev/null)
+  NEWCTL=$(grep '^name=' /tmp/recv.out | sed -n 1p | kv control)
+  NEWCTL2=$(grep '^name=' /tmp/recv.out | sed -n 2p | kv control)
+  sed 's/^/#   migrate: /' /tmp/mig.err | grep -v 'phase\|mirroring' | tail -n 8
+  if [ "$LEG_RC" != 0 ]; then   # what xenmem said (sxm keeps its run dir)
+    m=$(ls -dt /tmp/sxm-migrate.* 2>/dev/null | head -n 1)
+    grep -v 'pages dirty\|round [0-9]' "$m/xenmem.log" 2>/dev/null | tail -n 15 | sed 's/^/#   xenmem: /'
+  fi
+  sed 's/^/#   receive: /' /tmp/recv.err | tail -n 3
+}
+
+# A leg that fails while Xen logged a new triple fault (the emulator: see
+# the top of this file; the disk guest, busier, is hit more often, also
+# with no migration under way) is reported as TODO, not as a failure: it
+# says nothing about sxm either way.  One without a triple fault fails.
+verdict() {     # verdict OK N TEXT
+  [ "$1" = yes ] ||     # what the guest said besides its heartbeats
+    cat $L/guest-*.log 2>/dev/null | grep -a -v '^heartbeat' | tail -n 12 | sed 's/^/#   console: /'
+  if [ "$1" = yes ]; then echo "ok $2 - $3"
+  elif [ "$(tf)" -gt "${LEG_TF:-0}" ]; then echo "not ok $2 - $3 # TODO the guest triple-faulted under TCG (Xen logged it)"
+  else echo "not ok $2 - $3"; fi
+}
+alive() { [ -n "$(xl domid rigguest 2>/dev/null)" ] && ! crashed "$(xl domid rigguest)"; }
+
+# Two disks: xvda (the records) and xvdb (a second disk, moved too).
+UA=$(cat /proc/sys/kernel/random/uuid); UB=$(cat /proc/sys/kernel/random/uuid)
+$SXM_VHD create --uuid=$UA /srv/srA/$UA.vhd 64M >/dev/null &&
+  $SXM_VHD create --uuid=$UB /srv/srA/$UB.vhd 8M >/dev/null
+A1=$($SXM attach --nbd-device /srv/srA/$UA.vhd 2>/tmp/att.err)
+A2=$($SXM attach --nbd-device /srv/srA/$UB.vhd 2>>/tmp/att.err)
+DEV=$(echo "$A1" | kv device); CTL=$(echo "$A1" | kv control)
+DEV2=$(echo "$A2" | kv device); CTL2=$(echo "$A2" | kv control)
+# 32 MiB of data beyond the records, so that the copy has work to do.
+dd if=/dev/urandom of="$DEV" bs=1M count=32 seek=16 oflag=direct 2>/dev/null
+sed -e 's/^extra = "\(.*\)"/extra = "\1 sxmdisk=1"/' $S/guest.cfg >/tmp/gdisk.cfg
+echo "disk = [ 'phy:$DEV,xvda,w', 'phy:$DEV2,xvdb,w' ]" >>/tmp/gdisk.cfg
+export GCFG=/tmp/gdisk.cfg
+d_ok=no LEG_TF=$(tf)
+if [ -n "$DEV" ] && [ -n "$DEV2" ] && guest; then
+  for i in $(seq 20); do [ "$(drec)" -gt 8 ] 2>/dev/null && break; sleep 1; done
+  disk_on "the guest on A" && d_ok=yes
+fi
+cat /tmp/att.err | sed 's/^/#   attach: /'
+verdict $d_ok 8 "a PVH guest with two disks on SR A (sxm attach --nbd-device, phy:$DEV): records written and read back ($(dlast))"
+[ $d_ok = yes ] || { echo "#   $A1"; tail -c 600 $L/guest-*.log | sed 's/^/#   console: /'; }
+
+# Leg 1: A -> B.
+ok1=no
+if [ $d_ok = yes ]; then
+sxm_leg "A -> B" /srv/srB 10809 "$CTL"
+l1="$LEG_S s, probe $LEG_GAP ms, sxm $LEG_DT ms (switchover $LEG_HOOK ms)"
+if [ $LEG_RC = 0 ] && [ $LEG_RRC = 0 ] && [ -n "$LEG_DST" ] && [ "$LEG_DST" != "$LEG_SRC" ]; then
+  dev_now=$(vbd_dev $LEG_DST)
+  echo "# A -> B: domain $LEG_SRC -> $LEG_DST, xvda now on $dev_now (was $DEV)"
+  disk_on "after A -> B" && [ -n "$dev_now" ] && [ "$dev_now" != "$DEV" ] &&
+    [ "$(ls /srv/srB/*.vhd | wc -l)" = 2 ] && [ ! -e "$SXM_RUNDIR/$UA.info" ] &&
+    [ "$(ndom)" = 1 ] && ok1=yes
+fi
+fi
+verdict $ok1 9 "sxm migrate A -> B: the guest runs on B's disks, every record reads back, A's disk services detached (${l1:-not run})"
+[ $ok1 = yes ] || { echo "#   migrate ${LEG_RC:-}, receive ${LEG_RRC:-}, domain ${LEG_SRC:-} -> ${LEG_DST:-none}"
+  xl list | sed 's/^/#   /'; $SXM list | sed 's/^/#   /'; }
+
+# Leg 2: B -> A (a new disk in SR A).
+ok2=no
+if [ $ok1 = yes ] && alive; then
+  CTL2=$NEWCTL2
+  sxm_leg "B -> A" /srv/srA 10819 "$NEWCTL"
+  l2="$LEG_S s, probe $LEG_GAP ms, sxm $LEG_DT ms (switchover $LEG_HOOK ms)"
+  if [ $LEG_RC = 0 ] && [ $LEG_RRC = 0 ] && [ -n "$LEG_DST" ] && [ "$LEG_DST" != "$LEG_SRC" ]; then
+    echo "# B -> A: domain $LEG_SRC -> $LEG_DST, xvda now on $(vbd_dev $LEG_DST)"
+    disk_on "after B -> A" && [ "$(ls /srv/srA/*.vhd | wc -l)" = 4 ] && [ "$(ndom)" = 1 ] && ok2=yes
+  fi
+fi
+verdict $ok2 10 "sxm migrate B -> A: back on A, every record reads back (${l2:-not run})"
+[ $ok2 = yes ] || { echo "#   migrate ${LEG_RC:-}, receive ${LEG_RRC:-}"; xl list | sed 's/^/#   /'; }
+CTL=$NEWCTL CTL2=$NEWCTL2
+
+# The destination's disk service killed mid-copy: the guest runs on at A.
+ok3=no
+if [ $ok2 = yes ] && alive; then
+  nb=$(ls /srv/srB/*.vhd | wc -l)
+  src=$(xl domid rigguest)
+  ( for i in $(seq 100); do
+      f=$(ls -t /run/sxm/*.pid 2>/dev/null | head -n 1)
+      st=$($S/sxm/client/sxm-mirror "$CTL" status 2>/dev/null | jq -r .state)
+      [ "$st" = mirroring ] && [ -n "$f" ] && { sleep 1; kill -9 "$(cat "$f")"; exit; }
+      sleep 0.2
+    done ) &
+  KP=$!
+  sxm_leg "killed" /srv/srB 10829 "$CTL" --copy-rate 4M
+  wait $KP
+  echo "# killed leg: migrate $LEG_RC, receive $LEG_RRC, domain $LEG_SRC -> ${LEG_DST:-none}"
+  [ "$LEG_RC" = 1 ] && [ "$LEG_RRC" != 0 ] && [ "$(xl domid rigguest)" = "$src" ] &&
+    disk_on "after the failed migration" && [ "$(ls /srv/srB/*.vhd | wc -l)" = "$nb" ] &&
+    [ "$($SXM list --json | jq length)" = 2 ] && ok3=yes
+fi
+verdict $ok3 11 "destination disk service killed mid-copy: migrate exits 1, the guest runs on at A with its disks, records intact, B left as it was"
+[ $ok3 = yes ] || { $SXM list | sed 's/^/#   /'; ls /srv/srB | sed 's/^/#   /'; }
+
+# Refused before anything moves: the destination lacks the memory (a
+# paused ballast domain holds all but 64 MiB of the free memory).
+ok4=no
+if [ $ok2 = yes ] && alive; then
+  free=$(xl info | awk '$1 == "free_memory" { print $3 }')
+  printf 'name = "ballast"\ntype = "pvh"\nkernel = "/rig/vmlinuz"\nmemory = %s\nvcpus = 1\n' \
+    $((free - 64)) >/tmp/ballast.cfg
+  xl create -p /tmp/ballast.cfg >/tmp/ballast.log 2>&1
+  src=$(xl domid rigguest)
+  sxm_leg "no memory" /srv/srB 10839 "$CTL"
+  xl destroy ballast 2>/dev/null
+  echo "# no-memory leg: migrate $LEG_RC, receive $LEG_RRC; $(grep -o 'not enough memory[^"]*' /tmp/mig.err | head -n 1)"
+  [ "$LEG_RC" = 4 ] && grep -q 'not enough memory' /tmp/mig.err && [ "$(xl domid rigguest)" = "$src" ] &&
+    [ "$($S/sxm/client/sxm-mirror "$CTL" status | jq -r .state)" = idle ] &&
+    disk_on "after the refusal" && ok4=yes
+fi
+verdict $ok4 12 "a destination without the memory refuses before anything moves (exit 4, says so), the guest runs on"
+[ $ok4 = yes ] || cat /tmp/ballast.log 2>/dev/null | sed 's/^/#   /'
+echo "# blackout (probe, ms): xl migrate (memory only) $xl_gap; xenmem (memory only) $xm_gap; sxm disk+memory A->B ${l1:-}; B->A ${l2:-}"
+echo "sxm-xen-disk-result xl_downtime_ms=$xl_gap sxm_ab=\"${l1:-}\" sxm_ba=\"${l2:-}\""
 echo "# triple faults in this run (TCG): $(xl dmesg | grep -c 'Triple fault')"
 xl destroy rigguest 2>/dev/null
+for f in $SXM_RUNDIR/*.info; do [ -e "$f" ] && $SXM detach --force "$(basename "$f" .info)"; done
 exit 0
