@@ -18,7 +18,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 log=$(mktemp /tmp/sxm-xen-build.XXXXXX)
 share=$(mktemp -d /var/tmp/sxm-xen.XXXXXX)
-trap 'rm -rf "$share" "$log"' EXIT
+trap 'cp "$share/scenario.log" /tmp/sxm-xen-last-scenario.log 2>/dev/null; rm -rf "$share" "$log"' EXIT
 t0=$(date +%s)
 if ! "$ROOT/tests/xen/build-rig" >"$log" 2>&1; then
   echo "1..1"
