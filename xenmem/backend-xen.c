@@ -691,6 +691,30 @@ relay_in (void *arg)
   return NULL;
 }
 
+/* One record of the sender's stream into BUF (big enough for any the
+ * decoder D allows): 1 and *R decoded; 0 the stream broke (the transport
+ * said so); -1 the record is refused, WHY says why. */
+static int
+read_record (struct xm_conn *c, struct xm_decoder *d, uint8_t *buf,
+             struct xm_record *r, char *why, size_t whylen)
+{
+  int64_t blen;
+
+  if (xm_read (c, buf, XM_REC_HDR_SIZE, false) != 1)
+    return 0;
+  if ((blen = xm_record_body_len (d, buf)) < 0) {
+    snprintf (why, whylen, "%s", d->err);
+    return -1;
+  }
+  if (xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) != 1)
+    return 0;
+  if (xm_decode_record (d, buf, XM_REC_HDR_SIZE + blen, r) == -1) {
+    snprintf (why, whylen, "%s", d->err);
+    return -1;
+  }
+  return 1;
+}
+
 int
 xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
                 struct jbuf *report)
@@ -710,7 +734,7 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   bool started = false;
   pthread_t relay;
   double t0 = xm_now (), t_restore = 0;
-  int64_t blen;
+  int rr;
 
   libxl_domain_config_init (&cfg);
   libxl_domain_restore_params_init (&params);
@@ -734,16 +758,9 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
               ", this receiver runs xen", h.backend);
     goto refuse;
   }
-  if (xm_read (c, buf, XM_REC_HDR_SIZE, false) != 1)
-    goto out;
-  if ((blen = xm_record_body_len (&d, buf)) < 0) {
-    snprintf (why, sizeof why, "%s", d.err);
-    goto refuse;
-  }
-  if (xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) != 1)
-    goto out;
-  if (xm_decode_record (&d, buf, XM_REC_HDR_SIZE + blen, &r) == -1) {
-    snprintf (why, sizeof why, "%s", d.err);
+  if ((rr = read_record (c, &d, buf, &r, why, sizeof why)) != 1) {
+    if (rr == 0)
+      goto out;
     goto refuse;
   }
   if (r.type != XM_REC_XENDATA || r.u.xendata.kind != XM_XEN_CONFIG) {
@@ -763,16 +780,9 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   }
   /* The preflight: Xen version, disk map, memory, CPU.  A refusal here
    * is the sender's exit 4: nothing has moved. */
-  if (xm_read (c, buf, XM_REC_HDR_SIZE, false) != 1)
-    goto out;
-  if ((blen = xm_record_body_len (&d, buf)) < 0) {
-    snprintf (why, sizeof why, "%s", d.err);
-    goto refuse;
-  }
-  if (xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) != 1)
-    goto out;
-  if (xm_decode_record (&d, buf, XM_REC_HDR_SIZE + blen, &r) == -1) {
-    snprintf (why, sizeof why, "%s", d.err);
+  if ((rr = read_record (c, &d, buf, &r, why, sizeof why)) != 1) {
+    if (rr == 0)
+      goto out;
     goto refuse;
   }
   if (r.type != XM_REC_XENDATA || r.u.xendata.kind != XM_XEN_PREFLIGHT) {
@@ -866,12 +876,9 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
     goto out;
 
   /* Wait for the sender's commit (or for it to give up). */
-  if (xm_read (c, buf, XM_REC_HDR_SIZE, false) != 1)
-    goto out;
-  if ((blen = xm_record_body_len (&d, buf)) < 0 ||
-      xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) != 1 ||
-      xm_decode_record (&d, buf, XM_REC_HDR_SIZE + blen, &r) == -1) {
-    snprintf (why, sizeof why, "%s", d.err[0] ? d.err : "no commit");
+  if ((rr = read_record (c, &d, buf, &r, why, sizeof why)) != 1) {
+    if (rr == 0)
+      snprintf (why, sizeof why, "no commit");
     goto out;
   }
   if (r.u.ack.status != 0) {
