@@ -31,13 +31,16 @@ FILTERDIR  = $(shell pkg-config --variable=filterdir nbdkit 2>/dev/null)
 NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 
 COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/bitmap.c common/log.c common/rangelock.c common/size.c \
-               common/jsonline.c common/nbdpolicy.c common/mirrorctl.c
+               common/jsonline.c common/nbdpolicy.c common/mirrorctl.c \
+               common/fullio.c common/unixsock.c
 COMMON_OBJS := $(COMMON_SRCS:.c=.o)
 COMMON_HDRS := $(wildcard common/*.h)
 
 PLUGIN     := nbdkit-plugin/nbdkit-vhd-plugin.so
 FILTER     := nbdkit-plugin/nbdkit-mirror-filter.so
-FILTER_SRCS := nbdkit-plugin/mirror.c nbdkit-plugin/mirror-dest.c nbdkit-plugin/mirror-control.c
+FILTER_SRCS := nbdkit-plugin/mirror.c nbdkit-plugin/mirror-state.c nbdkit-plugin/mirror-write.c \
+               nbdkit-plugin/mirror-copy.c nbdkit-plugin/mirror-cmd.c \
+               nbdkit-plugin/mirror-dest.c nbdkit-plugin/mirror-control.c
 TOOLS      := client/sxm-vhd client/sxm-copy client/sxm-mirror xenmem/xenmem
 BENCH_BINS := bench/map-time
 XEN_TEST_BINS := tests/xen/downtime-probe
@@ -73,7 +76,7 @@ client/sxm-vhd: LDLIBS += -luuid
 # path, the VM monitor) only in the tool.  The uffd guest's disks are
 # libnbd handles.
 XENMEM_SRCS := xenmem/engine.c xenmem/stream.c xenmem/transport.c \
-               xenmem/backend-uffd.c xenmem/backend-xen.c xenmem/backend-kvm.c \
+               xenmem/backend-uffd.c xenmem/backend-xen.c \
                xenmem/backend-none.c xenmem/vbd.c xenmem/preflight.c \
                xenmem/xen-checks.c
 XENMEM_CLI_SRCS := xenmem/xenmem.c xenmem/cli.c xenmem/monitor.c
@@ -116,7 +119,7 @@ tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzzvhd.h $(COMMON_SRCS) $(COM
 tests/fuzz/fuzz-xmstream: xenmem/stream.c xenmem/stream.h xenmem/preflight.c xenmem/preflight.h
 
 # The Xen test's blackout probe (runs in the rig's dom0).
-tests/xen/downtime-probe: tests/xen/downtime-probe.c | deps
+tests/xen/downtime-probe: tests/xen/downtime-probe.c common/monotime.h | deps
 	$(CC) $(ALLCFLAGS) -o $@ $< -lxenctrl
 
 # make fuzz FUZZ_SECONDS=N: each harness for N seconds from generated seeds.
@@ -177,6 +180,9 @@ install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
 	install -m 755 scripts/sxm $(DESTDIR)$(BINDIR)/sxm
+	# sxm finds its Xen hotplug script at BINDIR/../lib/sxm.
+	install -d $(DESTDIR)$(BINDIR)/../lib/sxm
+	install -m 755 scripts/block-sxm $(DESTDIR)$(BINDIR)/../lib/sxm/block-sxm
 	install -m 755 $(PLUGIN) $(DESTDIR)$(PLUGINDIR)/
 	install -d $(DESTDIR)$(FILTERDIR)
 	install -m 755 $(FILTER) $(DESTDIR)$(FILTERDIR)/

@@ -4,8 +4,8 @@
  * whatever the server).  Usage: map-time FILE.vhd [RUNS] */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "monotime.h"
 #include "vhd.h"
 
 static int
@@ -29,25 +29,23 @@ main (int argc, char **argv)
   int runs = argc > 2 ? atoi (argv[2]) : 9, i;
   double t[64], open_ms;
   uint64_t n = 0;
-  struct timespec a, b;
+  double t0;
 
   if (argc < 2 || runs < 1 || runs > 64) {
     fprintf (stderr, "usage: map-time FILE.vhd [RUNS<=64]\n");
     return 2;
   }
-  clock_gettime (CLOCK_MONOTONIC, &a);
+  t0 = sxm_now ();
   top = vhd_open_chain (argv[1], VHD_SIZE_AUTO);
-  clock_gettime (CLOCK_MONOTONIC, &b);
+  open_ms = (sxm_now () - t0) * 1e3;
   if (!top)
     return 1;
-  open_ms = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
   for (i = 0; i < runs; i++) {
     n = 0;
-    clock_gettime (CLOCK_MONOTONIC, &a);
+    t0 = sxm_now ();
     if (vhd_map (top, 0, top->size, false, count_run, &n) == -1)
       return 1;
-    clock_gettime (CLOCK_MONOTONIC, &b);
-    t[i] = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+    t[i] = (sxm_now () - t0) * 1e3;
   }
   qsort (t, runs, sizeof t[0], cmp_double);
   printf ("%.3f %llu %.1f\n", t[runs / 2], (unsigned long long) n, open_ms);

@@ -14,6 +14,7 @@
 #include "copy/copy.h"
 #include "log.h"
 #include "mirrorctl.h"
+#include "monotime.h"
 #include "size.h"
 
 /* Exit codes (documented in doc/sxm-copy.pod). */
@@ -130,7 +131,7 @@ load (uint64_t *p)
 static void
 print_progress (struct copy *cp, bool last)
 {
-  double now = mono_now (), el = now - t_start;
+  double now = sxm_now (), el = now - t_start;
   uint64_t done = load (&cp->alloc_done), total = cp->alloc_total;
   double rate = el > 0 ? done / el : 0;
   double eta = rate > 0 ? (total - done) / rate : -1;
@@ -172,7 +173,7 @@ print_progress (struct copy *cp, bool last)
 static void
 monitor (struct copy *cp, bool last)
 {
-  double now = mono_now ();
+  double now = sxm_now ();
 
   if (interrupted && !cp->abort) {
     fprintf (stderr, "\nsxm-copy: interrupted (signal %d): stopping%s\n",
@@ -544,7 +545,7 @@ main (int argc, char **argv)
 
   signal (SIGINT, on_signal);
   signal (SIGTERM, on_signal);
-  t_start = mono_now ();
+  t_start = sxm_now ();
   if (src.ops->extents (&src0, 0, src.size, count_alloc, &cp) == -1) {
     fprintf (stderr, "sxm-copy: %s: reading the allocation map: %s\n",
              src.name, src.ops == &nbd_ops ? nbd_last_error () : strerror (errno));
@@ -608,7 +609,7 @@ main (int argc, char **argv)
     if (verify_only)
       cp = vc;
   }
-  wall = mono_now () - t_start;
+  wall = sxm_now () - t_start;
   summary (&cp, wall, status);
   src.ops->disconnect (&src0);
   dst.ops->disconnect (&dst0);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <sys/wait.h>
 
+#include "fullio.h"
 #include "jsonline.h"
 #include "log.h"
 #include "mirrorctl.h"
@@ -159,7 +160,7 @@ run_hook (char **socks, int n, const struct cli *o)
       r = call_one (socks[i], socks[i], req, o->timeout, NULL, &raw);
       if (raw) {
         size_t len = strlen (raw);
-        if (write (p[1], raw, len) != (ssize_t) len)
+        if (full_write (p[1], raw, len) == -1)
           r = r ? r : EXIT_CMD_FAILED;
       }
       _exit (r);
@@ -176,14 +177,9 @@ run_hook (char **socks, int n, const struct cli *o)
   }
   for (int i = 0; i < n; i++) {
     char buf[4096];
-    size_t len = 0;
-    ssize_t r;
+    ssize_t r = full_read (fds[i], buf, sizeof buf - 1);
+    size_t len = r > 0 ? r : 0;
     int st;
-    while (len < sizeof buf - 1 &&
-           ((r = read (fds[i], buf + len, sizeof buf - 1 - len)) > 0 ||
-            (r == -1 && errno == EINTR)))
-      if (r > 0)
-        len += r;
     buf[len] = 0;
     close (fds[i]);
     while (waitpid (pids[i], &st, 0) == -1 && errno == EINTR)

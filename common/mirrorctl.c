@@ -4,11 +4,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "fullio.h"
 #include "log.h"
 #include "mirrorctl.h"
+#include "monotime.h"
 
 int
 mirrorctl_connect (const char *path)
@@ -35,21 +36,13 @@ mirrorctl_connect (const char *path)
   return fd;
 }
 
-static double
-now (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 int
 mirrorctl_call (int fd, const char *request, double timeout,
                 struct json_obj *reply, char **raw)
 {
   size_t n = strlen (request), have = 0;
   char *line = malloc (n + 2), *buf;
-  double deadline = now () + timeout;
+  double deadline = sxm_now () + timeout;
   char err[256];
 
   if (!line) {
@@ -58,16 +51,10 @@ mirrorctl_call (int fd, const char *request, double timeout,
   }
   memcpy (line, request, n);
   line[n] = '\n';
-  for (size_t off = 0; off < n + 1;) {
-    ssize_t w = send (fd, line + off, n + 1 - off, MSG_NOSIGNAL);
-    if (w == -1 && errno == EINTR)
-      continue;
-    if (w == -1) {
-      sxm_error ("mirror control socket: send: %s", strerror (errno));
-      free (line);
-      return -1;
-    }
-    off += w;
+  if (full_send (fd, line, n + 1) == -1) {
+    sxm_error ("mirror control socket: send: %s", strerror (errno));
+    free (line);
+    return -1;
   }
   free (line);
   buf = malloc (JSON_MAX_LINE + 1);
@@ -76,13 +63,14 @@ mirrorctl_call (int fd, const char *request, double timeout,
     return -1;
   }
   /* Read byte-wise up to the newline: replies are short and this keeps
-   * nothing of a next reply in a buffer we would lose. */
+   * nothing of a next reply in a buffer we would lose.  (Not full_read:
+   * the length is not known, and the wait is bounded by TIMEOUT.) */
   for (;;) {
     struct pollfd p = { .fd = fd, .events = POLLIN };
     int ms = -1;
     ssize_t r;
     if (timeout > 0) {
-      double left = deadline - now ();
+      double left = deadline - sxm_now ();
       if (left <= 0) {
         sxm_error ("mirror control socket: no reply within %.0f s", timeout);
         free (buf);

@@ -185,7 +185,7 @@ commit_image (const char *path, uint64_t file_size,
     goto out;
   }
   for (i = 0; i < nparts; i++)
-    if (vhd_pwrite_full (fd, parts[i].buf, parts[i].len, parts[i].offset) == -1) {
+    if (full_pwrite (fd, parts[i].buf, parts[i].len, parts[i].offset) == -1) {
       sxm_error ("%s: writing at %" PRIu64 ": %s", path, parts[i].offset,
                  strerror (errno));
       goto out;

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 
+#include "fullio.h"
 #include "vhd.h"
 
 /* A cached sector bitmap whose bits are all set: costs no memory, and the
@@ -54,8 +55,23 @@ typedef int (*piece_fn) (void *opaque, const struct vhd_layer *src,
 int vhd_resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
                  piece_fn fn, void *opaque);
 
-int vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset);
-int vhd_pwrite_full (int fd, const void *buf, size_t count, uint64_t offset);
+/* pread the whole range or fail (common/fullio.h does the looping): 0, or
+ * -1 with errno; EIO if the file ends inside the range, which the
+ * validated layout says it cannot (a file cut or changed under us).
+ * Writes need no such rule: full_pwrite. */
+static inline int
+vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset)
+{
+  ssize_t r = full_pread (fd, buf, count, offset);
+
+  if (r == -1)
+    return -1;
+  if ((size_t) r < count) {
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
 
 /* Set a footer buffer's current size, geometry and checksum. */
 void vhd_footer_set_size (uint8_t *footer, uint64_t size);

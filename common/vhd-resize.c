@@ -80,15 +80,15 @@ vhd_resize (const char *path, uint64_t new_size)
     memset (bat, 0xff, bytes);
     for (i = 0; i < l->nblocks; i++)
       be32_store (bat + 4 * i, l->bat[i]);
-    if (vhd_pwrite_full (fd, footer, VHD_FOOTER_SIZE, end + bytes) == -1 ||
-        vhd_pwrite_full (fd, bat, bytes, end) == -1 || fdatasync (fd) == -1)
+    if (full_pwrite (fd, footer, VHD_FOOTER_SIZE, end + bytes) == -1 ||
+        full_pwrite (fd, bat, bytes, end) == -1 || fdatasync (fd) == -1)
       goto io_error;
     /* 2. The header points at it. */
     be64_store (header + 16, end);
     be32_store (header + 28, (uint32_t) need);
     be32_store (header + 36, 0);
     be32_store (header + 36, vhd_checksum (header, sizeof header, 36));
-    if (vhd_pwrite_full (fd, header, sizeof header, hoff) == -1 ||
+    if (full_pwrite (fd, header, sizeof header, hoff) == -1 ||
         fdatasync (fd) == -1)
       goto io_error;
     end += bytes;
@@ -113,9 +113,9 @@ vhd_resize (const char *path, uint64_t new_size)
   /* 3. The footers: the end one first (it is the one readers use), then
    * the copy at offset 0. */
   vhd_footer_set_size (footer, new_size);
-  if (vhd_pwrite_full (fd, footer, VHD_FOOTER_SIZE, end) == -1 ||
+  if (full_pwrite (fd, footer, VHD_FOOTER_SIZE, end) == -1 ||
       fdatasync (fd) == -1 ||
-      vhd_pwrite_full (fd, footer, VHD_FOOTER_SIZE, 0) == -1 ||
+      full_pwrite (fd, footer, VHD_FOOTER_SIZE, 0) == -1 ||
       fdatasync (fd) == -1)
     goto io_error;
   ret = 0;

@@ -133,8 +133,8 @@ write_in_block (struct vhd_layer *l, uint32_t blk, const uint8_t *buf,
 
   /* Fast path: allocated, every sector ours. */
   if (sec != VHD_BAT_UNUSED && vhd_get_bitmap (l, blk) == VHD_BITMAP_FULL)
-    return vhd_pwrite_full (l->fd, buf, len, (uint64_t) sec * VHD_SECTOR +
-                            l->bitmap_bytes + (voff - bstart));
+    return full_pwrite (l->fd, buf, len, (uint64_t) sec * VHD_SECTOR +
+                        l->bitmap_bytes + (voff - bstart));
 
   lock = rangelock_lock (&l->block_locks, blk, 1);
   if (!lock) {
@@ -147,16 +147,16 @@ write_in_block (struct vhd_layer *l, uint32_t blk, const uint8_t *buf,
     if (!cur)
       goto out;
     if (cur == VHD_BITMAP_FULL) {           /* filled while we waited */
-      ret = vhd_pwrite_full (l->fd, buf, len, (uint64_t) sec * VHD_SECTOR +
-                             l->bitmap_bytes + (voff - bstart));
+      ret = full_pwrite (l->fd, buf, len, (uint64_t) sec * VHD_SECTOR +
+                         l->bitmap_bytes + (voff - bstart));
       goto out;
     }
     /* Partial bitmap: write whole sectors, then set their bits. */
     wide = widen (l, buf, voff, len, &wvoff, &wlen);
     if (!wide)
       goto out;
-    if (vhd_pwrite_full (l->fd, wide, wlen, (uint64_t) sec * VHD_SECTOR +
-                         l->bitmap_bytes + (wvoff - bstart)) == -1)
+    if (full_pwrite (l->fd, wide, wlen, (uint64_t) sec * VHD_SECTOR +
+                     l->bitmap_bytes + (wvoff - bstart)) == -1)
       goto out;
     pthread_mutex_lock (&l->meta);
     for (s = (wvoff - bstart) / VHD_SECTOR;
@@ -210,11 +210,11 @@ write_in_block (struct vhd_layer *l, uint32_t blk, const uint8_t *buf,
     for (s = (wvoff - bstart) / VHD_SECTOR;
          s < (wvoff - bstart + wlen + VHD_SECTOR - 1) / VHD_SECTOR; s++)
       bitmap_set (bm, s);
-  if (vhd_pwrite_full (l->fd, l->footer_buf, VHD_FOOTER_SIZE,
-                       start + l->bitmap_bytes + l->block_size) == -1 ||
-      vhd_pwrite_full (l->fd, bm, l->bitmap_bytes, start) == -1 ||
-      vhd_pwrite_full (l->fd, l->parent ? wide : buf, wlen,
-                       start + l->bitmap_bytes + (wvoff - bstart)) == -1)
+  if (full_pwrite (l->fd, l->footer_buf, VHD_FOOTER_SIZE,
+                   start + l->bitmap_bytes + l->block_size) == -1 ||
+      full_pwrite (l->fd, bm, l->bitmap_bytes, start) == -1 ||
+      full_pwrite (l->fd, l->parent ? wide : buf, wlen,
+                   start + l->bitmap_bytes + (wvoff - bstart)) == -1)
     goto out;                   /* the appended space stays orphaned */
 
   pthread_mutex_lock (&l->meta);
@@ -251,7 +251,7 @@ vhd_write (struct vhd_layer *l, const void *buf, uint64_t count,
   if (vhd_check_write (l, offset, count) == -1)
     return -1;
   if (l->footer.type == VHD_TYPE_FIXED)
-    return vhd_pwrite_full (l->fd, buf, count, offset);
+    return full_pwrite (l->fd, buf, count, offset);
   if (l->footer_at == UINT64_MAX) {
     /* Opened through the footer copy: the next flush restores the end
      * footer (only once something is written, so -r never modifies). */
@@ -404,23 +404,23 @@ vhd_flush (struct vhd_layer *l)
   for (i = 0; i < n; i++) {
     uint64_t base = (uint64_t) items[i].sec * VHD_SECTOR;
     if ((items[i].what & DIRTY_BITMAP) &&
-        vhd_pwrite_full (l->fd, items[i].bitmap ? items[i].bitmap : ones,
-                         l->bitmap_bytes, base) == -1) {
+        full_pwrite (l->fd, items[i].bitmap ? items[i].bitmap : ones,
+                     l->bitmap_bytes, base) == -1) {
       e = errno;
       goto requeue;
     }
     if (items[i].what & DIRTY_BAT) {
       uint8_t be[4];
       be32_store (be, items[i].sec);
-      if (vhd_pwrite_full (l->fd, be, 4, l->header.table_offset +
-                           4 * (uint64_t) items[i].blk) == -1) {
+      if (full_pwrite (l->fd, be, 4, l->header.table_offset +
+                       4 * (uint64_t) items[i].blk) == -1) {
         e = errno;
         goto requeue;
       }
     }
   }
-  if (footer && vhd_pwrite_full (l->fd, l->footer_buf, VHD_FOOTER_SIZE,
-                                 footer_at) == -1) {
+  if (footer && full_pwrite (l->fd, l->footer_buf, VHD_FOOTER_SIZE,
+                             footer_at) == -1) {
     e = errno;
     goto requeue;
   }

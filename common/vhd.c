@@ -70,49 +70,6 @@ bad (const char *path, const char *field, uint64_t offset,
              path, what, field, offset);
 }
 
-/* pread the whole range or fail; a short read means the file ends early. */
-int
-vhd_pwrite_full (int fd, const void *buf, size_t count, uint64_t offset)
-{
-  const char *p = buf;
-
-  while (count > 0) {
-    ssize_t r = pwrite (fd, p, count, (off_t) offset);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      return -1;
-    }
-    p += r;
-    count -= r;
-    offset += r;
-  }
-  return 0;
-}
-
-int
-vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset)
-{
-  char *p = buf;
-
-  while (count > 0) {
-    ssize_t r = pread (fd, p, count, (off_t) offset);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      return -1;
-    }
-    if (r == 0) {
-      errno = EIO;
-      return -1;
-    }
-    p += r;
-    count -= r;
-    offset += r;
-  }
-  return 0;
-}
-
 uint32_t
 vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset)
 {

@@ -20,8 +20,10 @@
 
 #include <nbdkit-filter.h>
 
+#include "fullio.h"
 #include "jsonline.h"
 #include "mirror.h"
+#include "unixsock.h"
 
 #define MAX_CLIENTS 16
 
@@ -103,22 +105,6 @@ handle_line (const char *line, size_t len, struct jbuf *out)
   json_free (&req);
 }
 
-static int
-write_all (int fd, const char *p, size_t n)
-{
-  while (n) {
-    ssize_t w = send (fd, p, n, MSG_NOSIGNAL);
-    if (w == -1) {
-      if (errno == EINTR)
-        continue;
-      return -1;
-    }
-    p += w;
-    n -= w;
-  }
-  return 0;
-}
-
 static void
 client_done (int fd)
 {
@@ -140,8 +126,10 @@ client_thread (void *arg)
   char *buf = malloc (JSON_MAX_LINE + 1);
   size_t have = 0;
 
-  if (!buf)
+  if (!buf) {
+    nbdkit_error ("mirror: control client: malloc: %m");
     goto out;
+  }
   for (;;) {
     char *nl;
     ssize_t r;
@@ -151,7 +139,9 @@ client_thread (void *arg)
       size_t len = nl - buf;
       handle_line (buf, len, &out);
       jbuf_add (&out, "\n");
-      if (out.oom || write_all (fd, out.s, out.len) == -1) {
+      if (out.oom)
+        nbdkit_error ("mirror: control reply: out of memory");
+      if (out.oom || full_send (fd, out.s, out.len) == -1) {
         jbuf_free (&out);
         goto out;
       }
@@ -162,7 +152,7 @@ client_thread (void *arg)
     if (have == JSON_MAX_LINE) {
       static const char msg[] =
         "{\"ok\":false,\"error\":\"request line too long\"}\n";
-      write_all (fd, msg, sizeof msg - 1);
+      full_send (fd, msg, sizeof msg - 1);
       goto out;
     }
     r = recv (fd, buf + have, JSON_MAX_LINE - have, 0);
@@ -204,7 +194,7 @@ accept_loop (void *arg)
       pthread_mutex_unlock (&clients_lock);
       static const char msg[] =
         "{\"ok\":false,\"error\":\"too many control clients\"}\n";
-      write_all (fd, msg, sizeof msg - 1);
+      full_send (fd, msg, sizeof msg - 1);
       close (fd);
       continue;
     }
@@ -243,37 +233,33 @@ control_check (const char *path)
 int
 control_start (const char *path)
 {
-  struct sockaddr_un sa = { .sun_family = AF_UNIX };
-  struct stat st;
-  mode_t old;
+  const char *step;
+  /* Copied first, so that running out of memory leaves nothing behind;
+   * kept in sock_path (which control_stop unlinks) only once the socket
+   * at PATH is ours. */
+  char *p = strdup (path);
 
-  if (control_check (path) == -1)
+  if (!p) {
+    nbdkit_error ("mirror-control=%s: strdup: %m", path);
     return -1;
-  if (lstat (path, &st) == 0)
-    unlink (path);
-  strcpy (sa.sun_path, path);
-  listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  }
+  /* This checks the path again (it may have changed since
+   * control_check): a stale socket is replaced, nothing else. */
+  listen_fd = unix_listen_private (path, 8, NULL, &step);
   if (listen_fd == -1) {
-    nbdkit_error ("mirror-control: socket: %m");
+    nbdkit_error ("mirror-control=%s: %s: %m", path, step);
+    free (p);
     return -1;
   }
-  old = umask (077);
-  if (bind (listen_fd, (struct sockaddr *) &sa, sizeof sa) == -1) {
-    umask (old);
-    nbdkit_error ("mirror-control=%s: bind: %m", path);
-    close (listen_fd);
-    listen_fd = -1;
-    return -1;
-  }
-  umask (old);
-  if (chmod (path, 0600) == -1 || listen (listen_fd, 8) == -1 || pipe2 (stop_pipe, O_CLOEXEC) == -1) {
+  if (pipe2 (stop_pipe, O_CLOEXEC) == -1) {
     nbdkit_error ("mirror-control=%s: %m", path);
     close (listen_fd);
     listen_fd = -1;
     unlink (path);
+    free (p);
     return -1;
   }
-  sock_path = strdup (path);
+  sock_path = p;
   if (pthread_create (&accept_thread, NULL, accept_loop, NULL) != 0) {
     nbdkit_error ("mirror-control: cannot start its thread");
     return -1;

@@ -26,8 +26,10 @@
 #include <unistd.h>
 
 #include <libnbd.h>
+#include <nbdkit-filter.h>
 
 #include "mirror.h"
+#include "monotime.h"
 
 struct dest_conn {
   struct dest *d;
@@ -55,14 +57,6 @@ mono_init (void)
 {
   pthread_condattr_init (&mono_attr);
   pthread_condattr_setclock (&mono_attr, CLOCK_MONOTONIC);
-}
-
-double
-mirror_now (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static const char *
@@ -149,7 +143,7 @@ connect_one (struct dest_conn *c, const char *uri, unsigned i, char *err,
              size_t errlen)
 {
   char name[32];
-  double deadline = mirror_now () + c->d->timeout;
+  double deadline = sxm_now () + c->d->timeout;
 
   c->efd = -1;
   c->h = nbd_create ();
@@ -167,7 +161,7 @@ connect_one (struct dest_conn *c, const char *uri, unsigned i, char *err,
     return -1;
   }
   while (nbd_aio_is_connecting (c->h)) {
-    double left = deadline - mirror_now ();
+    double left = deadline - sxm_now ();
     if (left <= 0) {
       snprintf (err, errlen, "no answer within %.0f s", c->d->timeout);
       return -1;
@@ -230,6 +224,7 @@ dest_open (const char *uri, unsigned nconns, double timeout,
     nconns = 1;
   d = calloc (1, sizeof *d);
   if (!d || !(d->c = calloc (nconns, sizeof *d->c))) {
+    nbdkit_error ("mirror: calloc: %m");
     free (d);
     snprintf (err, errlen, "out of memory");
     return NULL;
@@ -292,9 +287,9 @@ dest_close (struct dest *d)
       if (nbd_aio_is_ready (c->h)) {
         /* Polite NBD_CMD_DISC, bounded: a stalled server gets no wait. */
         if (nbd_aio_disconnect (c->h, 0) == 0) {
-          double end = mirror_now () + 1;
+          double end = sxm_now () + 1;
           while (!nbd_aio_is_closed (c->h) && !nbd_aio_is_dead (c->h) &&
-                 mirror_now () < end)
+                 sxm_now () < end)
             if (nbd_poll (c->h, 100) == -1)
               break;
         }
@@ -378,7 +373,7 @@ dest_start_pwrite (struct dest *d, struct dest_req *r, const void *buf,
                                      flags));
 }
 
-int
+static int
 dest_start_zero (struct dest *d, struct dest_req *r, uint32_t len,
                  uint64_t off, bool fua)
 {
@@ -420,7 +415,7 @@ int
 dest_wait (struct dest *d, struct dest_req *r)
 {
   struct timespec ts;
-  double deadline = mirror_now () + d->timeout;
+  double deadline = sxm_now () + d->timeout;
   bool timed_out = false;
   int err;
 
@@ -465,14 +460,6 @@ dest_zero (struct dest *d, uint32_t len, uint64_t off, bool fua)
 {
   struct dest_req r;
   int e = dest_start_zero (d, &r, len, off, fua);
-  return e ? e : dest_wait (d, &r);
-}
-
-int
-dest_pread (struct dest *d, void *buf, uint32_t len, uint64_t off)
-{
-  struct dest_req r;
-  int e = dest_start_pread (d, &r, buf, len, off);
   return e ? e : dest_wait (d, &r);
 }
 

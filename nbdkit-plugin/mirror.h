@@ -1,11 +1,26 @@
 /* The mirror filter's internals (see doc/design.md, "Live mirror").
  *
- *   mirror.c          nbdkit callbacks: guest write path, copy connections
+ *   mirror.c          the nbdkit callbacks: configuration, lifecycle,
+ *                     open/close, and which path each request takes
+ *                     (pass-through, mirrored, copy export, refused)
+ *   mirror-state.c    what requests and commands share: the write gate,
+ *                     the state machine, the dirty map, the running
+ *                     mirror's parameters and its counters
+ *   mirror-write.c    the guest write path while mirroring (mirrored_op)
+ *                     and copying source ranges to the destination
+ *   mirror-copy.c     the copy export: which copy connections are
+ *                     accepted, and forwarding only clean granules
+ *   mirror-cmd.c      the control commands start / status / copied /
+ *                     switchover / resume / complete / flush / abort,
+ *                     and the switchover's comparison
+ *   mirror-control.c  the control socket (one-line JSON): accepts clients,
+ *                     serialises the commands above
  *   mirror-dest.c     the destination: a pool of libnbd connections, each
  *                     with an I/O thread, every request bounded by a timeout
- *   mirror-control.c  the control socket (one-line JSON) and the commands
- *                     start / status / copied / switchover / resume /
- *                     complete / abort */
+ *
+ * Symbols shared between these files are prefixed mirror_ (dest_ for
+ * mirror-dest.c's and control_ for mirror-control.c's); everything else
+ * is static. */
 #ifndef SXM_MIRROR_H
 #define SXM_MIRROR_H
 
@@ -13,7 +28,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <nbdkit-filter.h>
+
 #include "jsonline.h"
+#include "log.h"
+#include "rangelock.h"
 
 /* ---- mirror-dest.c ------------------------------------------------------ */
 
@@ -24,7 +43,7 @@ struct dest;
 struct dest_info {
   uint64_t size;
   bool readonly, can_flush, can_fua, can_zero, multi_conn, has_extents;
-  bool all_zero;                /* mirror.c: reads zeros over the source's size */
+  bool all_zero;                /* "start": reads zeros over the source's size */
 };
 
 /* Connect NCONNS connections to URI (TLS from the URI).  NULL with a
@@ -49,8 +68,6 @@ struct dest_req {
 
 int dest_start_pwrite (struct dest *d, struct dest_req *r, const void *buf,
                        uint32_t len, uint64_t off, bool fua);
-int dest_start_zero (struct dest *d, struct dest_req *r, uint32_t len,
-                     uint64_t off, bool fua);
 int dest_start_pread (struct dest *d, struct dest_req *r, void *buf,
                       uint32_t len, uint64_t off);
 int dest_wait (struct dest *d, struct dest_req *r);
@@ -59,7 +76,6 @@ int dest_wait (struct dest *d, struct dest_req *r);
 int dest_pwrite (struct dest *d, const void *buf, uint32_t len, uint64_t off,
                  bool fua);
 int dest_zero (struct dest *d, uint32_t len, uint64_t off, bool fua);
-int dest_pread (struct dest *d, void *buf, uint32_t len, uint64_t off);
 int dest_flush (struct dest *d);        /* every connection (one if multi-conn) */
 struct dest_flush {
   unsigned n;
@@ -77,7 +93,18 @@ int dest_is_zero (struct dest *d, uint64_t off, uint64_t len);
 int dest_zero_prefix (struct dest *d, uint64_t off, uint64_t len,
                       uint64_t *zlen);
 
-/* ---- mirror.c: the state the control commands act on ------------------- */
+/* ---- mirror.c: configuration ------------------------------------------- */
+
+#define MIRROR_COPY_PREFIX "sxm-mirror-copy-"   /* + token: the copy export */
+
+extern bool mirror_strict;              /* mirror-on-error=fail */
+extern uint32_t mirror_gran;            /* mirror-granularity */
+/* mirror-uri: how clients reach this export, reported by "status" so
+ * that sxm migrate needs nothing but the control socket. */
+extern char *mirror_self_uri;
+extern nbdkit_backend *mirror_backend;  /* from after_fork, for commands */
+
+/* ---- mirror-state.c ----------------------------------------------------- */
 
 enum mirror_state {
   M_IDLE,          /* pass-through; no destination */
@@ -88,11 +115,117 @@ enum mirror_state {
 };
 
 const char *mirror_state_name (enum mirror_state s);
+/* The state is read without a lock; it changes only with the gate closed,
+ * so a request inside the gate sees one state for its whole life. */
+enum mirror_state mirror_cur_state (void);
+void mirror_set_state (enum mirror_state s);
 
-/* Control commands (mirror.c), called from the control thread(s), one at a
- * time (mirror-control.c serialises them).  Each appends the reply's
- * fields (after '"ok":true' or '"ok":false') to the buffer and returns 0
- * for success, -1 for failure (with an "error" field appended). */
+/* The write gate: every write-type request on the mirrored export and
+ * every copy-export request is inside it for its whole duration; start,
+ * switchover and abort close it, which holds new requests and waits for
+ * the ones in flight. */
+void mirror_gate_enter (void);
+void mirror_gate_leave (void);
+void mirror_gate_close (void);
+void mirror_gate_open (void);
+
+/* mirroring -> broken, recording why (the first reason wins). */
+void mirror_set_broken (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2)));
+/* A destination request failed with errno E: the mirror breaks.  Returns
+ * what the guest's request returns: 0 (it carries on with the source), or
+ * -1 with *err = EIO under mirror-on-error=fail. */
+int mirror_dest_failed (int e, const char *what, uint64_t off, uint64_t len,
+                        int *err);
+
+/* The dirty map: one bit per granule, set by guest writes since start. */
+bool mirror_is_dirty (uint64_t g);
+void mirror_mark_dirty (uint64_t start, uint64_t end);
+uint8_t *mirror_dirty_alloc (uint64_t size);  /* a clean map; NULL: error */
+void mirror_dirty_install (uint8_t *map);     /* gate closed; frees the old */
+
+/* The running mirror: set by "start" (and the destination cleared by
+ * "complete" and "abort") only with the gate closed, so fixed while
+ * requests are inside it. */
+extern struct dest *mirror_dest;
+extern struct dest_info mirror_dinfo;
+extern uint64_t mirror_size;            /* of the source */
+extern struct rangelock mirror_rl;      /* granule ranges: guest vs copier */
+
+/* Under mirror_info_lock.  The export, token and generation change only
+ * in "start", with the gate closed too, so requests inside the gate read
+ * them without the lock; the reason and the copy flags change any time. */
+extern pthread_mutex_t mirror_info_lock;
+extern char *mirror_export;             /* the export being mirrored */
+extern bool mirror_all;                 /* no "export" given: every export */
+extern char mirror_token[33];           /* of the copy export */
+extern uint64_t mirror_generation;      /* bumped by each start */
+extern char mirror_reason[512];         /* why the mirror broke */
+extern bool mirror_copy_seen, mirror_copy_done;
+
+void mirror_state_free (void);          /* unload */
+
+/* Counters for "status": relaxed atomics, written by any thread, reset by
+ * "start". */
+struct mirror_stats {
+  uint64_t dirty_gran, writes, write_bytes, readback, copied, copy_skipped,
+    dest_errors, source_errors, held;
+};
+extern struct mirror_stats mirror_stats;
+
+static inline void
+mirror_stat_add (uint64_t *v, uint64_t n)
+{
+  __atomic_fetch_add (v, n, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t
+mirror_stat_get (uint64_t *v)
+{
+  return __atomic_load_n (v, __ATOMIC_RELAXED);
+}
+
+/* ---- mirror-write.c ----------------------------------------------------- */
+
+/* A guest pwrite / write_zeroes / trim on the mirrored export while
+ * mirroring (called inside the gate); nbdkit's return convention. */
+int mirror_write_data (nbdkit_next *next, const void *buf, uint32_t count,
+                       uint64_t off, uint32_t flags, int *err);
+int mirror_write_zero (nbdkit_next *next, uint32_t count, uint64_t off,
+                       uint32_t flags, int *err);
+int mirror_write_trim (nbdkit_next *next, uint32_t count, uint64_t off,
+                       uint32_t flags, int *err);
+
+/* The source's extent at POS, asked for once (NBDKIT_FLAG_REQ_ONE, COUNT
+ * bytes, extents collected up to END): its length, 0 if the plugin cannot
+ * tell; *ZERO: whether it reads as zeros. */
+uint64_t mirror_source_extent (nbdkit_next *next, uint64_t pos,
+                               uint32_t count, uint64_t end, bool *zero);
+
+/* ---- mirror-copy.c ------------------------------------------------------ */
+
+/* Opening "sxm-mirror-copy-TOKEN": the export being mirrored (to free),
+ * and the mirror's generation in *GEN; NULL (with nbdkit_error) if no
+ * mirror is running with that token. */
+char *mirror_copy_accept (const char *exportname, uint64_t *gen);
+void mirror_copy_opened (void);         /* it is open: status says "running" */
+/* Requests on a copy connection opened for generation GEN. */
+int mirror_copy_write (uint64_t gen, bool zero, const void *buf,
+                       uint32_t count, uint64_t off, uint32_t flags,
+                       int *err);
+int mirror_copy_flush (uint64_t gen, int *err);
+
+/* ---- mirror-cmd.c ------------------------------------------------------- */
+
+/* Routes common/'s logging to nbdkit, and remembers the thread's last
+ * error for the command replying. */
+void mirror_log_sink (enum sxm_log_level level, const char *msg);
+
+/* Control commands, called from the control thread(s), one at a time
+ * except "status" (mirror-control.c serialises them).  Each appends the
+ * reply's fields (after '"ok":true' or '"ok":false') to the buffer and
+ * returns 0 for success, -1 for failure (with an "error" field
+ * appended). */
 int mirror_cmd_start (const struct json_obj *req, struct jbuf *out);
 int mirror_cmd_status (const struct json_obj *req, struct jbuf *out);
 int mirror_cmd_copied (const struct json_obj *req, struct jbuf *out);
@@ -107,7 +240,5 @@ int mirror_cmd_abort (const struct json_obj *req, struct jbuf *out);
 int control_check (const char *path);   /* config time: usable path? */
 int control_start (const char *path);   /* after fork: listen, start thread */
 void control_stop (void);               /* cleanup: stop thread, unlink */
-
-double mirror_now (void);               /* monotonic seconds */
 
 #endif

@@ -30,7 +30,7 @@ sed 's/^/# /' "$log" | tail -n 3
 cp "$ROOT/xenmem/xenmem" "$ROOT/tests/xen/downtime-probe" "$share/"
 # sxm as it runs from a source tree (scripts/sxm finds its tools beside it).
 mkdir -p "$share/sxm/scripts" "$share/sxm/client" "$share/sxm/xenmem" "$share/sxm/nbdkit-plugin"
-cp "$ROOT/scripts/sxm" "$share/sxm/scripts/"
+cp "$ROOT/scripts/sxm" "$ROOT/scripts/block-sxm" "$share/sxm/scripts/"
 cp "$ROOT/client/sxm-copy" "$ROOT/client/sxm-mirror" "$ROOT/client/sxm-vhd" "$share/sxm/client/"
 cp "$ROOT/xenmem/xenmem" "$share/sxm/xenmem/"
 cp "$ROOT/nbdkit-plugin/nbdkit-vhd-plugin.so" "$ROOT/nbdkit-plugin/nbdkit-mirror-filter.so" "$share/sxm/nbdkit-plugin/"

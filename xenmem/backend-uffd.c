@@ -56,6 +56,7 @@
 
 #include "backend.h"
 #include "log.h"
+#include "monotime.h"
 #include "vbd.h"
 
 /* The uapi this needs is newer than Debian 12's 6.1 headers; the values
@@ -90,7 +91,7 @@ struct pm_scan_arg {
 #define PM_SCAN_CHECK_WPASYNC (1 << 1)
 #endif
 
-/* Guest RAM: a multiple of 2 MiB, at least 4 MiB (as for the kvm guest). */
+/* Guest RAM: a multiple of 2 MiB, at least 4 MiB. */
 #define MIN_PAGES 1024u
 #define PAGES_ALIGN 512u
 /* Bound on RAM so that byte sizes never overflow anything downstream. */
@@ -231,15 +232,6 @@ struct xm_dest {
 
 #define SCAN_VEC 1024u
 #define PARK_TIMEOUT_S 2
-
-static uint64_t
-now_ns (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000u + ts.tv_nsec;
-}
 
 static inline uint64_t
 xorshift (uint64_t x)
@@ -431,7 +423,7 @@ resume_state (volatile struct guest_state *st)
 {
   st->stop_req = 0;
   st->parked = 0;
-  st->budget_t = now_ns ();
+  st->budget_t = sxm_now_ns ();
 }
 
 static void
@@ -518,7 +510,7 @@ static void
 step (struct guest *g, volatile struct guest_state *st)
 {
   uint8_t *ram = g->ram;
-  uint64_t c = st->counter + 1, now = now_ns (), t = st->budget_t;
+  uint64_t c = st->counter + 1, now = sxm_now_ns (), t = st->budget_t;
   uint64_t rate = st->rate, budget, dt, drate = st->disk_rate;
   bool busy = false;
 
@@ -694,6 +686,8 @@ guest_pause (struct guest *g)
     sxm_error ("uffd: the %s guest is not running", g->role);
     return -1;
   }
+  /* An absolute timespec on the condition's clock (CLOCK_MONOTONIC, as
+   * sxm_now's), which is what pthread_cond_timedwait takes. */
   clock_gettime (CLOCK_MONOTONIC, &dl);
   dl.tv_sec += PARK_TIMEOUT_S;
   pthread_mutex_lock (&g->lock);
@@ -1159,7 +1153,7 @@ guest_fill (struct guest *g, uint64_t region_len, uint64_t rate,
   st->disk_nonce = 0;
   if (getrandom ((void *) &st->disk_nonce, sizeof st->disk_nonce, 0) !=
       (ssize_t) sizeof st->disk_nonce)
-    st->disk_nonce = now_ns () ^ ((uint64_t) getpid () << 32);
+    st->disk_nonce = sxm_now_ns () ^ ((uint64_t) getpid () << 32);
   st->ndisks = o->ndisks;
   if (o->ndisks) {
     st->disk_slots = o->disk_slots;
@@ -1891,6 +1885,7 @@ uffd_adopt_dest (struct xm_dest *d, struct xm_source **out)
 const struct xm_backend_ops xm_backend_uffd = {
   .name = "uffd",
   .id = XM_BACKEND_UFFD,
+  .test_guest = true,
   .open_source = uffd_open_source,
   .npages = uffd_npages,
   .log_enable = uffd_log_enable,

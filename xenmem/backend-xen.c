@@ -7,10 +7,11 @@
  * supports, so this backend does not reimplement them (doc/design.md,
  * "xenmem on Xen: why libxenguest").  What xenmem adds around them:
  *
- *  - its own pre-copy policy (xc_domain_save's precopy_policy callback):
- *    stop when the predicted downtime is under the target, the dirty set
- *    stops shrinking or the round limit is hit, where libxl's default
- *    stops after 5 rounds or under 50 dirty pages;
+ *  - its own pre-copy policy, the engine's stop rule (xm_stop_rule) asked
+ *    from xc_domain_save's precopy_policy callback: stop when the
+ *    predicted downtime is under the target, the dirty set stops
+ *    shrinking or the round limit is hit, where libxl's default stops
+ *    after 5 rounds or under 50 dirty pages;
  *  - its transport (TLS, timeouts), stream framing (XENDATA records, each
  *    length-checked and CRC'd) and rate limit;
  *  - the hook (sxm migrate's disk switchover) around the suspend, and the
@@ -48,7 +49,9 @@
 
 #include "backend.h"
 #include "engine.h"
+#include "fullio.h"
 #include "log.h"
+#include "monotime.h"
 #include "stream.h"
 #include "xen-checks.h"
 
@@ -59,14 +62,6 @@
 #define LIBXL_VERSION2 2
 #define LIBXL_REC_END 0
 #define LIBXL_REC_LIBXC_CONTEXT 1
-
-/* The backend's entry in the table: the xen backend does not use the
- * per-page operations (xc_domain_save and libxl's restore do that work);
- * xenmem.c sends it to xm_xen_send / xm_xen_receive below. */
-const struct xm_backend_ops xm_backend_xen = {
-  .name = "xen",
-  .id = XM_BACKEND_XEN,
-};
 
 struct xen_env {
   xentoollog_logger_stdiostream *log;
@@ -111,8 +106,10 @@ xen_env_close (struct xen_env *e)
     xtl_logger_destroy ((xentoollog_logger *) e->log);
 }
 
-int
-xm_xen_present (void)
+/* The table's available: libxl usable here (checked before any
+ * connection is made). */
+static int
+xen_available (void)
 {
   struct xen_env e;
   int r = xen_env_open (&e);
@@ -129,22 +126,6 @@ block_signals (void)
   sigset_t all;
   sigfillset (&all);
   pthread_sigmask (SIG_BLOCK, &all, NULL);
-}
-
-static int
-write_all (int fd, const void *buf, size_t len)
-{
-  const uint8_t *p = buf;
-  while (len) {
-    ssize_t r = write (fd, p, len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0)
-      return -1;
-    p += r;
-    len -= r;
-  }
-  return 0;
 }
 
 static void
@@ -172,8 +153,9 @@ struct xsend {
   struct xm_rate rate;          /* --rate */
   /* policy */
   double round_t, bw;
-  long round_pages, prev_dirty;
-  unsigned stuck, rounds;
+  long round_pages;
+  unsigned rounds;
+  struct xm_stop_state stop;    /* xm_stop_rule's, between rounds */
   const char *why;
   struct jbuf rstats;
   /* suspend and hook */
@@ -239,16 +221,18 @@ relay_out (void *arg)
  * (xg_sr_save.c, send_memory_live): before the round with dirty_count =
  * the pages it is about to send (the whole p2m the first time), and after
  * it with dirty_count = -1.  "After" times the round, giving the
- * bandwidth; "before" decides, with the same rules as the engine's
- * (engine.c): predicted downtime under the target, round limit, dirty set
- * not shrinking by 10% twice in a row.  On STOP_AND_COPY libxc still
- * sends this round's pages live, then suspends and sends what that round
- * let the guest dirty, so the real final set is smaller than predicted. */
+ * bandwidth; "before" decides, by the engine's own stop rule
+ * (xm_stop_rule, engine.h): predicted downtime under the target, round
+ * limit, dirty set not shrinking by 10% twice in a row.  On STOP_AND_COPY
+ * libxc still sends this round's pages live (so the rule hears of one
+ * live round more than have ended), then suspends and sends what that
+ * round let the guest dirty, so the real final set is smaller than
+ * predicted. */
 static int
 policy (struct precopy_stats st, void *data)
 {
   struct xsend *X = data;
-  double now = xm_now ();
+  double now = sxm_now ();
 
   if (st.dirty_count < 0) {     /* a round just ended */
     double secs = now - X->round_t;
@@ -262,21 +246,11 @@ policy (struct precopy_stats st, void *data)
     return XGS_POLICY_CONTINUE_PRECOPY;
   }
   if (X->rounds > 0) {          /* before round 1, 2, ...: decide */
-    double pred = X->bw > 0 ? st.dirty_count * (double) XM_PAGE_SIZE / X->bw
-                  * 1e3 : 1e9;
+    struct xm_round_stats rs = { X->rounds + 1, st.dirty_count, X->bw };
     if (!X->o->quiet)
       fprintf (stderr, "xenmem: %ld pages dirty, predicted downtime %.1f ms\n",
-               st.dirty_count, pred);
-    if (pred <= X->o->downtime_ms)
-      X->why = "predicted downtime under the target";
-    else if (X->rounds + 1 >= X->o->max_rounds)
-      X->why = "round limit";
-    else if (X->prev_dirty >= 0 && st.dirty_count * 10 >= X->prev_dirty * 9
-             && ++X->stuck >= 2)
-      X->why = "dirty set stopped shrinking";
-    if (X->prev_dirty >= 0 && st.dirty_count * 10 < X->prev_dirty * 9)
-      X->stuck = 0;
-    X->prev_dirty = st.dirty_count;
+               st.dirty_count, xm_predicted_ms (&rs));
+    X->why = xm_stop_rule (&X->stop, &rs, X->o);
   }
   X->round_t = now;
   X->round_pages = st.dirty_count;
@@ -292,15 +266,15 @@ suspend_cb (void *data)
   struct xsend *X = data;
 
   if (X->o->paused_hook) {
-    double tp = xm_now ();
+    double tp = sxm_now ();
     X->hook = xm_hook_start (X->o->paused_hook, "prepare");
     if (X->hook == -1 || xm_hook_wait (&X->hook, X->o->paused_hook[0]) == -1) {
       X->hook_failed = true;
       return 0;
     }
-    X->t_prepare = xm_now () - tp;
+    X->t_prepare = sxm_now () - tp;
   }
-  X->t_suspend = xm_now ();
+  X->t_suspend = sxm_now ();
   if (libxl_domain_suspend_only (X->e.ctx, X->domid, NULL) != 0) {
     sxm_error ("xen: domain %u did not suspend (libxl_domain_suspend_only "
                "failed; does the guest run Xen's PV control driver?)",
@@ -308,7 +282,7 @@ suspend_cb (void *data)
     return 0;
   }
   X->suspended = true;
-  X->t_suspended = xm_now ();
+  X->t_suspended = sxm_now ();
   if (X->o->paused_hook &&
       (X->hook = xm_hook_start (X->o->paused_hook, "paused")) == -1) {
     X->hook_failed = true;
@@ -333,12 +307,12 @@ postcopy_cb (void *data)
   return 1;
 }
 
-int
-xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
-             struct jbuf *report)
+/* The table's migrate_send (backend.h): ID is the domid. */
+static int
+xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
+          struct jbuf *report)
 {
-  struct xsend X = { .o = o, .c = c, .rfd = -1, .hook = -1,
-                     .prev_dirty = -1 };
+  struct xsend X = { .o = o, .c = c, .rfd = -1, .hook = -1 };
   struct save_callbacks cb = { .suspend = suspend_cb,
                                .precopy_policy = policy,
                                .postcopy = postcopy_cb,
@@ -358,7 +332,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   uint8_t *rec = malloc (XM_REC_HDR_SIZE + 8 + XM_XENDATA_MAX + 8);
   uint8_t head[24], digest[32] = { 0 };
   int p[2] = { -1, -1 }, ret = XM_FAILED, xrc;
-  double t0 = xm_now (), t_run = 0, t_hook = 0, t_saved = 0, t_loaded = 0;
+  double t0 = sxm_now (), t_run = 0, t_hook = 0, t_saved = 0, t_loaded = 0;
   unsigned long d;
   size_t len;
 
@@ -433,7 +407,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
 
   /* Header and configuration, then the relay takes over the socket. */
   len = xm_encode_header (rec, &hdr);
-  X.rate.t = xm_now ();
+  X.rate.t = sxm_now ();
   if (xsend_put (&X, rec, len) == -1)
     goto out;
   len = xm_encode_xendata (rec, X.seq++, XM_XEN_CONFIG, json, strlen (json));
@@ -487,7 +461,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   memset (head + 8, 0, 8);
   head[11] = LIBXL_VERSION2;
   libxl_record (head + 16, LIBXL_REC_LIBXC_CONTEXT, 0);
-  if (write_all (p[1], head, 24) == -1)
+  if (full_write (p[1], head, 24) == -1)
     goto fail;
   xrc = xc_domain_save (X.e.xch, p[1], X.domid, XCFLAGS_LIVE, &cb,
                         XC_STREAM_PLAIN, -1);
@@ -498,19 +472,19 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
     goto fail;
   }
   libxl_record (head, LIBXL_REC_END, 0);
-  if (write_all (p[1], head, 8) == -1)
+  if (full_write (p[1], head, 8) == -1)
     goto fail;
   close (p[1]);
   p[1] = -1;
   pthread_join (relay, NULL);
   relay_started = false;
-  t_saved = xm_now ();
+  t_saved = sxm_now ();
   if (X.relay_failed)
     goto fail;
   if (X.hook != -1) {
     if (xm_hook_wait (&X.hook, o->paused_hook[0]) == -1)
       goto fail;
-    t_hook = xm_now () - X.t_suspend;
+    t_hook = sxm_now () - X.t_suspend;
   }
   len = xm_encode_end (rec, X.seq++, X.relayed, digest);
   if (xsend_put (&X, rec, len) == -1)
@@ -525,7 +499,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
     sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
     goto fail;
   }
-  t_loaded = xm_now ();
+  t_loaded = sxm_now ();
   committed = true;
   len = xm_encode_ack (rec, X.seq++, 0, "commit");
   if (xsend_put (&X, rec, len) == -1)
@@ -548,7 +522,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
     ret = XM_IN_DOUBT;
     goto out;
   }
-  t_run = xm_now ();
+  t_run = sxm_now ();
   if (libxl_domain_destroy (X.e.ctx, X.domid, NULL) != 0)
     sxm_error ("xen: the guest runs on the destination, but destroying the "
                "source domain %u (%s) failed: destroy it with xl", X.domid,
@@ -599,7 +573,7 @@ xm_xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
             "\"total_s\":%.3f", X.relayed, X.wire_bytes,
             hdr.npages * (uint64_t) XM_PAGE_SIZE,
             X.wire_bytes / (double) (hdr.npages * (uint64_t) XM_PAGE_SIZE),
-            xm_now () - t0);
+            sxm_now () - t0);
   /* downtime_ms: from the suspend request to "running" (the guest still
    * runs while it processes the request: suspend_ms); then the last
    * pages and state (final_ms), the destination finishing its restore
@@ -635,6 +609,7 @@ struct xrecv {
   int wfd;                      /* the pipe libxl's restore reads */
   uint64_t bytes;
   bool end_ok;
+  double t_end;                 /* monotonic time END arrived */
   char why[300];
 };
 
@@ -671,6 +646,7 @@ relay_in (void *arg)
                   R->bytes);
       else
         R->end_ok = true;
+      R->t_end = sxm_now ();
       break;
     }
     if (r.type != XM_REC_XENDATA || r.u.xendata.kind != XM_XEN_STREAM) {
@@ -678,7 +654,7 @@ relay_in (void *arg)
                 "the domain's stream", r.seq);
       break;
     }
-    if (write_all (R->wfd, r.u.xendata.data, r.u.xendata.len) == -1) {
+    if (full_write (R->wfd, r.u.xendata.data, r.u.xendata.len) == -1) {
       snprintf (R->why, sizeof R->why, "the restore stopped reading its "
                 "stream (%s)", strerror (errno));
       break;
@@ -715,9 +691,10 @@ read_record (struct xm_conn *c, struct xm_decoder *d, uint8_t *buf,
   return 1;
 }
 
-int
-xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
-                struct jbuf *report)
+/* The table's migrate_receive (backend.h). */
+static int
+xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
+             struct jbuf *report)
 {
   struct xen_env e = { 0 };
   struct xm_decoder d;
@@ -733,7 +710,7 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   int p[2] = { -1, -1 }, ret = XM_FAILED, lrc;
   bool started = false;
   pthread_t relay;
-  double t0 = xm_now (), t_restore = 0;
+  double t0 = sxm_now (), t_restore = 0, t_restored = 0;
   int rr;
 
   libxl_domain_config_init (&cfg);
@@ -859,8 +836,9 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   /* Whatever happened, the relay must not block on a pipe nobody reads. */
   close (p[0]);
   p[0] = -1;
+  t_restored = sxm_now ();
   pthread_join (relay, NULL);
-  t_restore = xm_now () - t0;
+  t_restore = sxm_now () - t0;
   if (lrc != 0)
     domid = DOMID_INVALID;      /* libxl destroyed what it had built */
   if (!R.end_ok || lrc != 0) {
@@ -943,7 +921,13 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
             PRIu64 ",\"restore_s\":%.3f,\"total_s\":%.3f",
             ret == XM_OK ? "running" : started ? "started, check failed"
             : "discarded", domid == DOMID_INVALID ? -1 : (int) domid,
-            R.bytes, t_restore, xm_now () - t0);
+            R.bytes, t_restore, sxm_now () - t0);
+  /* libxl's restore goes on after the stream's last byte (the devices,
+   * their hotplug): how much of the blackout that is (negative: libxl
+   * was done before the sender's END came). */
+  if (R.t_end > 0 && t_restored > 0)
+    jbuf_add (report, ",\"restored_after_end_ms\":%.3f",
+              (t_restored - R.t_end) * 1e3);
   if (why[0] && ret != XM_OK) {
     jbuf_add (report, ",\"error\":");
     jbuf_str (report, why);
@@ -960,3 +944,17 @@ xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   xen_env_close (&e);
   return ret;
 }
+
+/* A whole-migration backend (backend.h): xc_domain_save and libxl's
+ * restore move the domain, so none of the page-level members is set; the
+ * command line calls migrate_send and migrate_receive where it would run
+ * the engine. */
+const struct xm_backend_ops xm_backend_xen = {
+  .name = "xen",
+  .id = XM_BACKEND_XEN,
+  .has_domains = true,
+  .can_check_only = true,
+  .available = xen_available,
+  .migrate_send = xen_send,
+  .migrate_receive = xen_receive,
+};

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "preflight.h"
@@ -23,7 +24,7 @@ xm_cli_usage (FILE *f)
 "       xenmem receive [OPTIONS] --backend=B [--monitor=SOCKET] ADDR\n"
 "       xenmem guest   --monitor=SOCKET [GUEST OPTIONS]\n"
 "       xenmem monitor SOCKET status|check S|cont|quit\n"
-"B: xen, uffd (a test guest), none (no memory: commit handshake only), kvm\n"
+"B: xen, uffd (a test guest), none (no memory: commit handshake only)\n"
 "ADDR: unix:PATH or tcp:HOST:PORT (receive listens on it, send connects).\n"
 "COMMAND (send): the hook, run twice with XENMEM_HOOK_PHASE=prepare (just\n"
 "  before the pause) and =paused (before the commit); if it fails, the\n"
@@ -55,7 +56,10 @@ xm_cli_usage (FILE *f)
 " receive:\n"
 "  --disk-map=UUID=DEVICE  (xen, repeatable) the sender's disk UUID becomes\n"
 "                          phy:DEVICE (a block device) in the new domain\n"
-" test guests (kvm, uffd):\n"
+"  --disk-script=PATH      (xen) the hotplug script those disks get (an\n"
+"                          executable, absolute path; sxm's block-sxm);\n"
+"                          default: Xen's own block script\n"
+" test guest (uffd):\n"
 "  --guest-mem=SIZE        guest RAM (default 64M)\n"
 "  --dirty-rate=BYTES      bytes/s of pages the guest dirties (default 0)\n"
 "  --dirty-size=SIZE       size of the region it dirties (default: all)\n"
@@ -77,7 +81,7 @@ enum {
   O_BACKEND = 256, O_DOMID, O_PSK, O_IDENT, O_X509, O_INSECURE, O_TIMEOUT,
   O_JSON, O_DOWNTIME, O_ROUNDS, O_RATE, O_VERIFY, O_GMEM, O_DRATE, O_DSIZE,
   O_WARMUP, O_CHECK, O_ACCEPT, O_ABORT, O_DISK, O_DISK_RATE, O_DISK_SLOTS,
-  O_MONITOR, O_GUEST, O_DISK_MAP, O_CHECK_ONLY,
+  O_MONITOR, O_GUEST, O_DISK_MAP, O_CHECK_ONLY, O_DISK_SCRIPT,
 };
 
 static const struct option longopts[] = {
@@ -102,6 +106,7 @@ static const struct option longopts[] = {
   { "disk", required_argument, NULL, O_DISK },
   { "disk-map", required_argument, NULL, O_DISK_MAP },
   { "check-only", no_argument, NULL, O_CHECK_ONLY },
+  { "disk-script", required_argument, NULL, O_DISK_SCRIPT },
   { "disk-rate", required_argument, NULL, O_DISK_RATE },
   { "disk-slots", required_argument, NULL, O_DISK_SLOTS },
   { "warmup", required_argument, NULL, O_WARMUP },
@@ -177,8 +182,7 @@ take_option (struct xm_cli *cli, int c, const char *arg, unsigned flags,
   switch (c) {
   case O_BACKEND:
     if (!(cli->b = xm_backend_find (arg)))
-      return usage_error ("unknown backend '%s' (xen, uffd, none or kvm)",
-                          arg);
+      return usage_error ("unknown backend '%s' (xen, uffd or none)", arg);
     break;
   case O_DOMID: cli->domid = arg; break;
   case O_PSK: cli->tls.psk_file = arg; break;
@@ -190,6 +194,7 @@ take_option (struct xm_cli *cli, int c, const char *arg, unsigned flags,
   case O_VERIFY: cli->so.verify_memory = true; break;
   case O_ABORT: cli->abort_ = true; break;
   case O_CHECK_ONLY: cli->so.check_only = true; break;
+  case O_DISK_SCRIPT: cli->ro.disk_script = arg; break;
   case O_MONITOR: cli->monitor = arg; break;
   case O_GUEST: cli->guest = arg; break;
   case O_DISK_MAP:
@@ -258,7 +263,7 @@ check_disk_map (struct xm_cli *cli, bool send)
   struct xm_disk_map *m = send ? cli->so.disk_map : cli->ro.disk_map;
   uint8_t u[16];
 
-  if (!cli->b || cli->b->id != XM_BACKEND_XEN)
+  if (!cli->b || !cli->b->has_domains)
     return usage_error ("--disk-map is for the xen backend (a domain's "
                         "disks)");
   if (!send && strcmp (cli->mode, "receive") != 0)
@@ -308,8 +313,8 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
   if ((guest || cli->guest) && !cli->b)
     cli->b = &xm_backend_uffd;
   if (!cli->b && !(flags & XM_CLI_MONITOR))
-    return usage_error ("--backend=xen|uffd|none|kvm is required");
-  if (cli->b && cli->b->id != XM_BACKEND_UFFD &&
+    return usage_error ("--backend=xen|uffd|none is required");
+  if (cli->b && !cli->b->test_guest &&
       (cli->guest || cli->monitor || guest || (flags & XM_CLI_MONITOR)))
     return usage_error ("%s: a running VM with a monitor (--guest, "
                         "--monitor, xenmem guest) is the uffd test guest's; "
@@ -317,15 +322,15 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
   if (guest ? nargs != 0 : nargs != 1)
     return usage_error (guest ? "guest takes no ADDR" : "%s needs exactly "
                         "one ADDR (unix:PATH or tcp:HOST:PORT)", m);
-  if (send && cli->b && cli->b->id == XM_BACKEND_XEN && !cli->domid)
+  if (send && cli->b && cli->b->has_domains && !cli->domid)
     return usage_error ("send with the xen backend needs --domid");
-  if (receive && cli->b->id == XM_BACKEND_XEN && cli->domid)
+  if (receive && cli->b->has_domains && cli->domid)
     return usage_error ("receive with the xen backend creates the domain "
                         "from the sender's configuration: no --domid");
   if (cli->so.paused_hook && !send)
     return usage_error ("a hook (-- COMMAND) is for send only");
   if (cli->so.check_only &&
-      (!send || !cli->b || cli->b->id != XM_BACKEND_XEN))
+      (!send || !cli->b || !cli->b->can_check_only))
     return usage_error ("--check-only is for send with the xen backend");
   if (cli->abort_ && !send)
     return usage_error ("--abort is for send only");
@@ -342,8 +347,7 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
     return usage_error ("--monitor: the %s backend cannot keep a guest "
                         "running under a monitor", cli->b->name);
   if (cli->ndisks) {
-    if (receive ? cli->b->set_disks == NULL
-        : cli->b->id != XM_BACKEND_UFFD)
+    if (receive ? cli->b->set_disks == NULL : !cli->b->test_guest)
       return usage_error ("--disk: the %s backend's guests have no disks "
                           "(the uffd test guest has)", cli->b->name);
     if (!disk_rate_set)
@@ -353,6 +357,19 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
   }
   else if (disk_rate_set || disk_slots_set)
     return usage_error ("--disk-rate and --disk-slots need --disk");
+  if (cli->ro.disk_script) {
+    /* libxl would only find a bad script once the guest is paused. */
+    const char *p = cli->ro.disk_script;
+    if (strcmp (cli->mode, "receive") != 0 || !cli->b
+        || !cli->b->has_domains || cli->ndisk_map == 0)
+      return usage_error ("--disk-script is for receive --backend=xen with "
+                          "--disk-map");
+    if (p[0] != '/' || access (p, X_OK) == -1)
+      return usage_error ("--disk-script: %s is not an executable file "
+                          "(an absolute path)%s%s", p,
+                          p[0] == '/' ? ": " : "",
+                          p[0] == '/' ? strerror (errno) : "");
+  }
   if (cli->ndisk_map)
     return check_disk_map (cli, send);
   return 0;
@@ -468,10 +485,18 @@ xm_cli_send (const struct xm_cli *cli, const struct xm_backend_ops *b,
     return XM_CANNOT;
   xm_set_timeout (c, cli->timeout);
   jbuf_add (&rep, "{\"cmd\":\"send\",\"backend\":\"%s\"", b->name);
-  ret = xm_send (b, s, c, &cli->so, &rep);
+  if (b->migrate_send)
+    ret = b->migrate_send (cli->domid, c, &cli->so, &rep);
+  else
+    ret = xm_send (b, s, c, &cli->so, &rep);
   xm_close (c);
   *migrated = ret == XM_OK;
-  if (ret == XM_FAILED) {
+  /* A whole migration may fail before it suspended the guest: it runs on
+   * rather than "was resumed". */
+  if (ret == XM_FAILED && b->migrate_send)
+    fprintf (stderr, "xenmem: migration failed; the source domain runs "
+             "on\n");
+  else if (ret == XM_FAILED) {
     fprintf (stderr, "xenmem: migration failed; the source guest was "
              "resumed\n");
     if (cli->check > 0 && b->check_source) {

@@ -57,12 +57,14 @@ void xm_cli_usage (FILE *f);
 int xm_cli_open_disks (const struct xm_cli *cli, struct xm_vbd **disks);
 void xm_cli_close_disks (struct xm_vbd **disks, unsigned n);
 
-/* The send path of `xenmem send` for a running test guest S of backend
- * B: connect, migrate, on failure the optional --check of the resumed
- * source, the report (--json) or the one-line result.  S stays open (the
- * caller closes it: migrated, or kept); *MIGRATED says whether the guest
- * moved, whatever the exit code (the report may fail after a move).
- * Returns an enum xm_exit. */
+/* The send path of `xenmem send`: connect, migrate, on failure the
+ * optional --check of the resumed source, the report (--json) or the
+ * one-line result.  A page-level backend B moves its running source S
+ * with the engine (xm_send); S stays open (the caller closes it:
+ * migrated, or kept).  A whole-migration backend (B->migrate_send) moves
+ * the guest CLI's --domid names itself; S is NULL.  *MIGRATED says
+ * whether the guest moved, whatever the exit code (the report may fail
+ * after a move).  Returns an enum xm_exit. */
 int xm_cli_send (const struct xm_cli *cli, const struct xm_backend_ops *b,
                  struct xm_source *s, bool *migrated);
 

@@ -14,17 +14,9 @@
 
 #include "engine.h"
 #include "log.h"
+#include "monotime.h"
 #include "stream.h"
 #include "zero.h"
-
-double
-xm_now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 extern char **environ;
 
@@ -154,7 +146,7 @@ xm_rate_spend (struct xm_rate *r, uint64_t rate, size_t len)
   if (!rate)
     return;
   /* Spend first, then sleep off the debt: smooth at record size. */
-  now = xm_now ();
+  now = sxm_now ();
   r->bucket += (now - r->t) * rate;
   if (r->bucket > rate / 10.0)
     r->bucket = rate / 10.0;            /* at most 100 ms of burst */
@@ -274,6 +266,37 @@ round_line (const struct xm_send_opts *o, struct jbuf *rounds, uint32_t round,
             sent, zeros, bytes, secs, dirty, drate, bw, predicted_ms);
 }
 
+/* The stop rule (engine.h): here, and nowhere else, for the engine's
+ * rounds and libxenguest's (backend-xen.c, precopy_policy). */
+double
+xm_predicted_ms (const struct xm_round_stats *r)
+{
+  return r->bandwidth > 0 ? r->dirty * (double) XM_PAGE_SIZE / r->bandwidth
+         * 1e3 : 1e9;
+}
+
+const char *
+xm_stop_rule (struct xm_stop_state *st, const struct xm_round_stats *r,
+              const struct xm_send_opts *o)
+{
+  /* "Shrinking": under 90% of the previous decision's count (the first
+   * decision has nothing to compare with, and counts as shrinking). */
+  bool shrank = !st->have_prev || r->dirty * 10 < st->prev_dirty * 9;
+  const char *why = NULL;
+
+  if (xm_predicted_ms (r) <= o->downtime_ms)
+    why = "predicted downtime under the target";
+  else if (r->rounds >= o->max_rounds)
+    why = "round limit";
+  else if (!shrank && ++st->stuck >= 2)
+    why = "dirty set stopped shrinking";
+  if (shrank)
+    st->stuck = 0;
+  st->prev_dirty = r->dirty;
+  st->have_prev = true;
+  return why;
+}
+
 int
 xm_send (const struct xm_backend_ops *b, struct xm_source *s,
          struct xm_conn *c, const struct xm_send_opts *o, struct jbuf *report)
@@ -282,12 +305,12 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   struct xm_header hdr = { XM_STREAM_VERSION, b->id, 0, 0 };
   struct jbuf rounds = { 0 };
   uint8_t *dirty = NULL, *more = NULL, digest[32] = { 0 };
-  uint64_t count = 0, prev = UINT64_MAX, final_count;
-  unsigned stuck = 0;
+  uint64_t count = 0, final_count;
+  struct xm_stop_state stop = { 0 };
   uint32_t round = 0;
   const char *why = NULL;
   bool paused = false, committed = false;
-  double t0 = xm_now (), t_pause = 0, t_run = 0, t_digest = 0, bw = 0;
+  double t0 = sxm_now (), t_pause = 0, t_run = 0, t_digest = 0, bw = 0;
   double t_hook = 0, t_prepare = 0;
   pid_t hook = -1;
   int ret = XM_FAILED;
@@ -306,7 +329,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     sxm_error ("out of memory");
     goto out;
   }
-  S.rate.t = xm_now ();
+  S.rate.t = sxm_now ();
 
   if (b->log_enable (s) == -1)
     goto out;
@@ -318,35 +341,24 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
    * let the guest dirty. */
   for (;;) {
     uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes;
-    double ts = xm_now (), secs, pred;
+    double ts = sxm_now (), secs;
 
     if (send_round_record (&S, round, round == 0 ? S.npages : count) == -1 ||
         send_pages (&S, round == 0 ? NULL : dirty) == -1)
       goto fail_running;
-    secs = xm_now () - ts;
+    secs = sxm_now () - ts;
     if (secs > 0 && S.wire_bytes > w0)
       bw = (S.wire_bytes - w0) / secs;
     if (b->log_fetch (s, dirty, &count) == -1)
       goto fail_running;
-    /* Dirty pages that are zero go as 16-byte markers; count them full:
-     * the estimate errs on the long side. */
-    pred = bw > 0 ? count * (double) XM_PAGE_SIZE / bw * 1e3 : 1e9;
+    /* Stopping now leaves the COUNT dirty pages for the pause, after
+     * ROUND + 1 live rounds.  Dirty pages that are zero go as 16-byte
+     * markers; counted full, the estimate errs on the long side. */
+    struct xm_round_stats rs = { round + 1, count, bw };
     round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
-                S.wire_bytes - w0, secs, count, pred, false);
-    if (pred <= o->downtime_ms)
-      why = "predicted downtime under the target";
-    else if (round + 1 >= o->max_rounds)
-      why = "round limit";
-    /* "Not shrinking": within 10% of the previous round, twice in a row.
-     * A guest dirtying faster than the link saturates its working set and
-     * the counts jitter around it; strict ">=" let that run 10 rounds. */
-    else if (round >= 1 && count * 10 >= prev * 9 && ++stuck >= 2)
-      why = "dirty set stopped shrinking";
-    if (why)
+                S.wire_bytes - w0, secs, count, xm_predicted_ms (&rs), false);
+    if ((why = xm_stop_rule (&stop, &rs, o)) != NULL)
       break;
-    if (count * 10 < prev * 9)
-      stuck = 0;
-    prev = count;
     round++;
   }
 
@@ -373,14 +385,14 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   }
 
   if (hook != -1) {
-    double tp = xm_now ();
+    double tp = sxm_now ();
     if (xm_hook_wait (&hook, o->paused_hook[0]) == -1)
       goto fail_running;
-    t_prepare = xm_now () - tp;
+    t_prepare = sxm_now () - tp;
   }
 
   /* Stop and copy. */
-  t_pause = xm_now ();
+  t_pause = sxm_now ();
   if (b->pause (s) == -1)
     goto fail_running;
   paused = true;
@@ -395,7 +407,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   }
   {
     uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes;
-    double ts = xm_now ();
+    double ts = sxm_now ();
     void *blob = NULL;
     size_t blen = 0;
 
@@ -414,18 +426,18 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     if (put (&S, S.rec, len) == -1)
       goto fail;
     round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
-                S.wire_bytes - w0, xm_now () - ts, 0, 0, true);
+                S.wire_bytes - w0, sxm_now () - ts, 0, 0, true);
   }
   if (o->verify_memory) {
-    double td = xm_now ();
+    double td = sxm_now ();
     if (memory_digest (src_read, &S, S.npages, S.pages, digest) == -1)
       goto fail;
-    t_digest = xm_now () - td;
+    t_digest = sxm_now () - td;
   }
   if (hook != -1) {
     if (xm_hook_wait (&hook, o->paused_hook[0]) == -1)
       goto fail;
-    t_hook = xm_now () - t_pause;
+    t_hook = sxm_now () - t_pause;
   }
   len = xm_encode_end (S.rec, S.seq++, S.pages_sent, digest);
   if (put (&S, S.rec, len) == -1)
@@ -453,7 +465,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
       ret = XM_IN_DOUBT;
       goto out;
     }
-    t_run = xm_now ();
+    t_run = sxm_now ();
   }
   ret = XM_OK;
   goto out;
@@ -482,7 +494,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
             S.pages_sent, S.zero_pages, S.wire_bytes,
             S.npages * (uint64_t) XM_PAGE_SIZE,
             S.npages ? S.wire_bytes / (double) (S.npages * XM_PAGE_SIZE) : 0,
-            xm_now () - t0);
+            sxm_now () - t0);
   if (ret == XM_OK)
     jbuf_add (report, ",\"downtime_ms\":%.3f,\"digest_ms\":%.3f",
               (t_run - t_pause - t_digest) * 1e3, t_digest * 1e3);
@@ -534,7 +546,7 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
   uint32_t aseq = 0;
   bool started = false;
   char why[300] = "";
-  double t0 = xm_now ();
+  double t0 = sxm_now ();
   int ret = XM_FAILED;
 
   if (!buf) {
@@ -681,7 +693,7 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
   jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%" PRIu64 ",\"pages\":%"
             PRIu64 ",\"zero_pages\":%" PRIu64 ",\"total_s\":%.3f",
             ret == XM_OK ? "running" : started ? "started, check failed"
-            : "discarded", rounds, pages, zeros, xm_now () - t0);
+            : "discarded", rounds, pages, zeros, sxm_now () - t0);
   if (!started && why[0] == 0 && ret != XM_OK)
     snprintf (why, sizeof why, "the stream ended early");
   if (why[0]) {

@@ -1,11 +1,17 @@
-/* The pre-copy engine: backend-independent send and receive loops.
+/* The pre-copy engine: backend-independent send and receive loops over a
+ * page-level backend's source and destination (backend.h).
  *
  * send: round 0 sends every page, each later round the pages dirtied
- * during the previous one, until the predicted downtime (dirty bytes left
- * / measured bandwidth) is under the target, the dirty set stops
- * shrinking, or the round limit is hit; then pause, last pages, context,
- * END, and the commit handshake (doc/xenmem-stream.md "Ending").
- * receive: the mirror image, checking everything before acting on it. */
+ * during the previous one, until the stop rule (xm_stop_rule below: the
+ * predicted downtime, dirty bytes left / measured bandwidth, is under the
+ * target, the dirty set stops shrinking, or the round limit is hit) says
+ * so; then pause, last pages, context, END, and the commit handshake
+ * (doc/xenmem-stream.md "Ending").  receive: the mirror image, checking
+ * everything before acting on it.
+ *
+ * Also here, because a whole-migration backend (xen) keeps the same
+ * promises with its own loop: the stop rule, the hook, the commit
+ * handshake's halves and the rate limit. */
 #ifndef XENMEM_ENGINE_H
 #define XENMEM_ENGINE_H
 
@@ -73,10 +79,18 @@ struct xm_recv_opts {
   struct xm_dest **keep;
   struct xm_disk_map disk_map[XM_DISK_MAP_MAX];     /* backend xen */
   unsigned ndisk_map;
+  /* Backend xen: the hotplug script the new domain's (mapped) disks get
+   * (an absolute path), or NULL for Xen's default (`block`). */
+  const char *disk_script;
 };
 
-/* Both fill REPORT with ",\"key\":value" JSON members (rounds, bytes,
- * downtime...) and return an enum xm_exit. */
+/* The migration of a page-level backend B (B->migrate_send and
+ * migrate_receive NULL; a whole-migration backend's own functions stand in
+ * for these, backend.h): xm_send moves the running source S, xm_receive
+ * builds the guest (create_dest (ID, ...)) from the stream.  C is the
+ * caller's (connected, timeout set) and closed by it.  Both fill REPORT
+ * with ",\"key\":value" JSON members (rounds, bytes, downtime...) and
+ * return an enum xm_exit. */
 int xm_send (const struct xm_backend_ops *b, struct xm_source *s,
              struct xm_conn *c, const struct xm_send_opts *o,
              struct jbuf *report);
@@ -84,12 +98,10 @@ int xm_receive (const struct xm_backend_ops *b, const char *id,
                 struct xm_conn *c, const struct xm_recv_opts *o,
                 struct jbuf *report);
 
-double xm_now (void);
-
 /* The send hook (xm_send_opts.paused_hook): start ARGV with
  * XENMEM_HOOK_PHASE=PHASE in its environment (pid, or -1 reported), and
  * wait for it (0 if it exited 0; *PID is then -1).  Shared by the engine
- * and the xen backend's libxenguest path (xensave.c). */
+ * and the xen backend's libxenguest path (backend-xen.c). */
 pid_t xm_hook_start (char *const *argv, const char *phase);
 int xm_hook_wait (pid_t *pid, const char *name);
 
@@ -102,23 +114,45 @@ int xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
 int xm_send_ack (struct xm_conn *c, uint32_t *seq, int32_t status,
                  const char *msg);
 
+/* The pre-copy stop rule, the one for every backend: the engine's send
+ * loop and the xen backend's precopy_policy (libxenguest's rounds) ask it
+ * after each live round whether to stop pre-copying.  Stop (the reason is
+ * the report's stop_reason) when
+ *   - the predicted downtime, DIRTY pages at the last round's BANDWIDTH,
+ *     is at most o->downtime_ms: "predicted downtime under the target";
+ *   - else when ROUNDS reaches o->max_rounds: "round limit";
+ *   - else when the dirty set failed to shrink below 90% of the previous
+ *     decision's twice in a row: "dirty set stopped shrinking".  A guest
+ *     dirtying faster than the link saturates its working set and the
+ *     counts jitter around it; strict ">=" let that run 10 rounds.
+ * Returns NULL to go on with another round.  ST carries the previous
+ * decision's count: zero it before a send's first call. */
+struct xm_round_stats {
+  /* Live rounds sent by the time the guest is paused if pre-copy stops
+   * now (the engine: the rounds done; libxc sends one more live round
+   * after its policy says stop). */
+  unsigned rounds;
+  uint64_t dirty;               /* pages dirty now: left for the pause */
+  double bandwidth;             /* bytes/s of the last round, 0: unknown */
+};
+struct xm_stop_state {
+  uint64_t prev_dirty;          /* the previous decision's dirty count */
+  bool have_prev;
+  unsigned stuck;               /* decisions in a row without shrinking */
+};
+const char *xm_stop_rule (struct xm_stop_state *st,
+                          const struct xm_round_stats *r,
+                          const struct xm_send_opts *o);
+/* R's predicted downtime in ms, as the rule sees it: DIRTY full pages at
+ * BANDWIDTH, 1e9 when the bandwidth is not known. */
+double xm_predicted_ms (const struct xm_round_stats *r);
+
 /* --rate: a token bucket on wire bytes.  Spend LEN bytes at RATE bytes/s
- * (0: unlimited), sleeping off any debt; T starts as xm_now (). */
+ * (0: unlimited), sleeping off any debt; T starts as sxm_now ()
+ * (common/monotime.h). */
 struct xm_rate {
   double bucket, t;
 };
 void xm_rate_spend (struct xm_rate *r, uint64_t rate, size_t len);
-
-/* The xen backend's send and receive (backend-xen.c): libxenguest's
- * xc_domain_save with xenmem's policy, transport and handshake on the
- * source; libxl's restore of the same configuration on the destination.
- * Same exit codes and report as xm_send/xm_receive. */
-int xm_xen_send (const char *domid, struct xm_conn *c,
-                 const struct xm_send_opts *o, struct jbuf *report);
-int xm_xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
-                    struct jbuf *report);
-/* 0 if this is a Xen dom0 with xenstored (libxl usable), else -1 with the
- * reason reported: checked before any connection is made. */
-int xm_xen_present (void);
 
 #endif

@@ -27,9 +27,11 @@
 
 #include "cli.h"
 #include "engine.h"
+#include "fullio.h"
 #include "jsonline.h"
 #include "log.h"
 #include "monitor.h"
+#include "unixsock.h"
 
 /* A client has this long to send its whole request after connecting. */
 #define REQUEST_TIMEOUT_S 10
@@ -151,32 +153,26 @@ xm_monitor_usable (const char *path)
 /* Bind and listen under a temporary name in the same directory, then
  * rename() it to PATH: a client that sees PATH can connect at once (a
  * bound socket file exists a moment before listen, and a connect in that
- * moment is refused). */
+ * moment is refused).  The rename is why this is not simply
+ * unix_listen_private (PATH). */
 static int
 monitor_listen (struct monitor *m)
 {
   struct sockaddr_un sa;
   char tmp[sizeof sa.sun_path];
   struct stat st;
+  const char *step;
   int fd;
 
   if (xm_monitor_usable (m->path) == -1 ||
       tmp_name (m->path, tmp, sizeof tmp) == -1)
     return -1;
-  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  fd = unix_listen_private (tmp, 16, &st, &step);
   if (fd == -1) {
-    sxm_error ("monitor %s: socket: %m", m->path);
+    sxm_error ("monitor %s: setting up %s: %s: %m", m->path, tmp, step);
     return -1;
   }
-  fill_addr (&sa, tmp);
-  unlink (tmp);
-  if (bind (fd, (struct sockaddr *) &sa, sizeof sa) == -1) {
-    sxm_error ("monitor %s: bind %s: %m", m->path, tmp);
-    close (fd);
-    return -1;
-  }
-  if (chmod (tmp, 0600) == -1 || listen (fd, 16) == -1 ||
-      stat (tmp, &st) == -1 || rename (tmp, m->path) == -1) {
+  if (rename (tmp, m->path) == -1) {
     sxm_error ("monitor %s: setting up %s: %m", m->path, tmp);
     unlink (tmp);
     close (fd);
@@ -415,20 +411,11 @@ redirect (const struct request *rq, struct saved *sv)
 static void
 reply (int fd, struct jbuf *rep, int ret)
 {
-  size_t off = 0;
-
   jbuf_add (rep, ",\"exit\":%d}\n", ret);
   if (rep->oom || !rep->s)
     return;
   /* The client may be gone; that is its business (no SIGPIPE). */
-  while (off < rep->len) {
-    ssize_t r = send (fd, rep->s + off, rep->len - off, MSG_NOSIGNAL);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    off += r;
-  }
+  full_send (fd, rep->s, rep->len);
 }
 
 /* send OPTIONS... ADDR [-- HOOK...]: the argv of `xenmem send`. */
@@ -761,14 +748,8 @@ xm_monitor_call (const char *path, int argc, char *const *argv,
     do
       r = sendmsg (fd, &mh, MSG_NOSIGNAL);
     while (r == -1 && errno == EINTR);
-    off = r > 0 ? r : 0;
-    while (r != -1 && off < len) {
-      r = send (fd, frame + off, len - off, MSG_NOSIGNAL);
-      if (r == -1 && errno == EINTR)
-        r = 0;
-      else if (r > 0)
-        off += r;
-    }
+    if (r != -1 && full_send (fd, frame + r, len - r) == -1)
+      r = -1;
     if (r == -1) {
       sxm_error ("monitor %s: sending the request: %m", path);
       goto out;

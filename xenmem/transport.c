@@ -28,7 +28,9 @@
 #include <gnutls/x509.h>
 
 #include "log.h"
+#include "monotime.h"
 #include "transport.h"
+#include "unixsock.h"
 
 /* PSK: the identity is what the client sends in the clear; the key is
  * hex, as in nbdkit's --tls-psk files. */
@@ -62,15 +64,6 @@ struct address {
   char *host;                   /* tcp: brackets stripped; "" = any */
   char *port;
 };
-
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---- addresses and policy --------------------------------------------- */
 
@@ -343,14 +336,14 @@ wait_fd (struct xm_conn *c, short events)
 
   c->timed_out = false;
   if (c->timeout > 0)
-    limit = now () + c->timeout;
+    limit = sxm_now () + c->timeout;
   if (c->deadline > 0 && (limit == 0 || c->deadline < limit))
     limit = c->deadline;
   for (;;) {
     struct pollfd p = { .fd = c->fd, .events = events };
     int ms = -1, r;
     if (limit > 0) {
-      double left = limit - now ();
+      double left = limit - sxm_now ();
       ms = left <= 0 ? 0 : left * 1000 > INT_MAX ? INT_MAX
                                                   : (int) (left * 1000) + 1;
     }
@@ -651,7 +644,7 @@ handshake (struct xm_conn *c, const struct xm_tls_opts *tls, bool server,
    * longer --timeout short. */
   gnutls_handshake_set_timeout (c->s, 0);
 
-  c->deadline = timeout > 0 ? now () + timeout : 0;
+  c->deadline = timeout > 0 ? sxm_now () + timeout : 0;
   do
     r = gnutls_handshake (c->s);
   while (r < 0 && !gnutls_error_is_fatal (r));
@@ -666,7 +659,7 @@ handshake (struct xm_conn *c, const struct xm_tls_opts *tls, bool server,
     /* Tell the peer why (gnutls does not on its own), so that its
      * message names the cause rather than a dropped connection; bounded,
      * as the peer may not be reading. */
-    c->deadline = now () + 1;
+    c->deadline = sxm_now () + 1;
     gnutls_alert_send_appropriate (c->s, r);
     c->deadline = 0;
     if (c->unknown_identity[0])
@@ -698,7 +691,7 @@ handshake (struct xm_conn *c, const struct xm_tls_opts *tls, bool server,
                  r < 0 ? gnutls_strerror (r)
                  : out.data ? (const char *) out.data : "?");
       gnutls_free (out.data);
-      c->deadline = now () + 1;
+      c->deadline = sxm_now () + 1;
       gnutls_alert_send (c->s, GNUTLS_AL_FATAL, GNUTLS_A_BAD_CERTIFICATE);
       c->deadline = 0;
       return -1;
@@ -761,7 +754,7 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
   socklen_t peerlen = sizeof peer;
   struct stat sock_st = { 0 };
   bool bound_unix = false;
-  double deadline = timeout > 0 ? now () + timeout : 0;
+  double deadline = timeout > 0 ? sxm_now () + timeout : 0;
   int lfd = -1, one = 1;
 
   if (parse_address (addr, &a) == -1)
@@ -774,39 +767,20 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
     goto fail;
 
   if (a.is_unix) {
-    struct stat st;
-    mode_t old;
-    int r;
-    /* A socket left by a killed receiver is stale and goes; anything else
+    const char *step;
+    /* Mode 0600 from the start: only our user may hand us a guest.  A
+     * socket left by a killed receiver is stale and goes; anything else
      * at that path is not ours to remove. */
-    if (lstat (a.sun.sun_path, &st) == 0) {
-      if (!S_ISSOCK (st.st_mode)) {
-        sxm_error ("%s: %s exists and is not a socket; refusing to replace "
-                   "it", addr, a.sun.sun_path);
-        goto fail;
-      }
-      if (unlink (a.sun.sun_path) == -1) {
-        sxm_error ("%s: removing the stale socket: %m", addr);
-        goto fail;
-      }
-    }
-    lfd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    lfd = unix_listen_private (a.sun.sun_path, 1, &sock_st, &step);
     if (lfd == -1) {
-      sxm_error ("%s: socket: %m", addr);
-      goto fail;
-    }
-    /* Mode 0600 from the start: only our user may hand us a guest.  (A
-     * chmod after bind would leave a window; umask is per process, which
-     * is fine while nothing else in it creates files at this moment.) */
-    old = umask (0177);
-    r = bind (lfd, (struct sockaddr *) &a.sun, sizeof a.sun);
-    umask (old);
-    if (r == -1) {
-      sxm_error ("%s: bind: %m", addr);
+      if (errno == EEXIST)
+        sxm_error ("%s: %s %s; refusing to replace it", addr,
+                   a.sun.sun_path, step);
+      else
+        sxm_error ("%s: %s: %m", addr, step);
       goto fail;
     }
     bound_unix = true;
-    stat (a.sun.sun_path, &sock_st);
   }
   else {
     struct addrinfo hints = { .ai_family = AF_UNSPEC,
@@ -831,10 +805,10 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
       sxm_error ("%s: bind: %m", addr);
       goto fail;
     }
-  }
-  if (listen (lfd, 1) == -1) {
-    sxm_error ("%s: listen: %m", addr);
-    goto fail;
+    if (listen (lfd, 1) == -1) {
+      sxm_error ("%s: listen: %m", addr);
+      goto fail;
+    }
   }
   sxm_debug ("%s: listening", addr);
 
@@ -846,7 +820,7 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
     struct pollfd p = { .fd = lfd, .events = POLLIN };
     int ms = -1, r;
     if (deadline > 0) {
-      double left = deadline - now ();
+      double left = deadline - sxm_now ();
       if (left <= 0) {
         sxm_error ("%s: no connection within %g s", addr, timeout);
         goto fail;
@@ -890,10 +864,7 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
   close (lfd);
   lfd = -1;
   if (bound_unix) {
-    struct stat st;
-    if (stat (a.sun.sun_path, &st) == 0 && st.st_ino == sock_st.st_ino &&
-        st.st_dev == sock_st.st_dev)
-      unlink (a.sun.sun_path);
+    unix_unlink_own (a.sun.sun_path, &sock_st);
     bound_unix = false;
   }
   c->timeout = timeout;
@@ -905,12 +876,8 @@ xm_listen_accept (const char *addr, const struct xm_tls_opts *tls,
  fail:
   if (lfd >= 0)
     close (lfd);
-  if (bound_unix) {
-    struct stat st;
-    if (stat (a.sun.sun_path, &st) == 0 && st.st_ino == sock_st.st_ino &&
-        st.st_dev == sock_st.st_dev)
-      unlink (a.sun.sun_path);
-  }
+  if (bound_unix)
+    unix_unlink_own (a.sun.sun_path, &sock_st);
   if (res)
     freeaddrinfo (res);
   free_address (&a);
@@ -938,7 +905,7 @@ try_connect (const struct sockaddr *sa, socklen_t salen, double deadline)
     struct pollfd p = { .fd = fd, .events = POLLOUT };
     int ms = -1, r;
     if (deadline > 0) {
-      double left = deadline - now ();
+      double left = deadline - sxm_now ();
       if (left <= 0) {
         errno = ETIMEDOUT;
         goto fail;
@@ -972,7 +939,7 @@ xm_connect (const char *addr, const struct xm_tls_opts *tls, double timeout)
   struct address a;
   struct xm_conn *c;
   struct addrinfo *res = NULL, *ai, unix_ai = { 0 }, *list = &unix_ai;
-  double deadline = timeout > 0 ? now () + timeout : 0;
+  double deadline = timeout > 0 ? sxm_now () + timeout : 0;
   const struct sockaddr *used = NULL;
   int err = 0;
 
@@ -1030,7 +997,7 @@ xm_connect (const char *addr, const struct xm_tls_opts *tls, double timeout)
     if (c->fd >= 0)
       break;
     if ((retry || err == ETIMEDOUT) && deadline > 0 &&
-        now () + 0.1 > deadline) {
+        sxm_now () + 0.1 > deadline) {
       sxm_error ("cannot connect to %s within %g s: %s", addr, timeout,
                  strerror (err));
       goto fail;
@@ -1061,6 +1028,11 @@ xm_connect (const char *addr, const struct xm_tls_opts *tls, double timeout)
 
 /* ---- I/O --------------------------------------------------------------- */
 
+/* These loop like common/fullio.h's full_write and full_read, but cannot
+ * be them: the bytes go through gnutls when the connection is TLS, the
+ * socket is non-blocking with every wait bounded by the timeout
+ * (raw_send, raw_recv), and a timeout or a short stream has its own
+ * message. */
 int
 xm_write (struct xm_conn *c, const void *buf, size_t len)
 {
@@ -1178,7 +1150,7 @@ xm_close (struct xm_conn *c)
   if (c->s) {
     /* Tell the peer we are done (so its read sees a clean EOF), but do
      * not wait on a peer that stopped reading. */
-    c->deadline = now () + 2;
+    c->deadline = sxm_now () + 2;
     gnutls_bye (c->s, GNUTLS_SHUT_WR);
   }
   free_conn (c);

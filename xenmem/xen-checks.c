@@ -334,6 +334,10 @@ xm_xen_preflight_check (xc_interface *xch, libxl_ctx *ctx,
     dk->format = LIBXL_DISK_FORMAT_RAW;
     free (dk->script);          /* the source's hotplug script, if any */
     dk->script = NULL;
+    if (o->disk_script && !(dk->script = strdup (o->disk_script))) {
+      snprintf (why, whylen, "out of memory");
+      return -1;
+    }
   }
   return 0;
 }

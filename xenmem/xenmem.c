@@ -85,7 +85,7 @@ monitor_cmd (int argc, char **argv)
   return ret;
 }
 
-/* A new test guest that migrates away (xenmem send). */
+/* A new test guest that migrates away (xenmem send, page-level). */
 static int
 send_new_guest (struct xm_cli *cli)
 {
@@ -110,6 +110,19 @@ send_new_guest (struct xm_cli *cli)
   cli->b->close_source (s, migrated);
   xm_cli_close_disks (disks, cli->ndisks);
   return ret;
+}
+
+/* xenmem send.  A whole-migration backend moves the guest --domid names
+ * itself (migrate_send, through xm_cli_send); for a page-level one the
+ * guest is built here and the engine moves it. */
+static int
+send_cmd (struct xm_cli *cli)
+{
+  bool migrated;
+
+  if (cli->b->migrate_send)
+    return xm_cli_send (cli, cli->b, NULL, &migrated);
+  return send_new_guest (cli);
 }
 
 /* xenmem guest: a new test guest that stays, under a monitor. */
@@ -147,19 +160,32 @@ receive (struct xm_cli *cli)
     return XM_CANNOT;
   if (xm_cli_open_disks (cli, disks) == -1)
     return XM_CANNOT;
-  c = xm_listen_accept (cli->addr, &cli->tls, cli->accept_timeout >= 0
-                        ? cli->accept_timeout : cli->timeout);
-  if (!c) {
-    xm_cli_close_disks (disks, cli->ndisks);
-    return XM_CANNOT;
-  }
-  xm_set_timeout (c, cli->timeout);
   cli->ro.disks = disks;
   cli->ro.ndisks = cli->ndisks;
   cli->ro.keep = cli->monitor ? &kept : NULL;
-  jbuf_add (&rep, "{\"cmd\":\"receive\",\"backend\":\"%s\"", cli->b->name);
-  ret = xm_receive (cli->b, cli->domid, c, &cli->ro, &rep);
-  xm_close (c);
+  /* A sender may ask first (send --check-only, a whole-migration
+   * backend's: a session that ends after our "ready", XM_CHECKED); then
+   * the real stream comes on a new connection. */
+  do {
+    jbuf_free (&rep);
+    c = xm_listen_accept (cli->addr, &cli->tls, cli->accept_timeout >= 0
+                          ? cli->accept_timeout : cli->timeout);
+    if (!c) {
+      xm_cli_close_disks (disks, cli->ndisks);
+      return XM_CANNOT;
+    }
+    xm_set_timeout (c, cli->timeout);
+    jbuf_add (&rep, "{\"cmd\":\"receive\",\"backend\":\"%s\"",
+              cli->b->name);
+    if (cli->b->migrate_receive)
+      ret = cli->b->migrate_receive (c, &cli->ro, &rep);
+    else
+      ret = xm_receive (cli->b, cli->domid, c, &cli->ro, &rep);
+    xm_close (c);
+    if (ret == XM_CHECKED && !cli->quiet)
+      fprintf (stderr, "xenmem: a sender checked: this host would take "
+               "the guest; waiting for its stream\n");
+  } while (ret == XM_CHECKED);
   /* The report is written before the monitor's socket appears: whoever
    * waits for either (sxm receive) finds it there. */
   ret = xm_cli_report (cli, &rep, ret);
@@ -187,8 +213,6 @@ main (int argc, char **argv)
 {
   struct xm_cli cli;
   const char *mode;
-  struct jbuf rep = { 0 };
-  struct xm_conn *c;
   int ret;
 
   sxm_log_set_program ("xenmem");
@@ -217,50 +241,11 @@ main (int argc, char **argv)
     ret = guest_cmd (&cli);
   else if (cli.abort_)
     ret = xm_cli_abort (&cli);
-  else if (cli.b->id == XM_BACKEND_XEN) {
-    if (xm_xen_present () == -1) {
-      ret = XM_CANNOT;
-      goto out;
-    }
-    if (strcmp (mode, "send") == 0) {
-      c = xm_connect (cli.addr, &cli.tls, cli.timeout);
-      if (!c) {
-        ret = XM_CANNOT;
-        goto out;
-      }
-      xm_set_timeout (c, cli.timeout);
-      jbuf_add (&rep, "{\"cmd\":\"send\",\"backend\":\"xen\"");
-      ret = xm_xen_send (cli.domid, c, &cli.so, &rep);
-      xm_close (c);
-      if (ret == XM_FAILED)
-        fprintf (stderr, "xenmem: migration failed; the source domain runs "
-                 "on\n");
-    }
-    else {
-      /* A sender may ask first (send --check-only: a session that ends
-       * after the destination's "ready"); then the real stream comes on
-       * a new connection. */
-      do {
-        jbuf_free (&rep);
-        c = xm_listen_accept (cli.addr, &cli.tls, cli.accept_timeout >= 0
-                              ? cli.accept_timeout : cli.timeout);
-        if (!c) {
-          ret = XM_CANNOT;
-          goto out;
-        }
-        xm_set_timeout (c, cli.timeout);
-        jbuf_add (&rep, "{\"cmd\":\"receive\",\"backend\":\"xen\"");
-        ret = xm_xen_receive (c, &cli.ro, &rep);
-        xm_close (c);
-        if (ret == XM_CHECKED && !cli.quiet)
-          fprintf (stderr, "xenmem: a sender checked: this host would take "
-                   "the guest; waiting for its stream\n");
-      } while (ret == XM_CHECKED);
-    }
-    ret = xm_cli_report (&cli, &rep, ret);
-  }
+  /* Nothing is started on a host that cannot run the backend. */
+  else if (cli.b->available && cli.b->available () == -1)
+    ret = XM_CANNOT;
   else if (strcmp (mode, "send") == 0)
-    ret = send_new_guest (&cli);
+    ret = send_cmd (&cli);
   else
     ret = receive (&cli);
 
@@ -276,8 +261,6 @@ xm_backend_find (const char *name)
     return &xm_backend_uffd;
   if (strcmp (name, "xen") == 0)
     return &xm_backend_xen;
-  if (strcmp (name, "kvm") == 0)
-    return &xm_backend_kvm;
   if (strcmp (name, "none") == 0)
     return &xm_backend_none;
   return NULL;

@@ -29,6 +29,7 @@
 
 #include "copy.h"
 #include "endian.h"
+#include "fullio.h"
 
 #define CKPT_MAGIC "SXMCKPT\n"
 #define CKPT_VERSION 1
@@ -85,7 +86,7 @@ checkpoint_save (const char *path, struct copy *cp)
   be64_store (b + len - 8, fnv1a (b, len - 8));
 
   fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd == -1 || write (fd, b, len) != (ssize_t) len || fsync (fd) == -1) {
+  if (fd == -1 || full_write (fd, b, len) == -1 || fsync (fd) == -1) {
     fprintf (stderr, "sxm-copy: checkpoint %s: %m\n", tmp);
     goto out;
   }
@@ -143,7 +144,7 @@ checkpoint_load (const char *path, struct copy *cp)
     goto out;
   }
   b = malloc (len);
-  if (b == NULL || pread (fd, b, len, 0) != (ssize_t) len) {
+  if (b == NULL || full_pread (fd, b, len, 0) != (ssize_t) len) {
     fprintf (stderr, "sxm-copy: checkpoint %s: cannot read: %m\n", path);
     goto out;
   }

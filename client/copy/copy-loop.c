@@ -34,6 +34,7 @@
 
 #include "bitmap.h"
 #include "copy.h"
+#include "monotime.h"
 #include "zero.h"
 
 #define ZERO_GRAIN 4096         /* zero detection granularity */
@@ -93,14 +94,6 @@ struct worker {
 
 static char *zero_buf;          /* request_size of zeros, read-only */
 
-double
-mono_now (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static bool
 aborted (struct copy *cp)
 {
@@ -125,7 +118,7 @@ rate_slot (struct copy *cp, uint64_t len)
   if (cp->o->rate == 0)
     return 0;
   pthread_mutex_lock (&cp->lock);
-  now = mono_now ();
+  now = sxm_now ();
   if (cp->rate_next > now + 0.0005)
     wait = cp->rate_next - now;
   else
@@ -142,7 +135,7 @@ req_complete (struct req *r, int err)
 {
   struct worker *w = r->conn->w;
 
-  w->last_reply = mono_now ();
+  w->last_reply = sxm_now ();
   r->err = err;
   r->next = NULL;
   if (w->done_tail)
@@ -480,7 +473,7 @@ start_op (struct worker *w, struct op *op)
   struct copy *cp = w->cp;
 
   if (w->inflight == 0)
-    w->last_reply = mono_now ();        /* the stall clock starts now */
+    w->last_reply = sxm_now ();         /* the stall clock starts now */
   op->seg->outstanding++;
   w->inflight++;
   switch (op->kind) {
@@ -710,7 +703,7 @@ wait_io (struct worker *w)
   /* Nothing happened: a server that stopped answering (stopped process,
    * dead link without a reset) would otherwise hang the copy forever. */
   if (w->cp->o->timeout > 0 && !w->abandoned &&
-      mono_now () - w->last_reply > w->cp->o->timeout) {
+      sxm_now () - w->last_reply > w->cp->o->timeout) {
     for (int i = 0; i < n; i++) {
       if (!cs[i]->ep->ops->abandon)
         continue;
@@ -766,11 +759,11 @@ static void
 start_flush (struct worker *w)
 {
   if (w->inflight == 0)
-    w->last_reply = mono_now ();
+    w->last_reply = sxm_now ();
   w->flush_inflight = true;
   w->flush_covers = w->npending;
   w->dirty = false;
-  w->last_flush = mono_now ();
+  w->last_flush = sxm_now ();
   start_req (w, NULL, &w->dst, RQ_FLUSH, 0, 0, NULL, false);
 }
 
@@ -859,7 +852,7 @@ worker_main (void *arg)
   bool flush_at_end = cp->mode == MODE_COPY && (cp->o->flush || checkpointing);
   bool abort_flush_tried = false;
 
-  w->last_flush = mono_now ();
+  w->last_flush = sxm_now ();
   for (;;) {
     bool progress;
 
@@ -891,7 +884,7 @@ worker_main (void *arg)
     progress = fill (w);
     process_done (w);
     if (checkpointing && !w->flush_inflight && w->npending > 0 &&
-        mono_now () - w->last_flush >= cp->o->checkpoint_interval) {
+        sxm_now () - w->last_flush >= cp->o->checkpoint_interval) {
       start_flush (w);
       progress = true;
     }

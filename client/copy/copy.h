@@ -165,7 +165,6 @@ struct copy {
 struct worker;
 int copy_run (struct copy *cp, unsigned nworkers, struct conn *src0,
               struct conn *dst0, void (*monitor) (struct copy *cp, bool last));
-double mono_now (void);
 
 /* checkpoint.c */
 int checkpoint_load (const char *path, struct copy *cp);   /* 1 loaded, 0 none, -1 bad */

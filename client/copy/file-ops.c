@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "copy.h"
+#include "fullio.h"
 
 static int
 file_connect (struct conn *c)
@@ -70,36 +71,18 @@ file_extents (struct conn *c, uint64_t off, uint64_t len,
 static int
 file_pread (struct conn *c, struct req *r)
 {
-  uint64_t done = 0;
+  ssize_t n = full_pread (c->ep->fd, r->data, r->len, r->off);
 
-  while (done < r->len) {
-    ssize_t n = pread (c->ep->fd, r->data + done, r->len - done, r->off + done);
-    if (n == -1 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      req_complete (r, n == 0 ? EIO : errno);    /* EOF inside the size */
-      return 0;
-    }
-    done += n;
-  }
-  req_complete (r, 0);
+  /* Short: EOF inside the size. */
+  req_complete (r, n == -1 ? errno : (uint64_t) n < r->len ? EIO : 0);
   return 0;
 }
 
+/* 0 or the errno, as req_complete takes it. */
 static int
-write_full (int fd, const char *buf, uint64_t len, uint64_t off)
+pwrite_errno (int fd, const char *buf, uint64_t len, uint64_t off)
 {
-  while (len > 0) {
-    ssize_t n = pwrite (fd, buf, len, off);
-    if (n == -1 && errno == EINTR)
-      continue;
-    if (n == -1)
-      return errno;
-    buf += n;
-    len -= n;
-    off += n;
-  }
-  return 0;
+  return full_pwrite (fd, buf, len, off) == -1 ? errno : 0;
 }
 
 /* Page-cache hygiene: a copy must not fill the host's page cache with a
@@ -131,7 +114,7 @@ writeback (struct conn *c, uint64_t off, uint64_t len)
 static int
 file_pwrite (struct conn *c, struct req *r)
 {
-  int err = write_full (c->ep->fd, r->data, r->len, r->off);
+  int err = pwrite_errno (c->ep->fd, r->data, r->len, r->off);
 
   if (err == 0)
     writeback (c, r->off, r->len);
@@ -170,7 +153,7 @@ file_zero (struct conn *c, struct req *r)
   }
   while (len > 0) {
     uint64_t n = len < sizeof zeros ? len : sizeof zeros;
-    int err = write_full (ep->fd, zeros, n, off);
+    int err = pwrite_errno (ep->fd, zeros, n, off);
     if (err) {
       req_complete (r, err);
       return 0;

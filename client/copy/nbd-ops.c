@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <libnbd.h>
 
 #include "copy.h"
+#include "monotime.h"
 
 const char *
 nbd_last_error (void)
@@ -21,21 +21,13 @@ nbd_last_error (void)
   return e ? e : "unknown libnbd error";
 }
 
-static double
-now_s (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* Connect asynchronously so that a server that accepts but never answers
  * (a stopped process) costs at most the --timeout. */
 static int
 nbd_connect_ep (struct conn *c)
 {
   struct nbd_handle *h = nbd_create ();
-  double deadline = now_s () + c->ep->timeout;
+  double deadline = sxm_now () + c->ep->timeout;
 
   /* Failures are reported by the caller, which knows the context. */
   if (h == NULL)
@@ -51,7 +43,7 @@ nbd_connect_ep (struct conn *c)
   while (nbd_aio_is_connecting (h)) {
     int ms = -1, r;
     if (c->ep->timeout > 0) {
-      double left = deadline - now_s ();
+      double left = deadline - sxm_now ();
       if (left <= 0) {
         nbd_close (h);
         errno = ETIMEDOUT;
@@ -139,7 +131,7 @@ static int
 block_status_timed (struct conn *c, uint64_t n, uint64_t off,
                     struct extents_ctx *x)
 {
-  double deadline = now_s () + c->ep->timeout;
+  double deadline = sxm_now () + c->ep->timeout;
   int64_t cookie;
   int r;
 
@@ -154,7 +146,7 @@ block_status_timed (struct conn *c, uint64_t n, uint64_t off,
   while ((r = nbd_aio_command_completed (c->nbd, cookie)) == 0) {
     int ms = -1;
     if (c->ep->timeout > 0) {
-      double left = deadline - now_s ();
+      double left = deadline - sxm_now ();
       if (left <= 0) {
         nbd_abandon (c);
         errno = ETIMEDOUT;

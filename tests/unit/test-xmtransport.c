@@ -23,7 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fullio.h"
 #include "log.h"
+#include "monotime.h"
 #include "tap.h"
 #include "transport.h"
 
@@ -45,14 +47,6 @@ sink (enum sxm_log_level level, const char *msg)
   snprintf (errs + n, sizeof errs - n, "%s\n", msg);
   printf ("#   error: %s\n", msg);
   fflush (stdout);
-}
-
-static double
-now (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static bool
@@ -118,7 +112,8 @@ random_hex (char *out, size_t bytes)
   int fd = open ("/dev/urandom", O_RDONLY);
   uint8_t b[64];
 
-  if (fd == -1 || bytes > sizeof b || read (fd, b, bytes) != (ssize_t) bytes)
+  if (fd == -1 || bytes > sizeof b ||
+      full_read (fd, b, bytes) != (ssize_t) bytes)
     abort ();
   close (fd);
   for (size_t i = 0; i < bytes; i++)
@@ -209,7 +204,7 @@ run_side (void *arg)
 {
   struct side *s = arg;
   struct xm_conn *c;
-  double t0 = now ();
+  double t0 = sxm_now ();
 
   errs[0] = 0;
   c = s->listen ? xm_listen_accept (s->addr, &s->tls, s->timeout)
@@ -233,7 +228,7 @@ run_side (void *arg)
     s->written = xm_bytes_written (c);
     xm_close (c);
   }
-  s->elapsed = now () - t0;
+  s->elapsed = sxm_now () - t0;
   memcpy (s->err, errs, sizeof errs);
   return NULL;
 }
@@ -302,11 +297,11 @@ test_policy (void)
   double t0;
 
   errs[0] = 0;
-  t0 = now ();
+  t0 = sxm_now ();
   ok (!xm_connect ("tcp:192.0.2.1:7000", &none, 5) &&
       has (errs, "tcp:192.0.2.1:7000: plaintext TCP to 192.0.2.1, which is "
            "not loopback; use --tls-psk or --tls-x509, or --insecure to "
-           "allow it") && now () - t0 < 1,
+           "allow it") && sxm_now () - t0 < 1,
       "plaintext TCP to a remote host refused at once");
   errs[0] = 0;
   ok (!xm_connect ("tcp:[2001:db8::1]:7000", &none, 5) &&
@@ -318,9 +313,9 @@ test_policy (void)
       has (errs, "plaintext TCP on 0.0.0.0, which is not loopback"),
       "plaintext listener on every interface refused");
   errs[0] = 0;
-  t0 = now ();
+  t0 = sxm_now ();
   ok (!xm_listen_accept (addr, &insecure, 0.3) &&
-      has (errs, "no connection within 0.3 s") && now () - t0 < 2,
+      has (errs, "no connection within 0.3 s") && sxm_now () - t0 < 2,
       "... allowed with insecure (then times out waiting)");
   errs[0] = 0;
   ok (!xm_connect ("tcp:192.0.2.1:7000", &(struct xm_tls_opts)
@@ -350,8 +345,8 @@ test_unix (void)
   l.addr = c.addr = addr;
   l.listen = true;
   pthread_create (&t, NULL, run_side, &l);
-  t0 = now ();
-  while (stat (path ("sock"), &st) == -1 && now () - t0 < 5)
+  t0 = sxm_now ();
+  while (stat (path ("sock"), &st) == -1 && sxm_now () - t0 < 5)
     usleep (1000);
   mode = st.st_mode & 07777;
   run_side (&c);
@@ -407,11 +402,11 @@ test_unix (void)
       "connect retries until the receiver is up (%.2f s)", c.elapsed);
 
   errs[0] = 0;
-  t0 = now ();
+  t0 = sxm_now ();
   ok (!xm_connect (addr, &none, 0.5) &&
       has (errs, "cannot connect to ") && has (errs, "within 0.5 s") &&
-      now () - t0 < 1.5, "connect gives up after the timeout (%.2f s)",
-      now () - t0);
+      sxm_now () - t0 < 1.5, "connect gives up after the timeout (%.2f s)",
+      sxm_now () - t0);
 }
 
 static void
@@ -497,15 +492,15 @@ test_psk (void)
   l.addr = c.addr = addr;
   l.tls.psk_file = path ("server.psk");
   c.tls.psk_file = path ("wrong.psk");
-  t0 = now ();
+  t0 = sxm_now ();
   run_pair (&l, &c);
-  ok (!l.connected && !c.connected && now () - t0 < 5 &&
+  ok (!l.connected && !c.connected && sxm_now () - t0 < 5 &&
       has (l.err, "TLS handshake with ") && has (l.err, "failed") &&
       has (c.err, "TLS handshake with ") && has (c.err, "failed") &&
       has (l.err, "still waiting for the sender") &&
       has (l.err, "no connection within"),
       "wrong PSK: both sides fail cleanly in %.2f s, the listener only at "
-      "its deadline", now () - t0);
+      "its deadline", sxm_now () - t0);
   ok (has (l.err, "same PSK identity and key") &&
       has (c.err, "same PSK identity and key"), "both messages say the keys may "
       "differ");
@@ -518,9 +513,9 @@ test_psk (void)
   l.addr = c.addr = addr;
   l.tls.psk_file = path ("server.psk");
   c.tls.psk_file = path ("stranger.psk");
-  t0 = now ();
+  t0 = sxm_now ();
   run_pair (&l, &c);
-  ok (!l.connected && !c.connected && now () - t0 < 5 &&
+  ok (!l.connected && !c.connected && sxm_now () - t0 < 5 &&
       has (l.err, "identity is not in the PSK file") &&
       has (c.err, "TLS handshake with"),
       "unknown PSK identity: both sides fail, the listener says why");
@@ -532,10 +527,12 @@ test_psk (void)
   l.timeout = c.timeout = 3;
   l.addr = c.addr = addr;
   c.tls.psk_file = path ("client.psk");
-  t0 = now ();
+  t0 = sxm_now ();
   run_pair (&l, &c);
-  ok (!c.connected && has (c.err, "TLS handshake with") && now () - t0 < 5,
-      "PSK client against a plaintext listener fails in %.2f s", now () - t0);
+  ok (!c.connected && has (c.err, "TLS handshake with") &&
+      sxm_now () - t0 < 5,
+      "PSK client against a plaintext listener fails in %.2f s",
+      sxm_now () - t0);
   /* Plaintext client, TLS server. */
   memset (&l, 0, sizeof l);
   memset (&c, 0, sizeof c);
@@ -543,11 +540,12 @@ test_psk (void)
   l.timeout = c.timeout = 3;
   l.addr = c.addr = addr;
   l.tls.psk_file = path ("server.psk");
-  t0 = now ();
+  t0 = sxm_now ();
   run_pair (&l, &c);
-  ok (!l.connected && has (l.err, "TLS handshake with") && now () - t0 < 5,
+  ok (!l.connected && has (l.err, "TLS handshake with") &&
+      sxm_now () - t0 < 5,
       "plaintext client against a PSK listener: the listener fails in "
-      "%.2f s", now () - t0);
+      "%.2f s", sxm_now () - t0);
 
   /* Key files others can read. */
   write_file (path ("open.psk"), 0644, "xenmem:%s\n", key);
@@ -600,9 +598,9 @@ test_stalls (void)
     int fd = socket (AF_INET, SOCK_STREAM, 0);
     sin.sin_port = htons (atoi (strrchr (addr, ':') + 1));
     pthread_create (&t, NULL, run_side, &l);
-    t0 = now ();
+    t0 = sxm_now ();
     while (connect (fd, (struct sockaddr *) &sin, sizeof sin) == -1 &&
-           now () - t0 < 5)
+           sxm_now () - t0 < 5)
       usleep (10000);
     pthread_join (t, NULL);
     close (fd);
@@ -655,18 +653,18 @@ test_stalls (void)
     ok (x != NULL, "connected to an idle peer");
     if (x) {
       xm_set_timeout (x, 0.5);
-      t0 = now ();
+      t0 = sxm_now ();
       r = xm_write (x, big, 64 << 20);
       ok (r == -1 && has (errs, "the peer took no data for 0.5 s (timed "
-          "out)") && now () - t0 < 3, "a write into a peer that stopped "
+          "out)") && sxm_now () - t0 < 3, "a write into a peer that stopped "
           "reading fails after the timeout (%.2f s, %llu bytes went)",
-          now () - t0, (unsigned long long) xm_bytes_written (x));
+          sxm_now () - t0, (unsigned long long) xm_bytes_written (x));
       errs[0] = 0;
-      t0 = now ();
+      t0 = sxm_now ();
       r = xm_read (x, b, 8, true);
       ok (r == -1 && has (errs, "no data for 0.5 s (timed out)") &&
-          now () - t0 < 2, "a read from a silent peer fails after the "
-          "timeout (%.2f s)", now () - t0);
+          sxm_now () - t0 < 2, "a read from a silent peer fails after the "
+          "timeout (%.2f s)", sxm_now () - t0);
       /* Now the peer goes away: no SIGPIPE, an error. */
       stop_idle = 1;
       pthread_join (t, NULL);

@@ -30,7 +30,9 @@
 #include <linux/userfaultfd.h>
 
 #include "backend.h"
+#include "fullio.h"
 #include "log.h"
+#include "monotime.h"
 #include "tap.h"
 
 #define PAGE XM_PAGE_SIZE
@@ -52,15 +54,6 @@ static bool
 err_has (const char *s)
 {
   return strstr (last_err, s) != NULL;
-}
-
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static void
@@ -200,7 +193,7 @@ refused_without (const char *what, long nr, long cmd, int err,
 {
   int fd[2], status = -1;
   char msg[1024] = "";
-  ssize_t n, got = 0;
+  ssize_t got;
   pid_t pid;
 
   fflush (stdout);
@@ -234,10 +227,8 @@ refused_without (const char *what, long nr, long cmd, int err,
     _exit (B->open_source (NULL, &g, &s) == 0);
   }
   close (fd[1]);
-  while (got < (ssize_t) sizeof msg - 1 &&
-         (n = read (fd[0], msg + got, sizeof msg - 1 - got)) > 0)
-    got += n;
-  msg[got] = 0;
+  got = full_read (fd[0], msg, sizeof msg - 1);   /* to the child's exit */
+  msg[got > 0 ? got : 0] = 0;
   close (fd[0]);
   waitpid (pid, &status, 0);
   printf ("# %s: %s\n", what, msg);
@@ -309,11 +300,11 @@ test_exact_log (struct xm_source *s, double secs, uint64_t rate)
   B->pause (s);
   B->log_fetch (s, bm, &count);         /* start clean */
   paused_ctx (s, &a);
-  t0 = now ();
+  t0 = sxm_now ();
   B->unpause (s);
   sleep_s (secs);
   B->pause (s);
-  t1 = now ();
+  t1 = sxm_now ();
   ok (B->log_fetch (s, bm, &count) == 0, "log_fetch");
   paused_ctx (s, &b);
   B->unpause (s);
@@ -414,10 +405,10 @@ pause_latency (struct xm_source *s, const char *label)
   int bad = 0;
 
   for (int i = 0; i < N; i++) {
-    double t0 = now ();
+    double t0 = sxm_now ();
     if (B->pause (s) == -1)
       bad++;
-    t[i] = now () - t0;
+    t[i] = sxm_now () - t0;
     B->unpause (s);
     sleep_s (0.0005);
   }
@@ -787,19 +778,19 @@ measure (void)
     return;
   np = B->npages (s);
   bm = calloc (np / 8, 1);
-  t = now ();
+  t = sxm_now ();
   B->log_enable (s);
   printf ("# 1 GiB: log_enable (register + protect) %.2f ms\n",
-          (now () - t) * 1e3);
-  t = now ();
+          (sxm_now () - t) * 1e3);
+  t = sxm_now ();
   B->log_fetch (s, bm, &count);
   printf ("# 1 GiB: first fetch %.2f ms (%" PRIu64 " pages)\n",
-          (now () - t) * 1e3, count);
+          (sxm_now () - t) * 1e3, count);
   for (int i = 0; i < n; i++) {
     sleep_s (0.01);
-    t = now ();
+    t = sxm_now ();
     B->log_fetch (s, bm, &count);
-    t = now () - t;
+    t = sxm_now () - t;
     tsum += t;
     tmin = t < tmin ? t : tmin;
     tmax = t > tmax ? t : tmax;
@@ -823,20 +814,20 @@ measure (void)
     }
     B->pause (s);
     paused_ctx (s, &a);
-    t0 = now ();
+    t0 = sxm_now ();
     B->unpause (s);
     tsum = 0;
     for (int i = 0; i < 10; i++) {
       sleep_s (0.1);
       if (logging) {
-        t = now ();
+        t = sxm_now ();
         B->log_fetch (s, bm, &count);
-        tsum += now () - t;
+        tsum += sxm_now () - t;
         pages += count;
       }
     }
     B->pause (s);
-    t = now () - t0;
+    t = sxm_now () - t0;
     paused_ctx (s, &b);
     B->unpause (s);
     printf ("# 1 GiB unthrottled, log %s: %.2f M writes/s (%.0f MiB/s of "

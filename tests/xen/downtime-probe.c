@@ -18,6 +18,8 @@
 
 #include <xenctrl.h>
 
+#include "monotime.h"
+
 static volatile sig_atomic_t stop;
 
 static void
@@ -25,14 +27,6 @@ on_signal (int sig)
 {
   (void) sig;
   stop = 1;
-}
-
-static double
-now_ms (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 int
@@ -55,7 +49,7 @@ main (void)
   while (!stop) {
     int n = xc_domain_getinfolist (xch, 1, 64, info);
     bool running = false;
-    double t = now_ms ();
+    double t = sxm_now () * 1e3;    /* ms */
 
     for (int i = 0; i < n; i++) {
       unsigned f = info[i].flags;

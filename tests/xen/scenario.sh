@@ -56,7 +56,7 @@ guest() {
   cat /tmp/create.log; return 1
 }
 
-echo "1..13"
+echo "1..15"
 if guest && [ "$(memok)" = ok ]; then
   echo "ok 1 - PVH guest boots and counts ($(last))"
 else
@@ -271,7 +271,11 @@ DEV2=$(echo "$A2" | kv device); CTL2=$(echo "$A2" | kv control)
 # 32 MiB of data beyond the records, so that the copy has work to do.
 dd if=/dev/urandom of="$DEV" bs=1M count=32 seek=16 oflag=direct 2>/dev/null
 sed -e 's/^extra = "\(.*\)"/extra = "\1 sxmdisk=1"/' $S/guest.cfg >/tmp/gdisk.cfg
-echo "disk = [ 'phy:$DEV,xvda,w', 'phy:$DEV2,xvdb,w' ]" >>/tmp/gdisk.cfg
+# The recipe (sxm(1)): the /dev/nbdN of sxm attach, with sxm's hotplug
+# script (Xen's `block` takes seconds a disk under TCG).
+BS=$S/sxm/scripts/block-sxm
+echo "disk = [ 'vdev=xvda,access=w,format=raw,script=$BS,target=$DEV'," \
+  "'vdev=xvdb,access=w,format=raw,script=$BS,target=$DEV2' ]" >>/tmp/gdisk.cfg
 export GCFG=/tmp/gdisk.cfg
 d_ok=no LEG_TF=$(tf)
 if [ -n "$DEV" ] && [ -n "$DEV2" ] && guest; then
@@ -279,8 +283,35 @@ if [ -n "$DEV" ] && [ -n "$DEV2" ] && guest; then
   disk_on "the guest on A" && d_ok=yes
 fi
 cat /tmp/att.err | sed 's/^/#   attach: /'
-verdict $d_ok 8 "a PVH guest with two disks on SR A (sxm attach --nbd-device, phy:$DEV): records written and read back ($(dlast))"
+verdict $d_ok 8 "a PVH guest with two disks on SR A (sxm attach --nbd-device, phy:$DEV, block-sxm): records written and read back ($(dlast))"
+
+# block-sxm refuses a device another domain's backend already has (as
+# Xen's block script does): xvda's device attached again as xvdc.
+okba=no
+if alive; then
+  xl block-attach rigguest "vdev=xvdc,access=w,format=raw,script=$BS,target=$DEV" >/tmp/ba.log 2>&1; brc=$?
+  sed 's/^/#   block-attach: /' /tmp/ba.log | tail -n 3
+  he=$(xenstore-ls -f /local/domain/0/backend/vbd 2>/dev/null | grep -o 'hotplug-error = .*' | head -n 1)
+  echo "# ${he:-no hotplug-error}"
+  xl block-detach rigguest xvdc >/dev/null 2>&1
+  [ $brc != 0 ] && echo "$he" | grep -q "already the disk of vbd" && disk_on "after the refused attach" && okba=yes
+fi
+verdict $okba 9 "block-sxm refuses a second vbd on a device a domain already has (hotplug-error names the vbd), the guest runs on"
 [ $d_ok = yes ] || { echo "#   $A1"; tail -c 600 $L/guest-*.log | sed 's/^/#   console: /'; }
+
+# The anchor: Xen's own `xl migrate` of this guest to this host, its disks
+# staying where they are (block-sxm lets the new domain of the same VM
+# have them): memory only, but libxl builds the new domain with its vbds,
+# as on the destination of an sxm migration.
+okxl=no LEG_TF=$(tf)
+if alive; then
+  probe_start
+  xl migrate -s "" rigguest "xl migrate-receive" >/tmp/xld.log 2>&1; xrc=$?
+  xld_gap=$(probe_stop)
+  sed 's/^/#   xl: /' /tmp/xld.log | tail -n 3
+  [ $xrc = 0 ] && [ "$(ndom)" = 1 ] && disk_on "after xl migrate" && okxl=yes
+fi
+verdict $okxl 10 "xl migrate localhost of the guest with its disks (memory only; blackout ${xld_gap:-?} ms): it runs on, records intact"
 
 # Refused before anything moves: a disk of the domain not in the disk map
 # (B offers one disk, migrate maps xvda only; the domain also has xvdb).
@@ -300,7 +331,7 @@ if [ $d_ok = yes ] && alive; then
     [ "$($S/sxm/client/sxm-mirror "$CTL" status | jq -r .state)" = idle ] &&
     disk_on "after the refusal" && ok5=yes
 fi
-verdict $ok5 9 "a disk of the domain not in the map: migrate refuses before anything moves (exit 4, names xvdb), the guest runs on, B left empty"
+verdict $ok5 11 "a disk of the domain not in the map: migrate refuses before anything moves (exit 4, names xvdb), the guest runs on, B left empty"
 [ $ok5 = yes ] || sed 's/^/#   /' /tmp/mig.err | tail -n 4
 
 # The destination's disk service killed mid-copy: the guest runs on at A.
@@ -325,7 +356,7 @@ if [ $d_ok = yes ] && alive; then
     [ "$($SXM list --json | jq length)" = 2 ] && ok3=yes
   sleep 2               # the killed receive's last cleanup
 fi
-verdict $ok3 10 "destination disk service killed mid-copy: migrate exits 1, the guest runs on at A with its disks, records intact, B left as it was"
+verdict $ok3 12 "destination disk service killed mid-copy: migrate exits 1, the guest runs on at A with its disks, records intact, B left as it was"
 [ $ok3 = yes ] || { $SXM list | sed 's/^/#   /'; ls /srv/srB | sed 's/^/#   /'; }
 
 # Leg 1: A -> B.
@@ -342,7 +373,7 @@ if [ $LEG_RC = 0 ] && [ $LEG_RRC = 0 ] && [ -n "$LEG_DST" ] && [ "$LEG_DST" != "
     [ "$(ndom)" = 1 ] && ok1=yes
 fi
 fi
-verdict $ok1 11 "sxm migrate A -> B: the guest runs on B's disks, every record reads back, A's disk services detached (${l1:-not run})"
+verdict $ok1 13 "sxm migrate A -> B: the guest runs on B's disks, every record reads back, A's disk services detached (${l1:-not run})"
 [ $ok1 = yes ] || { echo "#   migrate ${LEG_RC:-}, receive ${LEG_RRC:-}, domain ${LEG_SRC:-} -> ${LEG_DST:-none}"
   xl list | sed 's/^/#   /'; $SXM list | sed 's/^/#   /'; }
 
@@ -357,7 +388,7 @@ if [ $ok1 = yes ] && alive; then
     disk_on "after B -> A" && [ "$(ls /srv/srA/*.vhd | wc -l)" = 4 ] && [ "$(ndom)" = 1 ] && ok2=yes
   fi
 fi
-verdict $ok2 12 "sxm migrate B -> A: back on A, every record reads back (${l2:-not run})"
+verdict $ok2 14 "sxm migrate B -> A: back on A, every record reads back (${l2:-not run})"
 [ $ok2 = yes ] || { echo "#   migrate ${LEG_RC:-}, receive ${LEG_RRC:-}"; xl list | sed 's/^/#   /'; }
 [ $ok2 = yes ] && CTL=$NEWCTL CTL2=$NEWCTL2     # the guest's disks now
 
@@ -384,13 +415,13 @@ if [ $d_ok = yes ] && { [ -e "$SXM_RUNDIR/$UA.info" ] || [ $ok2 = yes ]; } && al
     disk_on "after the refusal" && ok4=yes
 fi
 if [ ! -e "$SXM_RUNDIR/$UA.info" ] && [ $ok2 != yes ]; then
-  echo "ok 13 # SKIP the guest's disks moved to B and the guest is gone there (test 11/12)"
+  echo "ok 15 # SKIP the guest's disks moved to B and the guest is gone there (test 13/14)"
 else
-  verdict $ok4 13 "a destination without the memory refuses before anything moves (exit 4, says so), the guest runs on"
+  verdict $ok4 15 "a destination without the memory refuses before anything moves (exit 4, says so), the guest runs on"
 fi
 [ $ok4 = yes ] || cat /tmp/ballast.log 2>/dev/null | sed 's/^/#   /'
-echo "# blackout (probe, ms): xl migrate (memory only) $xl_gap; xenmem (memory only) $xm_gap; sxm disk+memory A->B ${l1:-}; B->A ${l2:-}"
-echo "sxm-xen-disk-result xl_downtime_ms=$xl_gap sxm_ab=\"${l1:-}\" sxm_ba=\"${l2:-}\""
+echo "# blackout (probe, ms): xl migrate (memory only) $xl_gap, the disk guest ${xld_gap:-?}; xenmem (memory only) $xm_gap; sxm disk+memory A->B ${l1:-}; B->A ${l2:-}"
+echo "sxm-xen-disk-result xl_downtime_ms=$xl_gap xl_disk_guest_downtime_ms=${xld_gap:-} sxm_ab=\"${l1:-}\" sxm_ba=\"${l2:-}\""
 echo "# triple faults in this run (TCG): $(xl dmesg | grep -c 'Triple fault')"
 xl destroy rigguest 2>/dev/null
 for f in $SXM_RUNDIR/*.info; do [ -e "$f" ] && $SXM detach --force "$(basename "$f" .info)"; done
