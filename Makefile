@@ -8,6 +8,7 @@
 #   make bench        benchmarks against qemu-nbd / nbdcopy (printed, not asserted)
 #   make fuzz         libFuzzer harnesses, FUZZ_SECONDS each (default 60)
 #   make install      PREFIX=/usr/local DESTDIR= ; the plugin goes to nbdkit's plugindir
+#   make deb          sxm_VERSION_amd64.deb (debhelper, dpkg-buildpackage -b)
 
 VERSION   := 0.1.0
 PREFIX    ?= /usr/local
@@ -48,12 +49,16 @@ FUZZERS    := tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-vhd-write tests/fuzz/fuzz
 FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
-.PHONY: all deps check check-asan check-xen demo bench fuzz install clean
+.PHONY: all tools deb deps check check-asan check-xen demo bench fuzz install clean
 all: deps $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS)
 
 # Installs (as root) whatever Debian packages are missing; a no-op otherwise.
+# SXM_NO_DEPS=1 skips it (a package build: Build-Depends did that).
 deps:
-	@scripts/install-deps
+	@[ -n "$(SXM_NO_DEPS)" ] || scripts/install-deps
+
+# What is installed: the plugin, the filter and the tools.
+tools: deps $(PLUGIN) $(FILTER) $(TOOLS)
 
 common/libsxm.a: $(COMMON_OBJS)
 	rm -f $@
@@ -158,7 +163,7 @@ check-asan: deps
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  prove --exec '' $(TESTS); rc=$$?; $(MAKE) clean; exit $$rc
 
-demo: all
+demo: deps $(PLUGIN) $(FILTER) $(TOOLS)
 	scripts/demo
 
 # Only the Xen test (also part of make check): a real Xen 4.17 under
@@ -176,7 +181,7 @@ bench: all
 	bench/migrate.sh
 	bench/front.sh
 
-install: all
+install: tools
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
 	install -m 755 scripts/sxm $(DESTDIR)$(BINDIR)/sxm
@@ -195,3 +200,21 @@ install: all
 clean:
 	rm -f common/*.o common/libsxm.a xenmem/*.o xenmem/libxenmem.a $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS)
 	rm -rf tests/tmp tests/fuzz/work
+
+# A Debian package, built by Debian's tooling (debian/) from a copy of the
+# source tree (the files git knows), so that dpkg-buildpackage's outputs
+# land in build/deb and not beside the checkout: sxm_VERSION_amd64.deb here.
+deb:
+	@command -v dpkg-buildpackage >/dev/null && [ -f /usr/share/perl5/Debian/Debhelper/Dh_Lib.pm ] || \
+	  { echo "make deb: needs dpkg-dev and debhelper (scripts/install-deps)" >&2; exit 1; }
+	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 || \
+	  { echo "make deb: run it in a git checkout (the package is built from the files git knows)" >&2; exit 1; }
+	@grep -q "^sxm ($(VERSION))" debian/changelog || \
+	  { echo "make deb: debian/changelog's version is not $(VERSION)" >&2; exit 1; }
+	rm -rf build/deb && mkdir -p build/deb/sxm-$(VERSION)
+	git ls-files -z --cached --others --exclude-standard | \
+	  xargs -0 cp --parents -t build/deb/sxm-$(VERSION)
+	cd build/deb/sxm-$(VERSION) && dpkg-buildpackage -b -us -uc >../build.log 2>&1 || \
+	  { tail -n 40 ../build.log; exit 1; }
+	cp build/deb/sxm_$(VERSION)_amd64.deb .
+	@echo "make deb: sxm_$(VERSION)_amd64.deb"

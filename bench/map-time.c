@@ -36,7 +36,7 @@ main (int argc, char **argv)
     return 2;
   }
   t0 = sxm_now ();
-  top = vhd_open_chain (argv[1], VHD_SIZE_AUTO);
+  top = vhd_open_chain (argv[1], VHD_SIZE_CURRENT);
   open_ms = (sxm_now () - t0) * 1e3;
   if (!top)
     return 1;

@@ -21,6 +21,7 @@ usage (FILE *fp)
 {
   fprintf (fp,
 "Usage: sxm-mirror [--timeout=S] SOCKET COMMAND [ARGS]\n"
+"       sxm-mirror --version | --help\n"
 "Send one command to nbdkit-mirror-filter's control socket and print its\n"
 "JSON reply.  Commands:\n"
 "  start DEST-URI [--export=NAME] [--connections=N] [--dest-timeout=S]\n"
@@ -61,6 +62,7 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
     { "no-verify", no_argument, NULL, 'n' },
     { "output", required_argument, NULL, 'o' },
     { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
   char *end;
@@ -74,6 +76,9 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
     case 'i': o->insecure = true; break;
     case 'n': o->no_verify = true; break;
     case 'o': o->output = optarg; break;
+    case 'V':
+      printf ("sxm-mirror %s\n", SXM_VERSION);
+      exit (0);
     case 't':
       o->timeout = strtod (optarg, &end);
       if (*end || !(o->timeout >= 0)) {

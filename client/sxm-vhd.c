@@ -1,8 +1,9 @@
 /* sxm-vhd: create and inspect VHD images with the code the plugin uses.
  *
  *   sxm-vhd create [--type=dynamic|fixed] [--block-size=SIZE] [--uuid=U] FILE SIZE
+ *   sxm-vhd create [...] --sr DIR SIZE             (DIR/<uuid>.vhd)
  *   sxm-vhd snapshot [--uuid=U] PARENT CHILD
- *   sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd
+ *   sxm-vhd info [--json] [--size-from=current|chs|qemu] FILE.vhd
  *   sxm-vhd map  [--json] FILE.vhd
  *   sxm-vhd check FILE.vhd
  *
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <uuid/uuid.h>
 
@@ -40,8 +42,9 @@ usage (FILE *f)
   fprintf (f,
 "usage: sxm-vhd create [--type=dynamic|fixed] [--block-size=SIZE] [--uuid=UUID]\n"
 "                      FILE.vhd SIZE\n"
+"       sxm-vhd create [--type=...] [--block-size=SIZE] [--uuid=UUID] --sr DIR SIZE\n"
 "       sxm-vhd snapshot [--uuid=UUID] PARENT.vhd CHILD.vhd\n"
-"       sxm-vhd info [--json] [--size-from=auto|chs|current] FILE.vhd\n"
+"       sxm-vhd info [--json] [--size-from=current|chs|qemu] FILE.vhd\n"
 "       sxm-vhd map  [--json] FILE.vhd\n"
 "       sxm-vhd check FILE.vhd\n"
 "       sxm-vhd coalesce [--force] CHILD.vhd\n"
@@ -49,10 +52,13 @@ usage (FILE *f)
 "       sxm-vhd --version | --help\n"
 "\n"
 "create    a new empty image (default dynamic, 2M blocks); SIZE and block\n"
-"          size take K, M, G, T suffixes (powers of 1024)\n"
+"          size take K, M, G, T suffixes (powers of 1024); prints its UUID\n"
+"          (random unless --uuid); with --sr DIR the image is DIR/UUID.vhd\n"
+"          (an SR's naming) and the line is 'UUID PATH'\n"
 "snapshot  a new empty differencing child of PARENT (W2ru, W2ku and MacX\n"
 "          locators), same size and block size\n"
-"info      header fields of FILE and of every parent in its chain\n"
+"info      header fields of FILE and of every parent in its chain (and\n"
+"          whether the end footer is missing)\n"
 "map       allocated ranges of the whole chain (what NBD block status reports)\n"
 "check     full consistency check of FILE and its parents\n"
 "coalesce  merge differencing CHILD into its parent (refused if the parent\n"
@@ -60,9 +66,9 @@ usage (FILE *f)
 "resize    grow a dynamic or differencing image (offline)\n"
 "\n"
 "Existing files are never overwritten.  Exit status: 0 ok (check: clean),\n"
-"1 the image could not be opened, read or written (system error), 2 usage,\n"
-"3 subcommand not implemented yet (repair), 4 check: repairable\n"
-"(safe to serve), 5 invalid or corrupt image.\n");
+"1 the image or a parent could not be found, opened, read or written\n"
+"(system error), 2 usage, 3 subcommand not implemented yet (repair),\n"
+"4 check: repairable (safe to serve), 5 invalid or corrupt image.\n");
 }
 
 /* Print S as a JSON string, escaped. */
@@ -100,11 +106,11 @@ printable4 (const char *in, char out[17])
   return out;
 }
 
+/* Which of the two sizes the rule gave (the image may have them equal). */
 static const char *
 size_rule_used (const struct vhd_layer *l)
 {
-  uint64_t chs = (uint64_t) l->footer.cylinders * l->footer.heads *
-                 l->footer.sectors_per_track * VHD_SECTOR;
+  uint64_t chs = vhd_chs_size (&l->footer);
   if (l->size == chs && l->size == l->footer.current_size / VHD_SECTOR * VHD_SECTOR)
     return "chs = current_size";
   return l->size == chs ? "chs" : "current_size";
@@ -120,19 +126,27 @@ time_str (uint32_t vhd_ts, char out[32])
 }
 
 static void
-info_human (const struct vhd_layer *l)
+info_human (const struct vhd_layer *l, enum vhd_size_rule rule)
 {
   char uuid[37], ts[32], c1[17], c2[17];
 
   for (; l; l = l->parent) {
+    if (l->raw) {               /* no footer: nothing but its length */
+      printf ("\nparent: %s\n  type:           raw file (read-only, no "
+              "footer; the child's parent UUID is all zeros)\n"
+              "  size:           %" PRIu64 "\n", l->path, l->size);
+      continue;
+    }
     vhd_uuid_str (l->footer.uuid, uuid);
     time_str (l->footer.timestamp, ts);
     printf ("%s%s\n", l->depth ? "\nparent: " : "", l->path);
     printf ("  type:           %s\n", vhd_type_name (l->footer.type));
-    printf ("  virtual size:   %" PRIu64 " (%.2f GiB, rule: %s)\n",
-            l->size, l->size / 1073741824.0, size_rule_used (l));
+    printf ("  virtual size:   %" PRIu64 " (%.2f GiB; size_from=%s: %s)\n",
+            l->size, l->size / 1073741824.0, vhd_size_rule_name (rule),
+            size_rule_used (l));
     printf ("  current size:   %" PRIu64 "\n", l->footer.current_size);
-    printf ("  geometry:       %u/%u/%u (C/H/S)\n", l->footer.cylinders,
+    printf ("  CHS size:       %" PRIu64 " (geometry %u/%u/%u C/H/S)\n",
+            vhd_chs_size (&l->footer), l->footer.cylinders,
             l->footer.heads, l->footer.sectors_per_track);
     printf ("  uuid:           %s\n", uuid);
     printf ("  time stamp:     %s\n", ts);
@@ -140,6 +154,9 @@ info_human (const struct vhd_layer *l)
             printable4 (l->footer.creator_app, c1), l->footer.creator_version,
             printable4 (l->footer.creator_os, c2));
     printf ("  file size:      %" PRIu64 "\n", l->file_size);
+    if (l->footer_at == UINT64_MAX)
+      printf ("  end footer:     MISSING (the copy at offset 0 is used; "
+              "sxm-vhd check: repairable)\n");
     if (l->footer.type != VHD_TYPE_FIXED) {
       printf ("  block size:     %" PRIu32 "\n", l->block_size);
       printf ("  blocks:         %" PRIu32 " allocated of %" PRIu32 "\n",
@@ -155,7 +172,7 @@ info_human (const struct vhd_layer *l)
 }
 
 static void
-info_json (const struct vhd_layer *top)
+info_json (const struct vhd_layer *top, enum vhd_size_rule rule)
 {
   const struct vhd_layer *l;
   char uuid[37], ts[32], c[17];
@@ -166,15 +183,23 @@ info_json (const struct vhd_layer *top)
     time_str (l->footer.timestamp, ts);
     printf ("%s\n  {\"file\": ", l->depth ? "," : "");
     json_str (l->path);
+    if (l->raw) {
+      printf (", \"type\": \"raw\", \"virtual_size\": %" PRIu64
+              ", \"file_size\": %" PRIu64 "}", l->size, l->file_size);
+      continue;
+    }
     printf (", \"type\": \"%s\", \"virtual_size\": %" PRIu64
-            ", \"current_size\": %" PRIu64 ", \"size_rule\": \"%s\""
+            ", \"current_size\": %" PRIu64 ", \"chs_size\": %" PRIu64
+            ", \"size_from\": \"%s\", \"size_rule\": \"%s\""
             ", \"cylinders\": %u, \"heads\": %u, \"sectors_per_track\": %u"
             ", \"uuid\": \"%s\", \"timestamp\": \"%s\", \"creator_app\": ",
             vhd_type_name (l->footer.type), l->size, l->footer.current_size,
+            vhd_chs_size (&l->footer), vhd_size_rule_name (rule),
             size_rule_used (l), l->footer.cylinders, l->footer.heads,
             l->footer.sectors_per_track, uuid, ts);
     json_str (printable4 (l->footer.creator_app, c));
-    printf (", \"file_size\": %" PRIu64, l->file_size);
+    printf (", \"file_size\": %" PRIu64 ", \"end_footer_missing\": %s",
+            l->file_size, l->footer_at == UINT64_MAX ? "true" : "false");
     if (l->footer.type != VHD_TYPE_FIXED)
       printf (", \"block_size\": %" PRIu32 ", \"blocks\": %" PRIu32
               ", \"blocks_allocated\": %" PRIu32, l->block_size, l->nblocks,
@@ -196,7 +221,7 @@ info_json (const struct vhd_layer *top)
 static int
 coalesce (const char *child_path, bool force)
 {
-  struct vhd_layer *child = vhd_open_chain (child_path, VHD_SIZE_AUTO);
+  struct vhd_layer *child = vhd_open_chain (child_path, VHD_SIZE_CURRENT);
   char *parent = NULL, *pdir = NULL, *dircopy = NULL, *self = NULL;
   uint8_t puuid[16];
   uint64_t copied;
@@ -306,17 +331,18 @@ main (int argc, char **argv)
     { "block-size", required_argument, NULL, 'b' },
     { "uuid", required_argument, NULL, 'u' },
     { "force", no_argument, NULL, 'f' },
+    { "sr", required_argument, NULL, 'S' },
     { NULL, 0, NULL, 0 }
   };
   static const char *const planned[] = {
     "repair", NULL
   };
-  enum vhd_size_rule rule = VHD_SIZE_AUTO;
+  enum vhd_size_rule rule = VHD_SIZE_CURRENT;
   enum vhd_type type = VHD_TYPE_DYNAMIC;
   uint64_t block_size = 2 << 20;
   uuid_t uuid;
   bool json = false, have_uuid = false, force = false;
-  const char *cmd;
+  const char *cmd, *sr = NULL;
   struct vhd_layer *top;
   int c, i, r = 0;
 
@@ -353,12 +379,9 @@ main (int argc, char **argv)
     switch (c) {
     case 'j': json = true; break;
     case 's':
-      if (strcmp (optarg, "auto") == 0) rule = VHD_SIZE_AUTO;
-      else if (strcmp (optarg, "chs") == 0) rule = VHD_SIZE_CHS;
-      else if (strcmp (optarg, "current") == 0) rule = VHD_SIZE_CURRENT;
-      else {
-        fprintf (stderr, "sxm-vhd: --size-from=%s: expected auto, chs or "
-                 "current\n", optarg);
+      if (vhd_size_rule_parse (optarg, &rule) == -1) {
+        fprintf (stderr, "sxm-vhd: --size-from=%s: expected current, chs or "
+                 "qemu\n", optarg);
         return EXIT_USAGE;
       }
       break;
@@ -385,11 +408,22 @@ main (int argc, char **argv)
       have_uuid = true;
       break;
     case 'f': force = true; break;
+    case 'S':
+      if (!*optarg) {
+        fprintf (stderr, "sxm-vhd: --sr: expected a directory\n");
+        return EXIT_USAGE;
+      }
+      sr = optarg;
+      break;
     case 'h': usage (stdout); return 0;
     default: usage (stderr); return EXIT_USAGE;
     }
   if (!have_uuid)
     uuid_generate (uuid);
+  if (sr && strcmp (cmd, "create") != 0) {
+    fprintf (stderr, "sxm-vhd %s: --sr is for create\n", cmd);
+    return EXIT_USAGE;
+  }
 
   if (strcmp (cmd, "resize") == 0) {
     uint64_t size;
@@ -403,26 +437,58 @@ main (int argc, char **argv)
     return 0;
   }
   if (strcmp (cmd, "create") == 0 || strcmp (cmd, "snapshot") == 0) {
-    uint64_t size;
+    uint64_t size = 0;
     char us[37];
-    if (optind != argc - 2) {
-      fprintf (stderr, "sxm-vhd %s: expected two arguments (see --help)\n",
-               cmd);
+    char *sr_path = NULL;
+    const char *file, *second;    /* FILE SIZE, or PARENT CHILD */
+    struct stat st;
+
+    if (optind != argc - (sr ? 1 : 2)) {
+      if (sr)
+        fprintf (stderr, "sxm-vhd create --sr DIR: expected one argument, "
+                 "SIZE (the image is DIR/UUID.vhd)\n");
+      else
+        fprintf (stderr, "sxm-vhd %s: expected two arguments (see --help)\n",
+                 cmd);
       return EXIT_USAGE;
+    }
+    file = argv[optind];
+    second = sr ? argv[optind] : argv[optind + 1];
+    if (strcmp (cmd, "create") == 0 && parse_size (second, &size) == -1) {
+      fprintf (stderr, "sxm-vhd create: size '%s': expected a number with "
+               "an optional K, M, G or T suffix\n", second);
+      return EXIT_USAGE;
+    }
+    uuid_unparse_lower (uuid, us);
+    if (sr) {
+      /* In an SR an image is named by its UUID: DIR/<uuid>.vhd. */
+      if (stat (sr, &st) == -1) {
+        fprintf (stderr, "sxm-vhd create: --sr %s: %s\n", sr,
+                 strerror (errno));
+        return EXIT_FAILURE;
+      }
+      if (!S_ISDIR (st.st_mode)) {
+        fprintf (stderr, "sxm-vhd create: --sr %s: not a directory\n", sr);
+        return EXIT_FAILURE;
+      }
+      if (asprintf (&sr_path, "%s%s%s.vhd", sr,
+                    sr[strlen (sr) - 1] == '/' ? "" : "/", us) == -1) {
+        fprintf (stderr, "sxm-vhd: out of memory\n");
+        return EXIT_FAILURE;
+      }
+      file = sr_path;
     }
     if (strcmp (cmd, "snapshot") == 0)
-      r = vhd_snapshot (argv[optind], argv[optind + 1], uuid);
-    else if (parse_size (argv[optind + 1], &size) == -1) {
-      fprintf (stderr, "sxm-vhd create: size '%s': expected a number with "
-               "an optional K, M, G or T suffix\n", argv[optind + 1]);
-      return EXIT_USAGE;
-    }
+      r = vhd_snapshot (file, second, uuid);
     else
-      r = vhd_create (argv[optind], type, size, block_size, uuid);
+      r = vhd_create (file, type, size, block_size, uuid);
     if (r == 0) {
-      uuid_unparse_lower (uuid, us);
-      printf ("%s\n", us);
+      if (sr_path)
+        printf ("%s %s\n", us, sr_path);
+      else
+        printf ("%s\n", us);
     }
+    free (sr_path);
     return r == 0 ? 0 : EXIT_FAILURE;
   }
 
@@ -452,9 +518,9 @@ main (int argc, char **argv)
   }
   if (strcmp (cmd, "info") == 0) {
     if (json)
-      info_json (top);
+      info_json (top, rule);
     else
-      info_human (top);
+      info_human (top, rule);
   }
   else {
     struct map_out mo = { json, true };

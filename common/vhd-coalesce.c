@@ -34,7 +34,7 @@ vhd_coalesce (const char *child_path, uint64_t *copied)
   uint32_t blk;
 
   *copied = 0;
-  child = vhd_open_chain (child_path, VHD_SIZE_AUTO);
+  child = vhd_open_chain (child_path, VHD_SIZE_CURRENT);
   if (!child)
     return -1;
   if (child->footer.type != VHD_TYPE_DIFF) {
@@ -42,8 +42,14 @@ vhd_coalesce (const char *child_path, uint64_t *copied)
                child_path);
     goto out;
   }
+  if (child->parent->raw) {
+    sxm_error ("%s: the parent %s is a raw file, which sxm never writes "
+               "(convert it to a VHD first, or copy the chain out whole "
+               "with sxm-copy)", child_path, child->parent->path);
+    goto out;
+  }
   /* The parent as the child found it, opened again for writing. */
-  parent = vhd_open_chain_rw (child->parent->path, VHD_SIZE_AUTO);
+  parent = vhd_open_chain_rw (child->parent->path, VHD_SIZE_CURRENT);
   if (!parent)
     goto out;
   if (!parent->writable) {

@@ -356,7 +356,7 @@ vhd_snapshot (const char *parent_path, const char *child_path,
   int ret = -1;
   char *q;
 
-  parent = vhd_open_chain (parent_path, VHD_SIZE_AUTO);
+  parent = vhd_open_chain (parent_path, VHD_SIZE_CURRENT);
   if (!parent)
     return -1;
   pabs = realpath (parent_path, NULL);

@@ -31,7 +31,7 @@ vhd_resize (const char *path, uint64_t new_size)
   int fd = -1, ret = -1;
   uint32_t i;
 
-  l = vhd_open_chain (path, VHD_SIZE_AUTO);
+  l = vhd_open_chain (path, VHD_SIZE_CURRENT);
   if (!l)
     return -1;
   if (l->footer.type == VHD_TYPE_FIXED) {

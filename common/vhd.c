@@ -218,39 +218,66 @@ vhd_footer_parse (const uint8_t *b, struct vhd_footer *f,
   return 0;
 }
 
-/* The virtual size rule, matching qemu's vpc driver so that "qemu-img info"
- * and nbdkit agree on every image:
+/* The virtual size rules.  VHD stores the size twice, as CHS geometry and
+ * as the footer's current size, and writers disagree on which one counts:
+ * Virtual PC sizes disks by geometry (cylinders x heads x sectors x 512,
+ * which cannot express every size), while Hyper-V, Disk2vhd, XenServer
+ * (blktap), XenConverter and qemu with force_size use the current size,
+ * and Xen's tapdisk presents the current size whatever the creator.
  *
- * Virtual PC sizes disks by CHS geometry (cylinders x heads x sectors x 512),
- * while Hyper-V, Disk2vhd, XenServer (blktap), XenConverter and qemu with
- * force_size use the footer's current_size.  So: current_size when the
- * creator is "win ", "d2v ", "tap\0", "CTXS" or "qem2", or when the geometry
- * is the maximum 65535/16/255 (a disk too large for CHS); CHS otherwise.
- * The result is rounded down to whole sectors. */
+ * CURRENT: the current size.  CHS: the geometry's size, except that the
+ * maximum geometry (65535 x 16 x 255 sectors) means "too large for CHS",
+ * the current size (as qemu reads it).  QEMU: qemu's vpc driver, so that "qemu-img
+ * info" agrees: the current size when the creator is "win ", "d2v ",
+ * "tap\0", "CTXS" or "qem2" or the geometry is the maximum, CHS otherwise
+ * (exact 4-byte comparisons, as qemu's).  All rounded down to sectors. */
+uint64_t
+vhd_chs_size (const struct vhd_footer *f)
+{
+  return (uint64_t) f->cylinders * f->heads * f->sectors_per_track
+         * VHD_SECTOR;
+}
+
 uint64_t
 vhd_virtual_size (const struct vhd_footer *f, enum vhd_size_rule rule)
 {
   static const char *const current_creators[] = {
     "win ", "d2v ", "tap", "CTXS", "qem2", NULL
   };
-  uint64_t chs = (uint64_t) f->cylinders * f->heads * f->sectors_per_track;
-  bool use_current = false;
+  bool use_current = rule == VHD_SIZE_CURRENT;
   int i;
 
-  if (rule == VHD_SIZE_CURRENT)
-    use_current = true;
-  else if (rule == VHD_SIZE_AUTO) {
+  if (rule == VHD_SIZE_QEMU)
     for (i = 0; current_creators[i]; i++)
       /* memcmp over 4 bytes: "tap" matches only "tap\0", as in blktap. */
       if (memcmp (f->creator_app, current_creators[i], 4) == 0)
         use_current = true;
-  }
-  if (chs == 65535ULL * 16 * 255)
-    use_current = true;
+  if (vhd_chs_size (f) == 65535ULL * 16 * 255 * VHD_SECTOR)
+    use_current = true;         /* the product, as qemu compares it */
 
   if (use_current)
     return f->current_size / VHD_SECTOR * VHD_SECTOR;
-  return chs * VHD_SECTOR;
+  return vhd_chs_size (f);
+}
+
+const char *
+vhd_size_rule_name (enum vhd_size_rule r)
+{
+  return r == VHD_SIZE_CHS ? "chs" : r == VHD_SIZE_QEMU ? "qemu" : "current";
+}
+
+int
+vhd_size_rule_parse (const char *s, enum vhd_size_rule *r)
+{
+  if (strcmp (s, "current") == 0)
+    *r = VHD_SIZE_CURRENT;
+  else if (strcmp (s, "chs") == 0)
+    *r = VHD_SIZE_CHS;
+  else if (strcmp (s, "qemu") == 0 || strcmp (s, "auto") == 0)
+    *r = VHD_SIZE_QEMU;
+  else
+    return -1;
+  return 0;
 }
 
 /* A region of the file that blocks must not overlap. */
@@ -530,20 +557,107 @@ locator_path (const struct vhd_layer *l, const char *code, const char *text)
 static struct vhd_layer *open_layer (const char *path, enum vhd_size_rule,
                                      unsigned depth, dev_t *devs, ino_t *inos,
                                      bool rw);
+static int locate_footer (int fd, uint64_t file_size, uint8_t *fbuf,
+                          bool *from_copy);
+
+/* Whether PATH carries a VHD footer (at the end, or the copy at 0): 1, 0,
+ * or -1 if it cannot be read (errno). */
+static int
+has_vhd_footer (const char *path)
+{
+  uint8_t f[VHD_FOOTER_SIZE];
+  struct stat st;
+  bool from_copy;
+  int fd = open (path, O_RDONLY | O_CLOEXEC), r = -1;
+
+  if (fd == -1)
+    return -1;
+  if (fstat (fd, &st) == 0) {
+    uint64_t size = S_ISBLK (st.st_mode) ? (uint64_t) lseek (fd, 0, SEEK_END)
+                    : (uint64_t) st.st_size;
+    if (size < VHD_FOOTER_SIZE)
+      r = 0;
+    else if (locate_footer (fd, size, f, &from_copy) == 0)
+      r = memcmp (f, "conectix", 8) == 0;
+  }
+  close (fd);
+  return r;
+}
+
+/* Open PATH as the raw parent of L (see struct vhd_layer's raw): a
+ * regular file or block device, read-only, its size its length. */
+static struct vhd_layer *
+open_raw_parent (const struct vhd_layer *l, const char *path,
+                 dev_t *devs, ino_t *inos)
+{
+  struct vhd_layer *p;
+  struct stat st;
+
+  if (l->depth + 1 >= VHD_MAX_CHAIN) {
+    open_invalid = true;
+    sxm_error ("%s: differencing chain deeper than %d images", path,
+               VHD_MAX_CHAIN);
+    return NULL;
+  }
+  p = calloc (1, sizeof *p);
+  if (!p || !(p->path = strdup (path))) {
+    free (p);
+    sxm_error ("%s: out of memory", path);
+    return NULL;
+  }
+  p->depth = l->depth + 1;
+  p->raw = true;
+  p->fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (p->fd == -1 || fstat (p->fd, &st) == -1) {
+    sxm_error ("%s: %s", path, strerror (errno));
+    goto fail;
+  }
+  if (S_ISBLK (st.st_mode)) {
+    off_t end = lseek (p->fd, 0, SEEK_END);
+    if (end == -1) {
+      sxm_error ("%s: cannot find the size of the block device: %s", path,
+                 strerror (errno));
+      goto fail;
+    }
+    p->file_size = end;
+  }
+  else if (S_ISREG (st.st_mode))
+    p->file_size = st.st_size;
+  else {
+    sxm_error ("%s: not a regular file or block device", path);
+    goto fail;
+  }
+  devs[p->depth] = st.st_dev;
+  inos[p->depth] = st.st_ino;
+  p->footer.type = VHD_TYPE_FIXED;
+  p->footer.current_size = p->file_size;
+  p->size = p->file_size;
+  p->data_limit = p->file_size;
+  p->footer_at = UINT64_MAX;
+  return p;
+
+ fail:
+  vhd_close_chain (p);
+  return NULL;
+}
 
 /* Find and open the parent of differencing disk L.  Locators are tried
  * relative ones first (they survive moving a whole SR directory), then
  * absolute, then the rest; the first whose file exists and carries the
- * expected UUID is used. */
+ * expected UUID is used.  A parent UUID of all zeros names a raw parent
+ * (a file with no VHD footer): it has no UUID to check, so that is the
+ * only case in which one is accepted. */
 static int
 open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
              dev_t *devs, ino_t *inos)
 {
   static const char *const order[] = { "W2ru", "MacX", "W2ku", "Wi2r",
                                        "Wi2k", NULL };
+  static const uint8_t zero_uuid[16];
   char want[37], tried[2048] = "", mismatch[1024] = "";
   size_t tlen = 0;
   int o, i;
+  bool raw_wanted = memcmp (l->header.parent_uuid, zero_uuid, 16) == 0;
 
   vhd_uuid_str (l->header.parent_uuid, want);
   for (o = 0; order[o]; o++)
@@ -574,6 +688,21 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
           free (path);
           return -1;
         }
+      if (raw_wanted && has_vhd_footer (path) == 0) {
+        p = open_raw_parent (l, path, devs, inos);
+        if (!p) {
+          free (path);
+          return -1;
+        }
+        sxm_debug ("%s: parent %s (via %s) is a raw file; its all-zero "
+                   "parent UUID accepted, nothing to check it against",
+                   l->path, path, order[o]);
+        if (asprintf (&l->parent_via, "%s %s", order[o], text) == -1)
+          l->parent_via = NULL;
+        l->parent = p;
+        free (path);
+        return 0;
+      }
       p = open_layer (path, rule, l->depth + 1, devs, inos, false);
       if (!p) {
         sxm_error ("%s: cannot open parent %s (found via locator %s)",
@@ -611,7 +740,11 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
     sxm_error ("%s", mismatch);
     return -1;
   }
-  open_invalid = true;
+  /* No locator named an existing file (each one that existed has
+   * returned or left a mismatch above): the parent is missing, which is
+   * a system error like a missing image, not corruption.  Only an image
+   * with no usable locator at all is invalid. */
+  open_invalid = tlen == 0;
   sxm_error ("%s: parent \"%s\" (UUID %s) not found; locators tried: %s",
              l->path, l->header.parent_name, want,
              tlen ? tried : "none usable");
@@ -813,6 +946,118 @@ vhd_is_child_of (const char *path, const uint8_t uuid[16])
   return res;
 }
 
+/* The first offset in [from, to) of block BLK (allocated at file sector
+ * SECT, or VHD_BAT_UNUSED) whose sector bitmap bit is set, or UINT64_MAX;
+ * -1 on I/O error (reported).  Blocks past the BAT entries the layer uses
+ * (l->nblocks) have no cached bitmap: read here. */
+static int
+first_allocated (struct vhd_layer *l, uint64_t blk, uint32_t sect,
+                 uint64_t from, uint64_t to, uint64_t *hit)
+{
+  uint64_t base = blk << l->block_shift, s, s_end;
+  const uint8_t *bm;
+  uint8_t *own = NULL;
+
+  *hit = UINT64_MAX;
+  if (sect == VHD_BAT_UNUSED)
+    return 0;
+  if (blk < l->nblocks)
+    bm = vhd_get_bitmap (l, blk);
+  else if ((own = malloc (l->bitmap_bytes)) != NULL &&
+           vhd_pread_full (l->fd, own, l->bitmap_bytes,
+                           (uint64_t) sect * VHD_SECTOR) == 0)
+    bm = own;
+  else {
+    sxm_error ("%s: reading the sector bitmap of block %" PRIu64 " at "
+               "offset %" PRIu64 ": %s", l->path, blk,
+               (uint64_t) sect * VHD_SECTOR, own ? strerror (errno)
+               : "out of memory");
+    free (own);
+    return -1;
+  }
+  if (!bm)
+    return -1;
+  s = (from > base ? from - base : 0) / VHD_SECTOR;
+  s_end = (to - base + VHD_SECTOR - 1) / VHD_SECTOR;
+  if (s_end > l->block_size / VHD_SECTOR)
+    s_end = l->block_size / VHD_SECTOR;
+  for (; s < s_end; s++)
+    if (bm == VHD_BITMAP_FULL || bitmap_get (bm, s)) {
+      *hit = base + s * VHD_SECTOR;
+      break;
+    }
+  free (own);
+  return 0;
+}
+
+/* A size rule that exports less than the footer's current size must not
+ * hide data: refuse the image if this layer holds any in [size, current
+ * size).  Dynamic and differencing: a sector whose bitmap bit is set.
+ * Fixed (every sector allocated): a byte that is not zero, so that a
+ * Virtual PC image whose CHS size stops short of its current size can
+ * still be served by its geometry.  The range is what CHS rounding cuts
+ * off, at most one cylinder of a dynamic image's blocks; the BAT entries
+ * past the used ones are read here only.  0, or -1 after bad(). */
+static int
+hidden_data_check (struct vhd_layer *l, enum vhd_size_rule rule,
+                   uint64_t foot)
+{
+  uint64_t cur = l->footer.current_size / VHD_SECTOR * VHD_SECTOR;
+  uint64_t hit = UINT64_MAX;
+
+  if (l->size >= cur)
+    return 0;
+  if (l->footer.type == VHD_TYPE_FIXED) {
+    uint64_t end = cur < l->data_limit ? cur : l->data_limit, off;
+    uint8_t buf[64 * 1024];
+    for (off = l->size; off < end && hit == UINT64_MAX; off += sizeof buf) {
+      size_t n = end - off < sizeof buf ? end - off : sizeof buf, i;
+      if (vhd_pread_full (l->fd, buf, n, off) == -1) {
+        sxm_error ("%s: reading offset %" PRIu64 ": %s", l->path, off,
+                   strerror (errno));
+        return -1;
+      }
+      for (i = 0; i < n; i++)
+        if (buf[i]) {
+          hit = (off + i) / VHD_SECTOR * VHD_SECTOR;
+          break;
+        }
+    }
+  }
+  else {
+    uint64_t blk = l->size >> l->block_shift;
+    uint64_t last = (cur - 1) >> l->block_shift;
+    for (; blk <= last && hit == UINT64_MAX; blk++) {
+      uint32_t sect;
+      if (blk >= l->header.max_table_entries)
+        break;          /* no BAT entry: nothing can be stored there */
+      if (blk < l->nblocks)
+        sect = l->bat[blk];
+      else {
+        uint8_t e[4];
+        if (vhd_pread_full (l->fd, e, 4, l->header.table_offset + 4 * blk)
+            == -1) {
+          sxm_error ("%s: reading BAT entry %" PRIu64 ": %s", l->path, blk,
+                     strerror (errno));
+          return -1;
+        }
+        sect = be32_load (e);
+      }
+      if (first_allocated (l, blk, sect, l->size, cur, &hit) == -1)
+        return -1;
+    }
+  }
+  if (hit == UINT64_MAX)
+    return 0;
+  bad (l->path, "current_size", foot + FT_CUR_SIZE,
+       "size_from=%s exports %" PRIu64 " bytes (CHS %u/%u/%u) but the "
+       "footer's current size is %" PRIu64 " and data is stored at offset %"
+       PRIu64 ": refusing to hide it (size_from=current exports it all)",
+       vhd_size_rule_name (rule), l->size, l->footer.cylinders,
+       l->footer.heads, l->footer.sectors_per_track, cur, hit);
+  return -1;
+}
+
 static struct vhd_layer *
 open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
             dev_t *devs, ino_t *inos, bool rw)
@@ -925,6 +1170,8 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
     }
   }
   else if (open_dynamic (l, rule, devs, inos) == -1)
+    goto fail;
+  if (hidden_data_check (l, rule, foot) == -1)
     goto fail;
   if (l->writable && vhd_writer_init (l) == -1)
     goto fail;

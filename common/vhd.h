@@ -33,8 +33,11 @@
 
 enum vhd_type { VHD_TYPE_FIXED = 2, VHD_TYPE_DYNAMIC = 3, VHD_TYPE_DIFF = 4 };
 
-/* How the virtual size is derived; see vhd_virtual_size(). */
-enum vhd_size_rule { VHD_SIZE_AUTO, VHD_SIZE_CHS, VHD_SIZE_CURRENT };
+/* How the virtual size is derived; see vhd_virtual_size().  CURRENT (the
+ * footer's current size, what Xen's tapdisk and Hyper-V present) is the
+ * default; CHS is the geometry's size, for images a Virtual PC guest used;
+ * QEMU is qemu's vpc driver's choice between the two, for interop checks. */
+enum vhd_size_rule { VHD_SIZE_CURRENT, VHD_SIZE_CHS, VHD_SIZE_QEMU };
 
 struct vhd_footer {
   uint32_t features;
@@ -111,6 +114,11 @@ struct vhd_layer {
   size_t ndirty, dirty_cap;
   bool footer_dirty;
 
+  /* A raw parent (XenServer's `vhd-util snapshot -m`: a differencing
+   * VHD over a raw file, parent UUID all zeros): no footer or header, the
+   * footer fields zero but type FIXED and current_size the file size, so
+   * that reads and the map treat it as a fixed image.  Never written. */
+  bool raw;
   char *parent_via;             /* "W2ru ./p.vhd": how the parent was found */
   struct vhd_layer *parent;
   unsigned depth;               /* 0 for the top of the chain */
@@ -206,6 +214,12 @@ uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
 int vhd_footer_parse (const uint8_t *buf,
                       struct vhd_footer *f, const char *path, uint64_t where);
 uint64_t vhd_virtual_size (const struct vhd_footer *f, enum vhd_size_rule r);
+/* The geometry's size, cylinders x heads x sectors x 512. */
+uint64_t vhd_chs_size (const struct vhd_footer *f);
+/* "current", "chs", "qemu"; parse accepts those and "auto" (the name the
+ * qemu rule had when it was the default).  Parse returns 0 or -1. */
+const char *vhd_size_rule_name (enum vhd_size_rule r);
+int vhd_size_rule_parse (const char *s, enum vhd_size_rule *r);
 const char *vhd_type_name (uint32_t type);
 void vhd_uuid_str (const uint8_t uuid[16], char out[37]);
 /* UTF-16 (big- or little-endian) to UTF-8; returns bytes written or -1 on

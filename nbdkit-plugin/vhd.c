@@ -32,7 +32,7 @@
 
 static char *filename;
 static char *sr_dir;
-static enum vhd_size_rule size_rule = VHD_SIZE_AUTO;
+static enum vhd_size_rule size_rule = VHD_SIZE_CURRENT;
 static struct vhd_layer *chain;         /* file= mode */
 
 /* sr= mode: images open now, shared by their connections. */
@@ -115,14 +115,8 @@ vhd_config (const char *key, const char *value)
     return 0;
   }
   if (strcmp (key, "size_from") == 0) {
-    if (strcmp (value, "auto") == 0)
-      size_rule = VHD_SIZE_AUTO;
-    else if (strcmp (value, "chs") == 0)
-      size_rule = VHD_SIZE_CHS;
-    else if (strcmp (value, "current") == 0)
-      size_rule = VHD_SIZE_CURRENT;
-    else {
-      nbdkit_error ("size_from=%s: expected auto, chs or current", value);
+    if (vhd_size_rule_parse (value, &size_rule) == -1) {
+      nbdkit_error ("size_from=%s: expected current, chs or qemu", value);
       return -1;
     }
     return 0;
@@ -163,7 +157,7 @@ vhd_config_complete (void)
 #define vhd_config_help \
   "[file=]<FILENAME>     The VHD image to serve, or:\n" \
   "sr=<DIRECTORY>        Serve every <uuid>.vhd in it as export <uuid>.\n" \
-  "size_from=auto|chs|current  Virtual size rule (default auto, as qemu)."
+  "size_from=current|chs|qemu  Virtual size rule (default current)."
 
 static void
 vhd_dump_plugin (void)
@@ -173,7 +167,7 @@ vhd_dump_plugin (void)
   printf ("vhd_locators=W2ru,W2ku,MacX\n");
   printf ("vhd_max_chain=%d\n", VHD_MAX_CHAIN);
   printf ("vhd_max_size=%llu\n", VHD_MAX_SIZE);
-  printf ("vhd_size_from=auto,chs,current\n");
+  printf ("vhd_size_from=current,chs,qemu\n");
   printf ("vhd_block_status=yes\n");
   printf ("vhd_write=yes\n");
   printf ("vhd_sr=yes\n");

@@ -21,7 +21,7 @@ grep -q '^vhd_types=fixed,dynamic,differencing$' <<<"$dump"; ok $? "dump lists t
 grep -q '^thread_model=parallel$' <<<"$dump"; ok $? "thread model is parallel"
 
 help=$(env $(nbdkit_env) nbdkit "$PLUGIN" --help)
-grep -q 'size_from=auto|chs|current' <<<"$help"; ok $? "--help documents size_from"
+grep -q 'size_from=current|chs|qemu' <<<"$help"; ok $? "--help documents size_from"
 
 sum_before=$(sha256sum "$vhd")
 start_nbdkit -r "$PLUGIN" "file=$vhd"

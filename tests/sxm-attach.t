@@ -11,6 +11,7 @@
 # run directory.
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -227,9 +228,117 @@ def body(scratch, sr, run):
     else:
         tap.ok(True, "# SKIP this kernel has nbd (the Xen rig runs receive "
                "--memory xen)")
+    command_line(scratch, run, b)
     for name in list(listing(run)):
         sxm(run, "detach", "--force", name)
     tap.eq(listing(run), {}, "everything detached at the end")
+
+
+COMMANDS = {"receive": "cmd_receive", "migrate": "cmd_migrate",
+            "token-info": "cmd_token_info", "attach": "cmd_attach",
+            "list": "cmd_list", "detach": "cmd_detach"}
+COMMON = {"--log", "-q", "-h", "--help"}
+OPT = r"(?<![\w-])(--?[a-z][a-z-]*)"
+
+
+def parsed_options(src, fn):
+    """The options FN's argument loop in scripts/sxm accepts."""
+    body = re.search(r"^%s\(\) \{\n(.*?)^\}" % fn, src, re.S | re.M).group(1)
+    loop = re.search(r"while \[ \$# -gt 0 \]; do\n(.*?)\n  done", body,
+                     re.S).group(1)
+    opts = set()
+    for pat in re.findall(r"^ +(-[-a-z|]*[a-z])\)", loop, re.M):
+        opts.update(pat.split("|"))
+    return opts
+
+
+def command_line(scratch, run, vhd_b):
+    """The options each command's parser takes are the ones --help and
+    doc/sxm.pod (SYNOPSIS and OPTIONS) give it; every command takes
+    --log, -q and -h."""
+    src = open(os.path.join(ROOT, "scripts", "sxm")).read()
+    pod = open(os.path.join(ROOT, "doc", "sxm.pod")).read()
+    usage = sxm(run, "--help").stdout
+    synopsis = pod.split("=head1 SYNOPSIS")[1].split("=head1")[0]
+    options = pod.split("=head1 OPTIONS")[1].split("=head1")[0]
+    common_pod = set(re.findall(OPT, synopsis.split("every command takes")[1]))
+    tap.eq(common_pod, COMMON, "SYNOPSIS: every command takes --log, -q, -h")
+    # SYNOPSIS: each "sxm CMD" line and its continuation lines.
+    syn = {}
+    cur = None
+    for line in synopsis.splitlines():
+        m = re.match(r" sxm ([a-z-]+)", line)
+        if m:
+            cur = "migrate" if m.group(1) == "copy" else m.group(1)
+        elif not line.startswith("     "):
+            cur = None
+        if cur:
+            syn.setdefault(cur, set()).update(re.findall(OPT, line))
+    # OPTIONS: the =item lines of each command's =head2.
+    items = {}
+    for sec in options.split("=head2 ")[1:]:
+        title, text = sec.split("\n", 1)
+        opts = set()
+        for it in re.findall(r"^=item (.*)$", text, re.M):
+            opts.update(re.findall(r"B<(--?[a-z][a-z-]*)>", it))
+        items[title.strip()] = opts
+    # --help: the option column of each command's section.
+    helpsec = {"receive": usage.split("\nreceive (")[1].split("\nmigrate (")[0],
+               "migrate": usage.split("\nmigrate (")[1].split("\nevery command")[0]}
+    helped = {k: {o for line in v.splitlines() if line.startswith("  --")
+                  for o in re.findall(OPT, re.split(r"\s{2,}", line.strip())[0])}
+              for k, v in helpsec.items()}
+    usage_all = set(re.findall(OPT, usage))
+    every = set()
+    for cmd, fn in COMMANDS.items():
+        got = parsed_options(src, fn)
+        every |= got
+        tap.ok(COMMON <= got, f"sxm {cmd} takes --log, -q, -h", got)
+        tap.eq(sorted(syn.get(cmd, set()) | COMMON), sorted(got),
+               f"sxm {cmd}: the SYNOPSIS names every option it takes, "
+               "and no other")
+        if cmd in ("receive", "migrate", "token-info"):
+            tap.eq(sorted(items.get(cmd, set()) | COMMON), sorted(got),
+                   f"sxm {cmd}: OPTIONS has an item for each option")
+        if cmd in helped:
+            tap.eq(sorted(helped[cmd] | COMMON), sorted(got),
+                   f"sxm {cmd}: --help lists each option")
+    svc = set().union(*(parsed_options(src, COMMANDS[c])
+                        for c in ("attach", "list", "detach"))) - COMMON
+    tap.eq(sorted(items.get("attach, list, detach", set())), sorted(svc), "attach, list, detach: OPTIONS items name their options")
+    tap.eq(items.get("Every command"), COMMON, "OPTIONS: every command's options")
+    tap.eq(sorted(usage_all - every), [], "--help names no option no command takes")
+    tap.eq(sorted(every - usage_all), [], "--help names every option")
+
+    for cmd in COMMANDS:
+        p = sxm(run, cmd, "-h")
+        tap.ok(p.returncode == 0 and p.stdout.startswith("usage:"),
+               f"sxm {cmd} -h: the usage, exit 0", p.stdout + p.stderr)
+    log = os.path.join(scratch, "cli.log")
+    p = sxm(run, "token-info", "-q", "--log", log, "--token", "sxm1.!!")
+    tap.ok(p.returncode == 2 and "error: token: not an sxm token" in p.stderr
+           and "not an sxm token" in open(log).read(),
+           "token-info -q --log: the error still on stderr, and in the log",
+           p.stderr)
+    c = vhd(os.path.join(scratch, "cli.vhd"))
+    p = sxm(run, "attach", "-q", "--log", log, c, "--name", "clilog")
+    p2 = sxm(run, "list", "-q", "--log=" + log)
+    p3 = sxm(run, "detach", "--log=" + log, "clilog")
+    tap.ok(p.returncode == 0 and p2.returncode == 0 and "clilog" in p2.stdout
+           and p3.returncode == 0 and
+           re.search(r"Z sxm detach: detached clilog\n", open(log).read()),
+           "attach, list, detach take -q and --log (FILE or =FILE)",
+           p.stderr + p2.stderr + p3.stderr)
+    for opt in (["--timeline", "t.png"], ["--summary-json", "s.json"],
+                ["--keep-source"], ["--no-verify"], ["--downtime-ms", "5"],
+                ["--memory-opt=--rate=1M"]):
+        for sub in (["copy"], ["migrate", "--offline"]):
+            p = sxm(run, *sub, "--token-file", os.path.join(scratch, "none"),
+                    "--disk", vhd_b, *opt)
+            tap.ok(p.returncode == 2 and
+                   f"{opt[0].split('=')[0]} is for a live migration" in p.stderr,
+                   f"sxm {' '.join(sub)} {opt[0].split('=')[0]}: refused "
+                   "(exit 2), not ignored", p.stderr)
 
 
 run_test(main)

@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -305,6 +306,11 @@ def main(scratch):
            f"({(summary.get('switchover') or [{}])[0].get('flush_ms')} ms)")
     tap.ok(os.path.exists(png) and open(png, "rb").read(4) == b"\x89PNG",
            "timeline plot written", err)
+    tap.ok(re.search(r"\n  memory: backend uffd, \d+ rounds, \d+ bytes of RAM", err)
+           and re.search(r"\n  downtime: [\d.]+ ms \(guest paused to running on "
+                         r"the destination\), of which disk switchover", err)
+           and "writes held" not in err,
+           "summary with a guest: memory rounds and RAM, downtime", err)
 
     # --- 1b. two disks: one migration; the hook is all or none ------------
     srcs = [Source(os.path.join(S, f"src1b{i}"), seed + 20 + i) for i in (0, 1)]
@@ -327,6 +333,17 @@ def main(scratch):
     tap.ok(rc == 0 and rrc == 0 and same,
            "two disks in one migration: each destination byte-identical to "
            "its own source", f"rc={rc} rrc={rrc} {new}\n{err}\n{rcv.err}")
+    tap.ok(re.search(r"\n  memory: none \(disks only: no guest was paused", err)
+           and re.search(r"\n  writes held: [\d.]+ ms \(from the switchover to "
+                         r"the commit; since then the source refuses writes\), "
+                         r"of which disk switchover [\d.]+ ms", err)
+           and "bytes of RAM" not in err and "guest paused" not in err
+           and "downtime" not in err,
+           "disk-only summary (--memory none): writes held and switchover, "
+           "no RAM, no guest downtime", err)
+    for line in err.splitlines():
+        if line.startswith(("  memory: ", "  writes held: ")):
+            tap.diag(line)
 
     mirror = os.path.join(ROOT, "client", "sxm-mirror")
     srcs = [Source(os.path.join(S, f"src1c{i}"), seed + 40 + i) for i in (0, 1)]

@@ -138,5 +138,59 @@ def main(d):
     tap.eq(r.stdout.strip(), "12345678-1234-1234-1234-123456789abc",
            "--uuid sets the image's UUID")
 
+    # --sr DIR: the image is DIR/<uuid>.vhd, named by a fresh UUID that
+    # its footer carries; the line printed is "UUID PATH".
+    srd = os.path.join(d, "an sr $(x)")
+    os.mkdir(srd)
+    r = tool("create", "--sr", srd, "64M")
+    u, _, path = r.stdout.rstrip("\n").partition(" ")
+    tap.ok(r.returncode == 0 and path == os.path.join(srd, u + ".vhd") and
+           os.listdir(srd) == [u + ".vhd"],
+           "create --sr DIR SIZE: makes DIR/UUID.vhd, prints 'UUID PATH'",
+           r.stdout + r.stderr)
+    if os.path.exists(path):
+        info = json.loads(tool("info", "--json", path).stdout)
+        tap.ok(info["chain"][0]["uuid"] == u and info["virtual_size"] == 64 * MiB
+               and info["chain"][0]["type"] == "dynamic",
+               "create --sr: the footer carries the file's UUID, the size", info)
+        f = pyvhdi.file()
+        f.open(path)
+        tap.eq(str(f.get_identifier()), u, "create --sr: libvhdi reads that UUID")
+    else:
+        tap.ok(False, "create --sr: the footer carries the file's UUID, the size")
+        tap.ok(False, "create --sr: libvhdi reads that UUID")
+    r2 = tool("create", "--sr", srd + "/", "1M")
+    u2, _, path2 = r2.stdout.rstrip("\n").partition(" ")
+    tap.ok(r2.returncode == 0 and u2 != u and
+           path2 == os.path.join(srd, u2 + ".vhd") and os.path.exists(path2),
+           "create --sr DIR/: another fresh UUID, no double slash", r2.stdout)
+    want = "0f9ad8a2-5d0c-4b8e-9b57-1d1f3c2a6e40"
+    r = tool("create", "--uuid=" + want, "--sr", srd, "--type=fixed", "1M")
+    tap.eq(r.stdout, f"{want} {os.path.join(srd, want + '.vhd')}\n",
+           "create --sr with --uuid (and --type=fixed): DIR/<that UUID>.vhd")
+    before = open(os.path.join(srd, want + ".vhd"), "rb").read()
+    r = tool("create", "--uuid=" + want, "--sr", srd, "2M")
+    tap.ok(r.returncode == 1 and "already exists" in r.stderr and
+           open(os.path.join(srd, want + ".vhd"), "rb").read() == before,
+           "create --sr over an existing UUID: refused, file unchanged", r.stderr)
+    n = len(os.listdir(srd))
+    for args, code, label in [(("create", "--sr", os.path.join(d, "no-sr"), "1M"),
+                               1, "a missing SR directory"),
+                              (("create", "--sr", path, "1M"), 1,
+                               "an SR that is a file"),
+                              (("create", "--sr", srd, "x.vhd", "1M"), 2,
+                               "a file name besides --sr"),
+                              (("create", "--sr", srd, "10X"), 2, "a bad size"),
+                              (("create", "--sr=", "1M"), 2, "an empty --sr"),
+                              (("snapshot", "--sr", srd, path, "c.vhd"), 2,
+                               "--sr on snapshot")]:
+        r = tool(*args)
+        tap.ok(r.returncode == code and len(os.listdir(srd)) == n and
+               r.stderr and not r.stdout,
+               f"create --sr refuses {label} (exit {code}), nothing created",
+               r.stdout + r.stderr)
+    r = tool("--help")
+    tap.ok("--sr DIR SIZE" in r.stdout, "--help shows create --sr DIR SIZE")
+
 
 run_test(main)

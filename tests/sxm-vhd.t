@@ -66,6 +66,27 @@ def main(d):
     r = run("info", os.path.join(d, "missing.vhd"))
     tap.eq(r.returncode, 1, "missing file: exit 1 (system error)")
 
+    # A missing parent is a missing file too (exit 1), for every command
+    # that opens the chain; a parent of the wrong UUID is corruption (5).
+    pdir = os.path.join(d, "orphan")
+    os.mkdir(pdir)
+    par = os.path.join(pdir, "parent.vhd")
+    pu = vhdgen.write_dynamic(par, 8 * MiB, [(0, b"p" * 4096)])
+    kid = os.path.join(pdir, "kid.vhd")
+    vhdgen.write_dynamic(kid, 8 * MiB, [(MiB, b"k" * 512)], parent=(par, pu))
+    os.rename(par, par + ".moved")
+    for cmd in (["info"], ["info", "--json"], ["map"], ["check"],
+                ["coalesce"], ["resize"]):
+        r = run(*cmd, kid, *(["16M"] if cmd == ["resize"] else []))
+        tap.ok(r.returncode == 1 and "not found; locators tried" in r.stderr
+               and "corrupt" not in r.stdout,
+               f"missing parent: {' '.join(cmd)} exits 1 (a missing file), "
+               "naming the parent", f"{r.returncode}\n{r.stdout}{r.stderr}")
+    vhdgen.write_dynamic(par, 8 * MiB, [])          # same name, new UUID
+    r = run("info", kid)
+    tap.ok(r.returncode == 5 and "but the child expects parent UUID" in r.stderr,
+           "parent of another UUID: still exit 5 (invalid)", r.stderr)
+
     # check: clean / repairable / corrupt, with distinct exit codes.
     r = run("check", top)
     tap.ok(r.returncode == 0 and r.stdout.strip().endswith("clean"),
@@ -76,6 +97,20 @@ def main(d):
     r = run("check", cut)
     tap.ok(r.returncode == 4 and "no footer at the end" in r.stdout,
            "check, end footer missing: repairable, exit 4", r.stdout)
+    r = run("info", cut)
+    tap.ok(r.returncode == 0 and
+           "\n  end footer:     MISSING (the copy at offset 0 is used" in r.stdout,
+           "info, end footer missing: says so", r.stdout + r.stderr)
+    r = run("info", "--json", cut)
+    tap.ok(r.returncode == 0 and
+           json.loads(r.stdout)["chain"][0].get("end_footer_missing") is True,
+           "info --json, end footer missing: end_footer_missing true",
+           r.stdout + r.stderr)
+    r = run("info", "--json", top)
+    tap.eq([c.get("end_footer_missing") for c in json.loads(r.stdout)["chain"]],
+           [False, False], "info --json, both footers there: false for each layer")
+    tap.ok("end footer" not in run("info", top).stdout,
+           "info, both footers there: no end-footer line")
     diff = os.path.join(d, "diff.vhd")
     vhdgen.write_dynamic(diff, 8 * MiB, [(0, b"q" * 4096)])
     vhdgen.patch(diff, 0 + 24, b"\x00\x00\x00\x01")      # head copy time stamp

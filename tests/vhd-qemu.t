@@ -9,7 +9,8 @@ import os
 import struct
 import subprocess
 
-from sxmtest import tap, run_test, nbdkit, sh, nbd_map, files_equal, MiB, GiB
+from sxmtest import (tap, run_test, nbdkit, nbdkit_start_fails, sh, nbd_map,
+                     files_equal, MiB, GiB)
 import vhdgen
 
 
@@ -109,10 +110,12 @@ def main(d):
         tap.ok(any(not a for o, l, a in runs),
                "fixed sparse: file holes reported as holes", runs)
 
-    # Creator applications and their size rule, against qemu-img info.
-    # force_size=on gives current_size 10 MiB + 512 * 3 exactly (and the
-    # maximum geometry, which we replace by the spec's CHS for that size);
-    # CHS cannot express that size, so the two rules give different answers.
+    # Creator applications and the size rules.  force_size=on gives
+    # current_size 10 MiB + 512 * 3 exactly (and the maximum geometry, which
+    # we replace by the spec's CHS for that size); CHS cannot express that
+    # size, so the rules give different answers.  size_from=qemu must agree
+    # with qemu-img info on every creator; the default (current) is the
+    # footer's current size on every creator.
     base = os.path.join(d, "creator-base.vhd")
     sz = 10 * MiB + 3 * 512
     sh("qemu-img", "create", "-q", "-f", "vpc", "-o", "force_size=on", base,
@@ -127,9 +130,13 @@ def main(d):
         sh("cp", base, p)
         set_creator(p, c)
         label = c.decode("latin1").replace("\0", "\\0")
-        with nbdkit(d, p) as uri:
+        with nbdkit(d, p, "size_from=qemu") as uri:
             sizes[c] = nbd_size(uri)
-            tap.eq(sizes[c], qemu_size(p), f"creator '{label}': size as qemu-img")
+            tap.eq(sizes[c], qemu_size(p),
+                   f"creator '{label}', size_from=qemu: size as qemu-img")
+        with nbdkit(d, p) as uri:
+            tap.eq(nbd_size(uri), sz,
+                   f"creator '{label}', default: the footer's current size")
     tap.ok(sizes[b"vpc "] != sizes[b"win "],
            "CHS and current_size rules really differ on this image",
            sizes)
@@ -138,10 +145,10 @@ def main(d):
     p = os.path.join(d, "maxchs.vhd")
     sh("cp", base, p)
     set_creator(p, b"vpc ", (65535, 16, 255))
-    with nbdkit(d, p) as uri:
+    with nbdkit(d, p, "size_from=qemu") as uri:
         tap.eq(nbd_size(uri), qemu_size(p), "max CHS geometry: size as qemu-img")
 
-    # size_from= overrides the rule.
+    # size_from= overrides the rule; auto is the old name of qemu.
     p = os.path.join(d, "override.vhd")
     sh("cp", base, p)
     set_creator(p, b"vpc ")
@@ -149,6 +156,56 @@ def main(d):
         tap.eq(nbd_size(uri), 10 * MiB + 3 * 512, "size_from=current")
     with nbdkit(d, p, "size_from=chs") as uri:
         tap.eq(nbd_size(uri), sizes[b"vpc "], "size_from=chs")
+    with nbdkit(d, p, "size_from=auto") as uri:
+        tap.eq(nbd_size(uri), sizes[b"vpc "], "size_from=auto is qemu's rule")
+
+    # An unknown creator whose CHS size stops short of the current size,
+    # with data in the last sectors (as FreeBSD mkimg's backup GPT header):
+    # the default exports and reads them; a rule that would hide them
+    # refuses to start, naming the rule, both sizes and the first offset.
+    tail = os.urandom(3 * 512)
+    chs = vhdgen.chs_geometry(sz)
+    chs_bytes = chs[0] * chs[1] * chs[2] * 512
+    for kind in ("dynamic", "fixed"):
+        p = os.path.join(d, f"tail-{kind}.vhd")
+        if kind == "dynamic":
+            vhdgen.write_dynamic(p, sz, [(0, b"\x55" * 4096),
+                                         (sz - len(tail), tail)],
+                                 creator=b"xyz1", geometry=chs)
+        else:
+            vhdgen.write_fixed(p, sz, [(0, b"\x55" * 4096),
+                                       (sz - len(tail), tail)],
+                               creator=b"xyz1", geometry=chs, sparse=False)
+        with nbdkit(d, p) as uri:
+            out = os.path.join(d, "tail.out")
+            sh("nbdcopy", uri, out)
+            with open(out, "rb") as f:
+                data = f.read()
+            tap.ok(len(data) == sz and data[-len(tail):] == tail
+                   and data[:4096] == b"\x55" * 4096,
+                   f"{kind}, unknown creator, CHS < current: exported whole,"
+                   " the last sectors read back", len(data))
+            os.unlink(out)
+        first = (sz - len(tail)) // 512 * 512
+        for rule in ("chs", "qemu"):
+            rc, err = nbdkit_start_fails(p, f"size_from={rule}")
+            want = (f"size_from={rule} exports {chs_bytes} bytes",
+                    f"current size is {sz}", f"offset {first}")
+            tap.ok(rc != 0 and all(w in err for w in want),
+                   f"{kind}: size_from={rule} would hide the last sectors:"
+                   " nbdkit refuses, naming rule, sizes and offset", err)
+        # Zeros past the CHS size are not data: a fixed image (every sector
+        # allocated) or a dynamic one with nothing there is served by CHS.
+        q = os.path.join(d, f"notail-{kind}.vhd")
+        if kind == "dynamic":
+            vhdgen.write_dynamic(q, sz, [(0, b"\x55" * 4096)],
+                                 creator=b"xyz1", geometry=chs)
+        else:
+            vhdgen.write_fixed(q, sz, [(0, b"\x55" * 4096)],
+                               creator=b"xyz1", geometry=chs, sparse=False)
+        with nbdkit(d, q, "size_from=chs") as uri:
+            tap.eq(nbd_size(uri), chs_bytes,
+                   f"{kind}: nothing past the CHS size: size_from=chs serves it")
 
 
 run_test(main)

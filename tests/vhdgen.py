@@ -91,7 +91,7 @@ def write_fixed(path, size, writes=(), creator=b"tap\0", geometry=None,
                 uid=None, sparse=True):
     """A fixed VHD: SIZE data bytes then the footer.  Returns the UUID."""
     uid = uid or uuidlib.uuid4().bytes
-    with open(path, "wb") as f:
+    with open(path, "w+b") as f:
         f.truncate(size)
         for off, data in writes:
             f.seek(off)

@@ -24,6 +24,7 @@ xm_cli_usage (FILE *f)
 "       xenmem receive [OPTIONS] --backend=B [--monitor=SOCKET] ADDR\n"
 "       xenmem guest   --monitor=SOCKET [GUEST OPTIONS]\n"
 "       xenmem monitor SOCKET status|check S|cont|quit\n"
+"       xenmem --version | --help\n"
 "B: xen, uffd (a test guest), none (no memory: commit handshake only)\n"
 "ADDR: unix:PATH or tcp:HOST:PORT (receive listens on it, send connects).\n"
 "COMMAND (send): the hook, run twice with XENMEM_HOOK_PHASE=prepare (just\n"

@@ -222,6 +222,10 @@ main (int argc, char **argv)
     xm_cli_usage (argc < 2 ? stderr : stdout);
     return argc < 2 ? XM_USAGE : 0;
   }
+  if (strcmp (argv[1], "--version") == 0) {
+    printf ("xenmem %s\n", SXM_VERSION);
+    return 0;
+  }
   mode = argv[1];
   if (strcmp (mode, "monitor") == 0)
     return monitor_cmd (argc - 2, argv + 2);

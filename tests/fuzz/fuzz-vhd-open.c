@@ -55,7 +55,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   close (fd);
   free (img);
 
-  top = vhd_open_chain (path, data[0] & 2 ? VHD_SIZE_CHS : VHD_SIZE_AUTO);
+  top = vhd_open_chain (path, data[0] & 2 ? VHD_SIZE_CHS
+                        : data[0] & 4 ? VHD_SIZE_QEMU : VHD_SIZE_CURRENT);
   if (top) {
     uint64_t n = top->size < sizeof buf ? top->size : sizeof buf;
     vhd_map (top, 0, top->size, false, ignore, NULL);

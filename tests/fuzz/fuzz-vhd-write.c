@@ -63,7 +63,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   close (fd);
   free (img);
 
-  top = vhd_open_chain_rw (path, flags & 2 ? VHD_SIZE_CHS : VHD_SIZE_AUTO);
+  top = vhd_open_chain_rw (path, flags & 2 ? VHD_SIZE_CHS
+                           : flags & 8 ? VHD_SIZE_QEMU : VHD_SIZE_CURRENT);
   if (!top)
     return 0;
   if (!top->writable || top->size == 0) {
@@ -117,7 +118,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     return 0;
 
   /* After a successful flush, the writes must survive a reopen. */
-  top = vhd_open_chain (path, flags & 2 ? VHD_SIZE_CHS : VHD_SIZE_AUTO);
+  top = vhd_open_chain (path, flags & 2 ? VHD_SIZE_CHS
+                        : flags & 8 ? VHD_SIZE_QEMU : VHD_SIZE_CURRENT);
   if (!top)
     abort ();                   /* our own flushed image does not open */
   if (vhd_read (top, got, win, base) == -1 || memcmp (got, model, win) != 0)

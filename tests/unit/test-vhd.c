@@ -67,24 +67,44 @@ main (void)
         "UTF-16 output overflow refused");
   }
 
+  /* qemu's rule (size_from=qemu), creator by creator. */
   f = mkfooter ("vpc ", 301, 4, 17, 10 * 1048576 + 1536);
-  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 301ULL * 4 * 17 * 512,
-      "'vpc ' uses CHS");
+  ok (vhd_virtual_size (&f, VHD_SIZE_QEMU) == 301ULL * 4 * 17 * 512,
+      "qemu rule: 'vpc ' uses CHS");
   f = mkfooter ("win ", 301, 4, 17, 10 * 1048576 + 1536);
-  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 10 * 1048576 + 1536,
-      "'win ' uses current_size");
+  ok (vhd_virtual_size (&f, VHD_SIZE_QEMU) == 10 * 1048576 + 1536,
+      "qemu rule: 'win ' uses current_size");
   f = mkfooter ("tap\0", 301, 4, 17, 10 * 1048576 + 1537);
-  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 10 * 1048576 + 1536,
-      "'tap\\0' uses current_size, rounded down to a sector");
+  ok (vhd_virtual_size (&f, VHD_SIZE_QEMU) == 10 * 1048576 + 1536,
+      "qemu rule: 'tap\\0' uses current_size, rounded down to a sector");
   f = mkfooter ("tapx", 301, 4, 17, 10 * 1048576 + 1536);
-  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 301ULL * 4 * 17 * 512,
-      "'tapx' is not blktap: CHS");
+  ok (vhd_virtual_size (&f, VHD_SIZE_QEMU) == 301ULL * 4 * 17 * 512,
+      "qemu rule: 'tapx' is not blktap: CHS");
   f = mkfooter ("vpc ", 65535, 16, 255, 200ULL << 30);
-  ok (vhd_virtual_size (&f, VHD_SIZE_AUTO) == 200ULL << 30,
-      "maximum geometry means current_size");
+  ok (vhd_virtual_size (&f, VHD_SIZE_QEMU) == 200ULL << 30,
+      "qemu rule: maximum geometry means current_size");
+  /* The default, current, for every creator; chs forces the geometry. */
+  f = mkfooter ("xyz1", 301, 4, 17, 10 * 1048576 + 1537);
+  ok (vhd_virtual_size (&f, VHD_SIZE_CURRENT) == 10 * 1048576 + 1536,
+      "current rule: an unknown creator gets current_size (whole sectors)");
+  f = mkfooter ("vpc ", 301, 4, 17, 10 * 1048576 + 1536);
+  ok (vhd_virtual_size (&f, VHD_SIZE_CURRENT) == 10 * 1048576 + 1536,
+      "current rule: 'vpc ' too");
   f = mkfooter ("win ", 301, 4, 17, 10 * 1048576 + 1536);
   ok (vhd_virtual_size (&f, VHD_SIZE_CHS) == 301ULL * 4 * 17 * 512,
       "size_from=chs overrides the creator");
+  f = mkfooter ("vpc ", 65535, 16, 255, 200ULL << 30);
+  ok (vhd_virtual_size (&f, VHD_SIZE_CHS) == 200ULL << 30,
+      "chs rule: maximum geometry still means current_size");
+  {
+    enum vhd_size_rule r;
+    ok (vhd_size_rule_parse ("auto", &r) == 0 && r == VHD_SIZE_QEMU
+        && vhd_size_rule_parse ("current", &r) == 0 && r == VHD_SIZE_CURRENT
+        && vhd_size_rule_parse ("chs", &r) == 0 && r == VHD_SIZE_CHS
+        && vhd_size_rule_parse ("CHS", &r) == -1
+        && strcmp (vhd_size_rule_name (VHD_SIZE_QEMU), "qemu") == 0,
+        "size rule names: current, chs, qemu (auto = qemu)");
+  }
 
   memset (b, 0, sizeof b);
   memcpy (b, "conectix", 8);
