@@ -34,11 +34,18 @@ static pthread_t accept_thread;
 static bool accept_started;
 static pthread_mutex_t cmd_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Client threads are joinable, and every one is joined (a finished one
+ * by the accept loop when it needs the slot, the rest by control_stop):
+ * nbdkit unloads the filter right after cleanup, and a detached thread
+ * still returning through our code then would run in unmapped memory
+ * (seen: nbdkit dumping core at exit, under load). */
 static pthread_mutex_t clients_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t clients_gone = PTHREAD_COND_INITIALIZER;
-static int client_fds[MAX_CLIENTS];
-static unsigned nclients;
-static bool stopping;
+static struct client {
+  bool used;                    /* a thread was started for it */
+  bool finished;                /* its thread closed fd and is returning */
+  int fd;
+  pthread_t thread;
+} clients[MAX_CLIENTS];
 
 static const struct {
   const char *name;
@@ -105,24 +112,23 @@ handle_line (const char *line, size_t len, struct jbuf *out)
   json_free (&req);
 }
 
+/* The client's thread is done with its connection; it only returns
+ * after this.  The fd is closed under the lock so that control_stop never
+ * shuts down a number the kernel has given to someone else. */
 static void
-client_done (int fd)
+client_done (struct client *c)
 {
   pthread_mutex_lock (&clients_lock);
-  for (unsigned i = 0; i < nclients; i++)
-    if (client_fds[i] == fd) {
-      client_fds[i] = client_fds[--nclients];
-      break;
-    }
-  close (fd);
-  pthread_cond_broadcast (&clients_gone);
+  close (c->fd);
+  c->finished = true;
   pthread_mutex_unlock (&clients_lock);
 }
 
 static void *
 client_thread (void *arg)
 {
-  int fd = (int) (intptr_t) arg;
+  struct client *c = arg;
+  int fd = c->fd;
   char *buf = malloc (JSON_MAX_LINE + 1);
   size_t have = 0;
 
@@ -164,8 +170,36 @@ client_thread (void *arg)
   }
  out:
   free (buf);
-  client_done (fd);
+  client_done (c);
   return NULL;
+}
+
+/* Join the threads of clients that have gone, then a free slot (NULL if
+ * MAX_CLIENTS are connected).  Accept thread only: it alone sets "used",
+ * so a slot it sees finished stays so while it joins outside the lock. */
+static struct client *
+client_slot (void)
+{
+  bool gone[MAX_CLIENTS];
+  struct client *c = NULL;
+
+  pthread_mutex_lock (&clients_lock);
+  for (unsigned i = 0; i < MAX_CLIENTS; i++)
+    gone[i] = clients[i].used && clients[i].finished;
+  pthread_mutex_unlock (&clients_lock);
+  for (unsigned i = 0; i < MAX_CLIENTS; i++)
+    if (gone[i]) {
+      pthread_join (clients[i].thread, NULL);
+      pthread_mutex_lock (&clients_lock);
+      clients[i].used = false;
+      pthread_mutex_unlock (&clients_lock);
+    }
+  pthread_mutex_lock (&clients_lock);
+  for (unsigned i = 0; i < MAX_CLIENTS && !c; i++)
+    if (!clients[i].used)
+      c = &clients[i];
+  pthread_mutex_unlock (&clients_lock);
+  return c;
 }
 
 static void *
@@ -175,8 +209,7 @@ accept_loop (void *arg)
     struct pollfd p[2] = { { .fd = listen_fd, .events = POLLIN },
                            { .fd = stop_pipe[0], .events = POLLIN } };
     int fd;
-    pthread_t t;
-    pthread_attr_t attr;
+    struct client *c;
 
     if (poll (p, 2, -1) == -1) {
       if (errno == EINTR)
@@ -189,23 +222,27 @@ accept_loop (void *arg)
     fd = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (fd == -1)
       continue;
-    pthread_mutex_lock (&clients_lock);
-    if (stopping || nclients == MAX_CLIENTS) {
-      pthread_mutex_unlock (&clients_lock);
+    c = client_slot ();
+    if (!c) {
       static const char msg[] =
         "{\"ok\":false,\"error\":\"too many control clients\"}\n";
       full_send (fd, msg, sizeof msg - 1);
       close (fd);
       continue;
     }
-    client_fds[nclients++] = fd;
+    /* Marked before the thread exists: it may finish at once. */
+    pthread_mutex_lock (&clients_lock);
+    c->fd = fd;
+    c->used = true;
+    c->finished = false;
     pthread_mutex_unlock (&clients_lock);
-    pthread_attr_init (&attr);
-    pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create (&t, &attr, client_thread, (void *) (intptr_t) fd)
-        != 0)
-      client_done (fd);
-    pthread_attr_destroy (&attr);
+    if (pthread_create (&c->thread, NULL, client_thread, c) != 0) {
+      nbdkit_error ("mirror: control client: cannot start a thread");
+      pthread_mutex_lock (&clients_lock);
+      c->used = false;
+      close (fd);
+      pthread_mutex_unlock (&clients_lock);
+    }
   }
 }
 
@@ -279,13 +316,18 @@ control_stop (void)
     pthread_join (accept_thread, NULL);
     accept_started = false;
   }
+  /* No new clients now (the accept thread is gone): wake the ones
+   * reading, then wait for every thread to be out of our code. */
   pthread_mutex_lock (&clients_lock);
-  stopping = true;
-  for (unsigned i = 0; i < nclients; i++)
-    shutdown (client_fds[i], SHUT_RDWR);
-  while (nclients > 0)
-    pthread_cond_wait (&clients_gone, &clients_lock);
+  for (unsigned i = 0; i < MAX_CLIENTS; i++)
+    if (clients[i].used && !clients[i].finished)
+      shutdown (clients[i].fd, SHUT_RDWR);
   pthread_mutex_unlock (&clients_lock);
+  for (unsigned i = 0; i < MAX_CLIENTS; i++)
+    if (clients[i].used) {
+      pthread_join (clients[i].thread, NULL);
+      clients[i].used = clients[i].finished = false;
+    }
   if (listen_fd >= 0)
     close (listen_fd);
   listen_fd = -1;

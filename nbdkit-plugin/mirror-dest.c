@@ -66,10 +66,14 @@ last_error (void)
   return e ? e : "unknown libnbd error";
 }
 
+/* One call each, and each state final: asking "ready or processing?" in
+ * two calls could answer "neither" while a reply moved the handle from
+ * processing to ready in between, and the I/O thread would then stop
+ * polling a live connection. */
 static bool
 conn_dead (struct dest_conn *c)
 {
-  return !(nbd_aio_is_ready (c->h) || nbd_aio_is_processing (c->h));
+  return nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h);
 }
 
 static void *
@@ -351,6 +355,10 @@ started (struct dest_req *r, int64_t cookie)
     after_start (r->conn);
     return 0;
   }
+  /* Said here, where libnbd's own message is still at hand: the caller
+   * reports only the errno. */
+  nbdkit_error ("mirror: destination: a request could not be started: %s",
+                last_error ());
   e = nbd_get_errno ();
   if (conn_dead (r->conn) || e == 0 || e == EINVAL)
     e = ENOTCONN;

@@ -25,6 +25,7 @@ ok() {
   else
     _tap_failed=$((_tap_failed + 1))
     echo "not ok $_tap_n - $2"
+    echo "# failed: $_tap_n - $2" >&2     # prove shows stderr in make check's log
   fi
 }
 

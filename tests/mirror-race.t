@@ -27,7 +27,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import MiB, PLUGIN, nbdkit, run_test, sh, tap   # noqa: E402
+from sxmtest import (MiB, PLUGIN, nbdkit, nbdkit_log_errors,  # noqa: E402
+                     run_test, sh, tap)
 from mirrortest import (FILTER, SXM_COPY, SXM_VHD, Guest, ctl,  # noqa: E402
                         export_digest, first_difference, live_copy, prefill)
 
@@ -66,7 +67,19 @@ def fio_job(uri, size, seed):
 
 
 def one_run(scratch, seed, bypass=False):
-    """One randomized live migration.  Returns (ok, description)."""
+    """One randomized live migration.  Returns (ok, description); a
+    failure's description ends with what the two servers logged as errors."""
+    uris = []
+    ok, why = one_run_logged(scratch, seed, uris, bypass)
+    if not ok and not bypass:
+        for name, uri in zip(("destination", "source"), uris):
+            errs = nbdkit_log_errors(uri)
+            if errs:
+                why += f"\n{name} nbdkit:\n{errs}"
+    return ok, why
+
+
+def one_run_logged(scratch, seed, uris, bypass):
     rng = random.Random(seed)
     src_kind = rng.choice(["vhd", "file", "memory"])
     dst_kind = rng.choice(["vhd", "file", "memory"])
@@ -99,6 +112,7 @@ def one_run(scratch, seed, bypass=False):
 
     with nbdkit(d, *dargs, *dextra, plugin=dplug, filters=dfilters) as duri, \
          nbdkit(d, *sargs, *sextra, plugin=splug, filters=sfilters) as suri:
+        uris += [duri, suri]
         prefill(suri, size, seed, fraction=rng.choice([0.2, 0.6]))
         r = ctl(ctl_sock, "start", dest=duri, connections=dest_conns)
         if not r.get("ok"):

@@ -36,9 +36,13 @@ class TAP:
         else:
             self.failed += 1
             print(f"not ok {self.n} - {desc}", flush=True)
+            # On stderr too, as Test::More's diag does: prove (and so the
+            # make check log) shows stderr but not a passing test's stdout.
+            print(f"# failed: {self.n} - {desc}", file=sys.stderr, flush=True)
             if diag:
                 for line in str(diag).splitlines():
                     print(f"#   {line}", flush=True)
+                    print(f"#   {line}", file=sys.stderr, flush=True)
         return cond
 
     def eq(self, got, want, desc):
@@ -65,11 +69,20 @@ def stop_disk_services(top):
         for f in files:
             if not f.endswith(".pid"):
                 continue
+            path = os.path.join(d, f)
             try:
-                pid = int(open(os.path.join(d, f)).read().split()[0])
-                with open(f"/proc/{pid}/comm") as c:
-                    if c.read().strip() == "nbdkit":
-                        os.kill(pid, signal.SIGKILL)
+                pid = int(open(path).read().split()[0])
+                # Only the nbdkit that wrote this pidfile (-P PATH): a
+                # stale pidfile's number may belong to someone else's
+                # nbdkit by now, e.g. another test's running alongside.
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    argv = c.read().split(b"\0")
+                mine = os.path.realpath(path)
+                if os.path.basename(argv[0]) == b"nbdkit" and any(
+                        a.startswith(b"/") and
+                        os.path.realpath(os.fsdecode(a)) == mine
+                        for a in argv):
+                    os.kill(pid, signal.SIGKILL)
             except (OSError, ValueError, IndexError):
                 pass
 
@@ -124,6 +137,18 @@ def nbdkit_ready(pidfile, proc, timeout=30):
     return True
 
 
+# The log of each nbdkit that nbdkit() started, by URI, once it stopped:
+# a failing test can show what the server said (nbdkit_log_errors).
+NBDKIT_LOGS = {}
+
+
+def nbdkit_log_errors(uri, limit=20):
+    """The error lines of a stopped nbdkit's log, for a failure's diag."""
+    lines = [ln for ln in NBDKIT_LOGS.get(uri, "").splitlines()
+             if "error" in ln.lower()]
+    return "\n".join(lines[-limit:])
+
+
 @contextlib.contextmanager
 def nbdkit(scratch, *args, plugin=PLUGIN, filters=()):
     """Start nbdkit on a unix socket; yield its NBD URI; stop it."""
@@ -142,6 +167,7 @@ def nbdkit(scratch, *args, plugin=PLUGIN, filters=()):
             raise RuntimeError(f"nbdkit exited {p.returncode}: {log.read()}")
         yield f"nbd+unix:///?socket={sock}"
     finally:
+        early = p.poll()
         p.terminate()
         try:
             p.wait(timeout=30)
@@ -151,6 +177,10 @@ def nbdkit(scratch, *args, plugin=PLUGIN, filters=()):
         log.seek(0)
         out = log.read()
         log.close()
+        if early is not None:
+            out += (f"\nsxmtest: error: this nbdkit had exited "
+                    f"({early}) before the test stopped it\n")
+        NBDKIT_LOGS[f"nbd+unix:///?socket={sock}"] = out
         if "ERROR: AddressSanitizer" in out or "runtime error:" in out:
             tap.ok(False, "sanitizer report from nbdkit", out)
 

@@ -40,5 +40,8 @@ t1=$(date +%s)
 rc=$?
 awk '/^(ok|not ok|1\.\.[0-9]+|#)/ { print; next } /^sxm-rig: scenario exit/ { next } { print "# " $0 }' "$log"
 grep -q '^1\.\.' "$log" || { echo "1..1"; echo "not ok 1 - the rig ran the scenario (run-rig exit $rc)"; }
+# A failure's context on stderr too, where prove (and make check's log) shows it.
+grep -A25 '^not ok' "$log" | sed 's/^/# /' >&2
+grep -q '^1\.\.' "$log" || tail -40 "$log" | sed 's/^/# /' >&2
 echo "# rig: build/check $((t1 - t0)) s, boot and scenario $(( $(date +%s) - t1 )) s"
 exit 0
