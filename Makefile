@@ -176,6 +176,7 @@ bench: all
 	bench/vhd-read.sh
 	bench/vhd-write.sh
 	bench/copy.sh
+	bench/copy-vhd.sh
 	bench/mirror.sh
 	bench/xenmem.sh
 	bench/migrate.sh

@@ -60,7 +60,9 @@ usage (FILE *fp)
 "Copy a disk, reading only the extents the source reports as allocated.\n"
 "SOURCE and DESTINATION: an NBD URI (nbd://, nbds://, nbd+unix://,\n"
 "nbds+unix://; TLS credentials via tls-psk-file= or tls-certificates=),\n"
-"a file or a block device; DESTINATION may also be null:.\n"
+"a VHD (*.vhd, or any file whose footer says VHD: the disk it holds,\n"
+"parents included; a new *.vhd destination is created dynamic), a file\n"
+"or a block device; DESTINATION may also be null:.\n"
 "\n"
 "  -C, --connections=N     connections per side (default: one per core,\n"
 "                          2 to 4; 1 unless both NBD ends allow multi-conn)\n"
@@ -80,6 +82,10 @@ usage (FILE *fp)
 "      --target-is-zero    the destination is known to read zeros\n"
 "      --no-zero-detect    write all-zero source blocks as data\n"
 "      --no-flush          do not flush the destination at the end\n"
+"                          (a VHD destination's metadata is written anyway)\n"
+"      --raw               local files are bytes, never read or written as VHD\n"
+"      --create[=dynamic|fixed]  DESTINATION must not exist; created (as a\n"
+"                          VHD if named *.vhd or a type is given)\n"
 "      --insecure          allow plaintext nbd:// to a non-loopback host\n"
 "      --live=SOCKET       live copy under nbdkit-mirror-filter: SOURCE is the\n"
 "                          nbdkit serving the running guest's disk, SOCKET\n"
@@ -312,7 +318,7 @@ main (int argc, char **argv)
 {
   enum { O_REQSIZE = 256, O_SEGSIZE, O_JSON, O_VERIFY, O_VERIFY_ONLY,
          O_CKPT, O_CKPT_INT, O_RATE, O_RETRIES, O_TZERO, O_NOZD, O_NOFLUSH,
-         O_INSECURE, O_TIMEOUT, O_LIVE, O_HELP, O_VERSION };
+         O_INSECURE, O_TIMEOUT, O_LIVE, O_RAW, O_CREATE, O_HELP, O_VERSION };
   static const struct option long_opts[] = {
     { "connections", required_argument, NULL, 'C' },
     { "requests", required_argument, NULL, 'R' },
@@ -332,6 +338,8 @@ main (int argc, char **argv)
     { "no-flush", no_argument, NULL, O_NOFLUSH },
     { "insecure", no_argument, NULL, O_INSECURE },
     { "timeout", required_argument, NULL, O_TIMEOUT },
+    { "raw", no_argument, NULL, O_RAW },
+    { "create", optional_argument, NULL, O_CREATE },
     { "quiet", no_argument, NULL, 'q' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, O_HELP },
@@ -343,6 +351,7 @@ main (int argc, char **argv)
   char *live_copy_uri = NULL;
   bool live_dest_zero = false;
   struct endpoint src = { 0 }, dst = { 0 };
+  struct local_opts lo = { 0 };
   struct conn src0 = { 0 }, dst0 = { 0 };
   struct copy cp = { .o = &opts, .src = &src, .dst = &dst,
                      .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -421,6 +430,18 @@ main (int argc, char **argv)
         goto bad_arg;
       break;
     case O_LIVE: live = optarg; break;
+    case O_RAW: lo.raw = true; break;
+    case O_CREATE:
+      lo.create = true;
+      if (optarg == NULL)
+        lo.create_kind = CREATE_AUTO;
+      else if (strcmp (optarg, "dynamic") == 0)
+        lo.create_kind = CREATE_DYNAMIC;
+      else if (strcmp (optarg, "fixed") == 0)
+        lo.create_kind = CREATE_FIXED;
+      else
+        goto bad_arg;
+      break;
     case 'q': quiet = true; break;
     case 'v': opts.verbose = true; break;
     case O_HELP: usage (stdout); exit (EXIT_OK);
@@ -476,6 +497,15 @@ main (int argc, char **argv)
     }
     src_name = dst_name = live_copy_uri;
   }
+  if (lo.raw && lo.create_kind != CREATE_AUTO) {
+    fprintf (stderr, "sxm-copy: --raw and --create=%s contradict each other\n",
+             lo.create_kind == CREATE_FIXED ? "fixed" : "dynamic");
+    exit (EXIT_USAGE);
+  }
+  if (lo.create && (verify_only || live)) {
+    fprintf (stderr, "sxm-copy: --create needs a destination to write\n");
+    exit (EXIT_USAGE);
+  }
   if (verify_only && opts.checkpoint) {
     fprintf (stderr, "sxm-copy: --verify-only copies nothing: --checkpoint "
              "makes no sense with it\n");
@@ -487,9 +517,9 @@ main (int argc, char **argv)
 
   src.timeout = dst.timeout = opts.timeout;
   /* Probe both ends; nothing has been written if this fails. */
-  if (endpoint_open (&src, src_name, false, false, 0, &src0) == -1)
+  if (endpoint_open (&src, src_name, false, false, 0, &lo, &src0) == -1)
     exit (EXIT_REFUSED);
-  if (endpoint_open (&dst, dst_name, true, !verify_only, src.size,
+  if (endpoint_open (&dst, dst_name, true, !verify_only, src.size, &lo,
                      &dst0) == -1)
     exit (EXIT_REFUSED);
   /* Live: the copy export's block status is the source's, not the
@@ -613,6 +643,11 @@ main (int argc, char **argv)
   summary (&cp, wall, status);
   src.ops->disconnect (&src0);
   dst.ops->disconnect (&dst0);
+  /* A VHD destination's metadata is written here: a failure is the
+   * copy's. */
+  if (endpoint_close (&dst) == -1 && status == EXIT_OK)
+    status = EXIT_FAILED;
+  endpoint_close (&src);
   free (cp.done_map);
   free (cp.counted_map);
   free (cp.seg_alloc);

@@ -560,10 +560,8 @@ static struct vhd_layer *open_layer (const char *path, enum vhd_size_rule,
 static int locate_footer (int fd, uint64_t file_size, uint8_t *fbuf,
                           bool *from_copy);
 
-/* Whether PATH carries a VHD footer (at the end, or the copy at 0): 1, 0,
- * or -1 if it cannot be read (errno). */
-static int
-has_vhd_footer (const char *path)
+int
+vhd_has_footer (const char *path)
 {
   uint8_t f[VHD_FOOTER_SIZE];
   struct stat st;
@@ -688,7 +686,7 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
           free (path);
           return -1;
         }
-      if (raw_wanted && has_vhd_footer (path) == 0) {
+      if (raw_wanted && vhd_has_footer (path) == 0) {
         p = open_raw_parent (l, path, devs, inos);
         if (!p) {
           free (path);

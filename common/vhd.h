@@ -188,6 +188,10 @@ int vhd_coalesce (const char *child, uint64_t *copied);
 /* Grow a dynamic or differencing image to NEW_SIZE (offline), relocating
  * the BAT to the end of the file if it is too small (vhd-resize.c). */
 int vhd_resize (const char *path, uint64_t new_size);
+/* Whether PATH carries a VHD footer cookie (at the end, or the copy at 0,
+ * where opening looks): 1, 0, or -1 if it cannot be read (errno).  Nothing
+ * else is checked: opening says what is wrong with it. */
+int vhd_has_footer (const char *path);
 /* Whether PATH is a differencing VHD whose parent has UUID (quiet; finds
  * the footer exactly as opening does). */
 bool vhd_is_child_of (const char *path, const uint8_t uuid[16]);

@@ -39,4 +39,16 @@ small="$scratch/small.raw"; truncate -s 128M "$small"
 sm=$(losetup -f --show "$small"); loops+=("$sm")
 "$SXM_COPY" -q "$src" "$sm" 2>"$scratch/err"; rc=$?
 [ $rc -eq 4 ] && grep -q smaller "$scratch/err"; ok $? "smaller device refused (exit 4)"
+
+# A block device holding a VHD (as an LVM-based SR's volumes do): read as
+# the disk it holds, said; never written as a VHD (it cannot grow).
+qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$src" "$scratch/v.vhd"
+vdev=$(losetup -f --show "$scratch/v.vhd"); loops+=("$vdev")
+"$SXM_COPY" -q "$vdev" "$scratch/vout.raw" 2>"$scratch/err"; rc=$?
+[ $rc -eq 0 ] && cmp -s "$src" "$scratch/vout.raw" && grep -q "holds a VHD" "$scratch/err"
+ok $? "a device holding a VHD is read as its disk, and that is said"
+cp "$scratch/v.vhd" "$scratch/v.before"
+"$SXM_COPY" -q "$src" "$vdev" 2>"$scratch/err"; rc=$?
+[ $rc -eq 4 ] && grep -q -- "--raw" "$scratch/err" && cmp -s "$scratch/v.vhd" "$scratch/v.before"
+ok $? "writing a device holding a VHD as one: refused (exit 4), untouched"
 done_testing

@@ -19,6 +19,8 @@
 struct conn;
 struct req;
 struct worker;
+struct vhd_layer;
+struct endpoint;
 
 /* Called once per extent, in order, covering the asked range exactly.
  * 'zero' means the range is known to read as zeros. */
@@ -45,6 +47,10 @@ struct endpoint_ops {
   /* Give up on a connection whose server stopped answering: its requests
    * then complete with errors (NULL for synchronous endpoints). */
   void (*abandon) (struct conn *c);
+  /* After every connection is gone: release the endpoint, making what was
+   * written durable where the format needs it (a VHD's metadata).  -1 with
+   * a message printed.  NULL: nothing to do. */
+  int (*close) (struct endpoint *ep);
 };
 
 struct endpoint {
@@ -65,6 +71,12 @@ struct endpoint {
   /* file endpoints */
   int fd;
   bool is_bdev, created;
+  /* VHD endpoints (vhd-ops.c): the opened chain, shared by all workers */
+  struct vhd_layer *vhd;
+  struct vhd_writeback {        /* page-cache hygiene of a VHD destination */
+    pthread_mutex_t lock;
+    uint64_t started, dropped;  /* file offsets reached */
+  } vwb;
 };
 
 #define WRITEBACK_WINDOW 16
@@ -100,12 +112,23 @@ struct req {
 /* copy-loop.c */
 void req_complete (struct req *r, int err);
 
+/* How a local file is taken (--raw, --create). */
+enum vhd_create_kind { CREATE_AUTO, CREATE_DYNAMIC, CREATE_FIXED };
+struct local_opts {
+  bool raw;                     /* --raw: files are bytes, never VHDs */
+  bool create;                  /* --create: the destination must not exist */
+  enum vhd_create_kind create_kind;
+};
+
 /* Endpoint constructors: parse NAME, probe it with a first connection
  * (which is kept as worker 0's connection in *first).  -1 with a message
  * printed: such failures happen before anything is written. */
-extern const struct endpoint_ops nbd_ops, file_ops, null_ops;
+extern const struct endpoint_ops nbd_ops, file_ops, null_ops, vhd_ops;
 int endpoint_open (struct endpoint *ep, const char *name, bool is_dest,
-                   bool writable, uint64_t want_size, struct conn *first);
+                   bool writable, uint64_t want_size,
+                   const struct local_opts *lo, struct conn *first);
+/* The endpoint's close op, if any: 0, or -1 with a message printed. */
+int endpoint_close (struct endpoint *ep);
 
 /* nbd-ops.c: the libnbd error of the last failed call, for messages. */
 const char *nbd_last_error (void);

@@ -1,16 +1,23 @@
 /* Choosing and probing an endpoint from what the user wrote:
  *   null:        destination only: discards writes (benchmarks)
  *   SCHEME://... an NBD URI, handed to libnbd
- *   anything else a local file or block device
+ *   a VHD        a file named *.vhd, or any file or block device whose
+ *                footer says VHD: the virtual disk it holds (vhd-ops.c);
+ *                a new *.vhd destination (or --create=dynamic|fixed) is
+ *                created as a VHD
+ *   anything else a local file or block device, as bytes (--raw: always)
  * Every failure here happens before a byte is written. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +25,7 @@
 
 #include "copy.h"
 #include "nbdpolicy.h"
+#include "vhd.h"
 
 /* Security defaults (common/nbdpolicy.c): plaintext NBD over TCP only to
  * loopback unless --insecure; TLS key material must not be readable by
@@ -124,10 +132,112 @@ file_probe (struct endpoint *ep, struct conn *c, uint64_t want_size)
   return ep->ops->connect (c);
 }
 
+static bool
+named_vhd (const char *name)
+{
+  size_t n = strlen (name);
+  return n > 4 && strcasecmp (name + n - 4, ".vhd") == 0;
+}
+
+/* A new VHD destination: dynamic unless --create=fixed, 2 MiB blocks (what
+ * XenServer and Hyper-V use), exactly the source's size rounded up to
+ * whole sectors (a VHD holds nothing else; the extra bytes read zeros and
+ * are said). */
+static int
+vhd_create_dest (struct endpoint *ep, enum vhd_create_kind kind,
+                 uint64_t want_size)
+{
+  uint64_t size = (want_size + 511) / 512 * 512;
+  uint8_t uuid[16];
+
+  if (getrandom (uuid, sizeof uuid, 0) != sizeof uuid) {
+    fprintf (stderr, "sxm-copy: %s: getrandom: %m\n", ep->name);
+    return -1;
+  }
+  uuid[6] = (uuid[6] & 0x0f) | 0x40;    /* RFC 4122 version 4 */
+  uuid[8] = (uuid[8] & 0x3f) | 0x80;
+  if (size != want_size)
+    fprintf (stderr, "sxm-copy: %s: a VHD holds whole 512-byte sectors: "
+             "created with %" PRIu64 " bytes for the source's %" PRIu64
+             " (the last %" PRIu64 " read zeros)\n", ep->name, size,
+             want_size, size - want_size);
+  if (vhd_create (ep->name, kind == CREATE_FIXED ? VHD_TYPE_FIXED
+                                                 : VHD_TYPE_DYNAMIC,
+                  size, 2 << 20, uuid) == -1)
+    return -1;
+  ep->created = true;
+  return 0;
+}
+
+static int
+vhd_probe (struct endpoint *ep, const struct local_opts *lo,
+           uint64_t want_size, bool exists, struct conn *c)
+{
+  struct stat st;
+
+  ep->ops = &vhd_ops;
+  if (exists && stat (ep->name, &st) == 0 && S_ISBLK (st.st_mode) &&
+      ep->writable) {
+    fprintf (stderr, "sxm-copy: %s: a block device holding a VHD cannot be "
+             "written as one (the image would need to grow); --raw writes "
+             "the disk's bytes over it\n", ep->name);
+    return -1;
+  }
+  if (!exists && vhd_create_dest (ep, lo->create_kind, want_size) == -1)
+    return -1;
+  ep->vhd = ep->writable ? vhd_open_chain_rw (ep->name, VHD_SIZE_CURRENT)
+                         : vhd_open_chain (ep->name, VHD_SIZE_CURRENT);
+  if (!ep->vhd)
+    return -1;                  /* vhd.c said why, naming field and offset */
+  pthread_mutex_init (&ep->vwb.lock, NULL);
+  /* Hygiene covers what this copy appends, not what was there. */
+  ep->vwb.started = ep->vwb.dropped = ep->vhd->data_end;
+  ep->size = ep->vhd->size;
+  ep->readonly = ep->writable && !ep->vhd->writable;
+  ep->multi_conn = true;
+  ep->has_extents = true;
+  ep->can_zero = ep->can_fast_zero = true;
+  ep->zero_init = ep->created;
+  return ep->ops->connect (c);
+}
+
+/* Whether the local file NAME is taken as a VHD: 1, 0, or -1 refused
+ * (message printed). */
+static int
+local_is_vhd (struct endpoint *ep, const struct local_opts *lo, bool exists)
+{
+  bool named = named_vhd (ep->name);
+  int footer;
+
+  if (lo->raw)
+    return 0;
+  if (!exists)
+    return ep->is_dest && (named || lo->create_kind != CREATE_AUTO);
+  footer = vhd_has_footer (ep->name);
+  if (footer == -1)
+    return 0;                   /* file_probe reports the error */
+  if (footer == 1 && !named)
+    fprintf (stderr, "sxm-copy: %s: holds a VHD (its footer says so): "
+             "%s the disk it holds; --raw %s the file's bytes\n", ep->name,
+             ep->is_dest ? "writing" : "copying",
+             ep->is_dest ? "overwrites" : "copies");
+  if (footer == 0 && named) {
+    fprintf (stderr, "sxm-copy: %s: named .vhd but no VHD footer at its end "
+             "or at offset 0; --raw takes it as plain bytes\n", ep->name);
+    return -1;
+  }
+  return footer;
+}
+
 int
 endpoint_open (struct endpoint *ep, const char *name, bool is_dest,
-               bool writable, uint64_t want_size, struct conn *first)
+               bool writable, uint64_t want_size,
+               const struct local_opts *lo, struct conn *first)
 {
+  struct stat st;
+  bool exists;
+  int v;
+
   ep->name = name;
   ep->is_dest = is_dest;
   ep->writable = writable;
@@ -145,5 +255,22 @@ endpoint_open (struct endpoint *ep, const char *name, bool is_dest,
   }
   if (strstr (name, "://"))
     return nbd_probe (ep, first);
+  exists = stat (name, &st) == 0;
+  if (is_dest && exists && lo->create) {
+    fprintf (stderr, "sxm-copy: %s: exists; --create makes a new image and "
+             "never overwrites one\n", name);
+    return -1;
+  }
+  v = local_is_vhd (ep, lo, exists);
+  if (v == -1)
+    return -1;
+  if (v == 1)
+    return vhd_probe (ep, lo, want_size, exists, first);
   return file_probe (ep, first, want_size);
+}
+
+int
+endpoint_close (struct endpoint *ep)
+{
+  return ep->ops && ep->ops->close ? ep->ops->close (ep) : 0;
 }
