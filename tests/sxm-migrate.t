@@ -145,7 +145,7 @@ class Source:
 
 class Receiver:
     def __init__(self, sr, ndisks=1, memory="none", expires=120, env=None,
-                 extra=()):
+                 extra=(), pass_fds=()):
         self.sr = sr
         os.makedirs(sr, exist_ok=True)
         self.before = set(os.listdir(sr))
@@ -160,7 +160,8 @@ class Receiver:
             args += ["--disk", str(SIZE)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
-                                     env=env or nbdkit_env())
+                                     env=env or nbdkit_env(),
+                                     pass_fds=pass_fds)
         self.token = self.proc.stdout.readline().strip()
         self.out = self.err = ""
 
@@ -179,13 +180,13 @@ class Receiver:
 
 
 def migrate(token_file, ctls, *extra, env=None, timeout=300, wait=True,
-            sub="migrate"):
+            sub="migrate", pass_fds=()):
     args = [SXM, sub, "--token-file", token_file]
     for c in ctls:
         args += ["--disk", c]
     args += list(extra)
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env or nbdkit_env())
+                         text=True, env=env or nbdkit_env(), pass_fds=pass_fds)
     if not wait:
         return p
     out, err = p.communicate(timeout=timeout)
@@ -251,6 +252,69 @@ def vhd_check(f):
     return subprocess.run([SXM_VHD, "check", f], capture_output=True).returncode == 0
 
 
+def events(f):
+    """Every line of a --progress file, parsed (ValueError if one is not
+    JSON)."""
+    f.seek(0)
+    return [json.loads(line) for line in f.read().splitlines()]
+
+
+def progress_checks(mprog, rprog, summary):
+    """--progress json: every line parses, version 1, time never goes
+    back; migrate's phases in order, each disk's copied bytes only grow up
+    to its total, rounds numbered from 0 with the paused one last, a
+    switchover, and an end with exit 0 carrying the summary; receive's
+    phases and end."""
+    try:
+        me, re_ = events(mprog), events(rprog)
+    except ValueError as e:
+        tap.ok(False, "--progress: every line is JSON", str(e))
+        return
+    allev = me + re_
+    # In the order they happened, except "paused": stamped when the guest
+    # was paused, told when the memory phase ends.
+    timed = [e for e in me if e.get("phase") != "paused"]
+    tap.ok(allev and all(e.get("version") == 1 and "event" in e
+                         for e in allev) and
+           all(a["t_ms"] <= b["t_ms"] for a, b in zip(timed, timed[1:])),
+           f"--progress: {len(me)} + {len(re_)} JSON lines, version 1, "
+           "in time order", allev[:3])
+    phases = [e["phase"] for e in me if e["event"] == "phase"]
+    tap.eq([p for p in phases if p != "paused"],
+           ["start", "check", "mirror", "copy", "memory", "complete"],
+           "migrate --progress: the phases in order")
+    disk = [e for e in me if e["event"] == "disk"]
+    done = [e["done_bytes"] for e in disk]
+    tap.ok(len(disk) >= 3 and done == sorted(done) and
+           done[-1] == disk[-1]["total_bytes"] > 0,
+           f"disk events: the copy's done bytes only grow, {len(disk)} "
+           f"samples, up to the total ({done[-1] if done else None})",
+           [(e["done_bytes"], e["total_bytes"]) for e in disk])
+    rounds = [e for e in me if e["event"] == "round"]
+    tap.ok(rounds and [e["round"] for e in rounds] ==
+           list(range(len(rounds))) and rounds[-1]["paused"] is True and
+           len(rounds) == summary.get("memory", {}).get("rounds"),
+           f"round events: {len(rounds)}, numbered, the paused one last, "
+           "as many as the summary's rounds", rounds)
+    end = me[-1] if me else {}
+    tap.ok(any(e["event"] == "switchover" and e.get("verified") is True
+               for e in me) and end.get("event") == "end" and
+           end.get("exit") == 0 and end.get("result") == "migrated" and
+           end.get("summary", {}).get("memory", {}).get("rounds") ==
+           summary.get("memory", {}).get("rounds"),
+           "a verified switchover event; the last event is the end: exit 0, "
+           "migrated, with the summary", end)
+    rend = re_[-1] if re_ else {}
+    tap.ok([e["phase"] for e in re_ if e["event"] == "phase"] ==
+           ["start", "waiting", "committed"] and
+           rend.get("event") == "end" and rend.get("exit") == 0 and
+           rend.get("result") == "received" and
+           rend.get("summary", {}).get("rounds") ==
+           summary.get("memory", {}).get("rounds"),
+           "receive --progress: start, waiting, committed, then the end "
+           "(exit 0, received, the memory report)", re_)
+
+
 def main(scratch):
     seed = int(os.environ.get("SXM_MIGRATE_SEED", random.randrange(1 << 30)))
     tap.diag(f"SXM_MIGRATE_SEED={seed}")
@@ -259,15 +323,23 @@ def main(scratch):
     # --- 1. the whole migration: disk + uffd memory, a guest writing ------
     src = Source(os.path.join(S, "src1"), seed)
     w = Writer(src.uri, seed).start()
+    # Both sides' --progress events go to files, through the descriptors
+    # they are open on here.
+    rprog = open(os.path.join(S, "recv-progress.json"), "w+")
+    mprog = open(os.path.join(S, "migrate-progress.json"), "w+")
     rcv = Receiver(os.path.join(S, "sr1"), memory="uffd",
-                   extra=("--check", "0.3"))
+                   extra=("--check", "0.3", "--progress",
+                          f"json:{rprog.fileno()}"),
+                   pass_fds=(rprog.fileno(),))
     sj = os.path.join(S, "summary1.json")
     png = os.path.join(S, "timeline1.png")
     rc, out, err = migrate(rcv.token_file, [src.ctl], "--memory", "uffd",
                            "--memory-opt=--guest-mem=64M",
                            "--memory-opt=--dirty-rate=8M",
                            "--copy-rate=64M", "--verify", "--summary-json", sj,
-                           "--timeline", png)
+                           "--timeline", png,
+                           f"--progress=json:{mprog.fileno()}",
+                           pass_fds=(mprog.fileno(),))
     acked_before = w.acked
     w.finish()
     rrc = rcv.finish()
@@ -306,6 +378,19 @@ def main(scratch):
            f"({(summary.get('switchover') or [{}])[0].get('flush_ms')} ms)")
     tap.ok(os.path.exists(png) and open(png, "rb").read(4) == b"\x89PNG",
            "timeline plot written", err)
+    progress_checks(mprog, rprog, summary)
+    p = subprocess.run([SXM, "migrate", "--progress", "json:1", "--token",
+                        "sxm1.bm90IGEgdG9rZW4K", "--disk", src.ctl],
+                       capture_output=True, text=True, timeout=60)
+    try:
+        last = json.loads(p.stdout.splitlines()[-1])
+    except (ValueError, IndexError):
+        last = {"unparsed": p.stdout}
+    tap.ok(p.returncode == 2 and last.get("event") == "end" and
+           last.get("exit") == 2 and last.get("result") == "usage-error" and
+           last.get("error") and last["error"] in p.stderr,
+           "a refused migrate still ends its events: exit 2, usage-error, "
+           "the message", f"{p.stdout}\n{p.stderr}")
     tap.ok(re.search(r"\n  memory: backend uffd, \d+ rounds, \d+ bytes of RAM", err)
            and re.search(r"\n  downtime: [\d.]+ ms \(guest paused to running on "
                          r"the destination\), of which disk switchover", err)

@@ -281,6 +281,43 @@ def main(scratch):
            sj.get("rounds", 0) <= 5,
            "non-converging: the stop reason says why", sj)
 
+    # --progress=json:FD: one line per round while it runs, the same
+    # rounds as the final report.
+    addr = "unix:" + os.path.join(S, "m4.sock")
+    r = start_recv(addr)
+    rfd, wfd = os.pipe()
+    p = subprocess.Popen([XENMEM, "send", "--backend=uffd", "-q", "--json",
+                          "--timeout=20", "--guest-mem=64M",
+                          "--dirty-rate=64M", "--rate=128M",
+                          f"--progress=json:{wfd}", addr],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, pass_fds=(wfd,))
+    os.close(wfd)
+    with os.fdopen(rfd) as f:
+        lines = f.read().splitlines()
+    out, err = p.communicate(timeout=120)
+    rrc, rj, re_ = finish(r)
+    sj = parse(out)
+    try:
+        ev = [json.loads(x) for x in lines]
+    except ValueError:
+        ev = [{"unparsed": lines}]
+    stats = sj.get("round_stats", [])
+    tap.ok(p.returncode == 0 and rrc == 0 and len(ev) == len(stats) >= 2 and
+           all(e.get("version") == 1 and e.get("event") == "round"
+               for e in ev) and
+           [e.get("round") for e in ev] == [x.get("round") for x in stats] and
+           [e.get("pages") for e in ev] == [x.get("pages") for x in stats] and
+           ev[-1].get("paused") is True and
+           not any(e.get("paused") for e in ev[:-1]),
+           "--progress=json:FD: a line per round, as the report has them, "
+           "the paused one last", f"{lines}\n{stats}\n{err}")
+    p = subprocess.run([XENMEM, "receive", "--backend=uffd",
+                        "--progress=json", addr], capture_output=True,
+                       text=True, timeout=30)
+    tap.ok(p.returncode == 2 and "send only" in p.stderr,
+           "--progress on receive: exit 2", p.stderr)
+
     # --- refusals --------------------------------------------------------
     port = free_port()
     # The receiver drops the stranger and waits on for the real sender

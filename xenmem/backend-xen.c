@@ -242,6 +242,9 @@ policy (struct precopy_stats st, void *data)
                X->rounds, X->round_pages, secs, X->bw / 1048576);
     jbuf_add (&X->rstats, "%s{\"round\":%u,\"pages\":%ld,\"seconds\":%.4f}",
               X->rounds ? "," : "", X->rounds, X->round_pages, secs);
+    /* The dirty count comes with the next decision, not here. */
+    xm_progress_round (X->o, X->rounds, false, X->round_pages,
+                       X->round_pages * (uint64_t) XM_PAGE_SIZE, secs, -1, 0);
     X->rounds++;
     return XGS_POLICY_CONTINUE_PRECOPY;
   }

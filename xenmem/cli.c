@@ -41,6 +41,7 @@ xm_cli_usage (FILE *f)
 "  --json[=FILE]           final report as one JSON object (stdout or FILE)\n"
 "  -q, --quiet             no per-round lines\n"
 " send:\n"
+"  --progress=json[:FD]    one JSON line per pre-copy round on FD (default 2)\n"
 "  --downtime-ms=MS        stop-and-copy once predicted downtime <= MS (30)\n"
 "  --max-rounds=N          at most N pre-copy rounds (30)\n"
 "  --rate=BYTES            bandwidth limit, bytes/s (k/M/G suffixes)\n"
@@ -82,7 +83,7 @@ enum {
   O_BACKEND = 256, O_DOMID, O_PSK, O_IDENT, O_X509, O_INSECURE, O_TIMEOUT,
   O_JSON, O_DOWNTIME, O_ROUNDS, O_RATE, O_VERIFY, O_GMEM, O_DRATE, O_DSIZE,
   O_WARMUP, O_CHECK, O_ACCEPT, O_ABORT, O_DISK, O_DISK_RATE, O_DISK_SLOTS,
-  O_MONITOR, O_GUEST, O_DISK_MAP, O_CHECK_ONLY, O_DISK_SCRIPT,
+  O_MONITOR, O_GUEST, O_DISK_MAP, O_CHECK_ONLY, O_DISK_SCRIPT, O_PROGRESS,
 };
 
 static const struct option longopts[] = {
@@ -97,6 +98,7 @@ static const struct option longopts[] = {
   { "abort", no_argument, NULL, O_ABORT },
   { "json", optional_argument, NULL, O_JSON },
   { "quiet", no_argument, NULL, 'q' },
+  { "progress", required_argument, NULL, O_PROGRESS },
   { "downtime-ms", required_argument, NULL, O_DOWNTIME },
   { "max-rounds", required_argument, NULL, O_ROUNDS },
   { "rate", required_argument, NULL, O_RATE },
@@ -191,6 +193,30 @@ take_option (struct xm_cli *cli, int c, const char *arg, unsigned flags,
   case O_X509: cli->tls.x509_dir = arg; break;
   case O_INSECURE: cli->tls.insecure = true; break;
   case O_JSON: cli->json = true; cli->json_file = arg; break;
+  case O_PROGRESS: {
+    /* A monitor's request names no descriptor of the monitor's own. */
+    unsigned long fd = 2;
+    char *end = NULL;
+    if (flags & XM_CLI_MONITOR)
+      return usage_error ("--progress: not through a monitor");
+    if (strncmp (arg, "json", 4) != 0 || (arg[4] && arg[4] != ':'))
+      return usage_error ("--progress=%s: expected json or json:FD", arg);
+    if (arg[4] == ':') {
+      errno = 0;
+      fd = strtoul (arg + 5, &end, 10);
+      if (errno || end == arg + 5 || *end || fd < 1 || fd > 1 << 20)
+        return usage_error ("--progress=%s: FD: a descriptor number", arg);
+    }
+    if (cli->so.progress && cli->so.progress != stderr &&
+        cli->so.progress != stdout)
+      fclose (cli->so.progress);
+    cli->so.progress = fd == 2 ? stderr : fd == 1 ? stdout
+                                        : fdopen ((int) fd, "w");
+    if (!cli->so.progress)
+      return usage_error ("--progress=%s: descriptor %lu: %s", arg, fd,
+                          strerror (errno));
+    break;
+  }
   case 'q': cli->quiet = true; break;
   case O_VERIFY: cli->so.verify_memory = true; break;
   case O_ABORT: cli->abort_ = true; break;
@@ -335,6 +361,11 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
     return usage_error ("--check-only is for send with the xen backend");
   if (cli->abort_ && !send)
     return usage_error ("--abort is for send only");
+  if (cli->so.progress && !send)
+    return usage_error ("--progress is for send only");
+  if (cli->so.progress && cli->guest)
+    return usage_error ("--progress with --guest: the rounds run in the "
+                        "monitor's process, which has no descriptor of ours");
   if (cli->guest && !send)
     return usage_error ("--guest is for send only");
   if (cli->guest && cli->guest_opt)
@@ -443,6 +474,10 @@ xm_cli_parse (struct xm_cli *cli, const char *mode, int argc,
 void
 xm_cli_free (struct xm_cli *cli)
 {
+  if (cli->so.progress && cli->so.progress != stderr &&
+      cli->so.progress != stdout)
+    fclose (cli->so.progress);
+  cli->so.progress = NULL;
   free (cli->argv);
   for (unsigned i = 0; i < cli->ndisk_map; i++)
     free (cli->disk_map_args[i]);

@@ -243,6 +243,21 @@ xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
   return 0;
 }
 
+void
+xm_progress_round (const struct xm_send_opts *o, unsigned round, bool paused,
+                   uint64_t pages, uint64_t bytes, double secs, int64_t dirty,
+                   double predicted_ms)
+{
+  if (!o->progress)
+    return;
+  fprintf (o->progress, "{\"version\":1,\"event\":\"round\",\"round\":%u,"
+           "\"paused\":%s,\"pages\":%" PRIu64 ",\"bytes\":%" PRIu64
+           ",\"seconds\":%.6f,\"dirty_pages\":%" PRId64
+           ",\"predicted_ms\":%.3f}\n", round, paused ? "true" : "false",
+           pages, bytes, secs, dirty, dirty < 0 ? -1.0 : predicted_ms);
+  fflush (o->progress);
+}
+
 static void
 round_line (const struct xm_send_opts *o, struct jbuf *rounds, uint32_t round,
             uint64_t sent, uint64_t zeros, uint64_t bytes, double secs,
@@ -264,6 +279,8 @@ round_line (const struct xm_send_opts *o, struct jbuf *rounds, uint32_t round,
             ",\"dirty_rate\":%.0f,\"bandwidth\":%.0f,\"predicted_ms\":%.3f}",
             rounds->len > 1 ? "," : "", round, paused ? "true" : "false",
             sent, zeros, bytes, secs, dirty, drate, bw, predicted_ms);
+  xm_progress_round (o, round, paused, sent, bytes, secs, (int64_t) dirty,
+                     predicted_ms);
 }
 
 /* The stop rule (engine.h): here, and nowhere else, for the engine's

@@ -51,6 +51,9 @@ struct xm_send_opts {
   uint64_t rate;                /* bytes/s on the wire, 0 = unlimited */
   bool verify_memory;           /* sha256 of all memory at pause, in END */
   bool quiet;                   /* no per-round lines on stderr */
+  /* --progress=json:FD: one JSON object per line for each pre-copy round
+   * (xm_progress_round), for an orchestrator to read while it runs. */
+  FILE *progress;
   /* NULL, or a command (argv, NULL-terminated) started when the guest is
    * paused and waited for before END; its failure resumes the source. */
   char *const *paused_hook;
@@ -146,6 +149,15 @@ const char *xm_stop_rule (struct xm_stop_state *st,
 /* R's predicted downtime in ms, as the rule sees it: DIRTY full pages at
  * BANDWIDTH, 1e9 when the bandwidth is not known. */
 double xm_predicted_ms (const struct xm_round_stats *r);
+
+/* A round ended: its line on O->progress, if set (doc/xenmem.pod,
+ * "PROGRESS"): {"version":1,"event":"round","round":N,"paused":B,
+ * "pages":P,"bytes":B,"seconds":S,"dirty_pages":D,"predicted_ms":M}, the
+ * last two -1 when not known (libxenguest tells the policy the dirty
+ * count only when it asks for the next decision).  Flushed at once. */
+void xm_progress_round (const struct xm_send_opts *o, unsigned round,
+                        bool paused, uint64_t pages, uint64_t bytes,
+                        double secs, int64_t dirty, double predicted_ms);
 
 /* --rate: a token bucket on wire bytes.  Spend LEN bytes at RATE bytes/s
  * (0: unlimited), sleeping off any debt; T starts as sxm_now ()
