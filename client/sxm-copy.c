@@ -619,6 +619,7 @@ main (int argc, char **argv)
     vc.mode = MODE_VERIFY;
     vc.alloc_done = vc.bytes_read = vc.bytes_written = 0;
     vc.bytes_zeroed = vc.bytes_skipped = 0;
+    vc.bytes_compared = vc.bytes_zero_checked = 0;
     memset (vc.done_map, 0, (vc.nseg + 7) / 8);
     memset (vc.counted_map, 0, (vc.nseg + 7) / 8);
     pthread_mutex_init (&vc.lock, NULL);
@@ -633,9 +634,14 @@ main (int argc, char **argv)
       status = EXIT_DIFFERS;
     }
     else if (!quiet)
-      fprintf (stderr, "sxm-copy: verify: %s and %s are identical "
-               "(%" PRIu64 " bytes compared)\n", src.name, dst.name,
-               vc.bytes_read);
+      /* Say what was counted: an admin compares these with the
+       * allocated size, and "bytes compared" alone double-counted reads. */
+      fprintf (stderr, "sxm-copy: verify: %s and %s are identical: "
+               "%" PRIu64 " bytes of data read on both sides and compared, "
+               "%" PRIu64 " bytes of the source's holes read as zeros on "
+               "the destination, %" PRIu64 " bytes zero on both per their "
+               "maps (not read)\n", src.name, dst.name,
+               vc.bytes_compared, vc.bytes_zero_checked, vc.bytes_skipped);
     if (verify_only)
       cp = vc;
   }

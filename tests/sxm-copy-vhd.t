@@ -24,9 +24,9 @@ SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
 SXM_VHD = os.path.join(ROOT, "client", "sxm-vhd")
 
 
-def copy(*args, timeout=120):
+def copy(*args, timeout=120, cwd=None):
     p = subprocess.run([SXM_COPY, *args], capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, cwd=cwd)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -134,6 +134,17 @@ def main(S):
     rc, _, err = copy("--verify", p("q.vhd"), p("v.vhd"))
     tap.ok(rc == 0 and "identical" in err, "--verify VHD -> VHD: identical",
            err)
+    # The line says what it counted, and the three counts cover the disk.
+    import re
+    m = re.search(r"identical: (\d+) bytes of data read on both sides and "
+                  r"compared, (\d+) bytes of the source's holes read as "
+                  r"zeros on the destination, (\d+) bytes zero on both", err)
+    src = vhd_info(p("q.vhd"))
+    tap.ok(m is not None and
+           sum(int(x) for x in m.groups()) == 100 * MiB and
+           int(m.group(1)) == src["blocks_allocated"] * src["block_size"],
+           "--verify counts: compared = the source's allocated blocks, "
+           "and compared + zero-checked + skipped = the disk", (err, src))
     rc, _, err = copy("-q", "--verify-only", p("q.vhd"), p("q-out.raw"))
     tap.eq(rc, 0, "--verify-only VHD against raw: equal")
     with open(p("q-out.raw"), "r+b") as f:
@@ -208,6 +219,21 @@ def main(S):
     rc2, _, err2 = copy("-q", "--verify-only", p("big.raw"), p("big2.vhd"))
     tap.ok(rc == 0 and rc2 == 0 and vhd_check(p("big2.vhd"))[0] == 0,
            "raw -> 6 GiB VHD: verified equal, checks clean", err + err2)
+
+    # --- a destination that reads like a mistyped sink or URI ---------------
+    # (as typed: a name with a directory in it is plainly a path)
+    for name in ("null", "nbd:localhost", "nbds+unix:sock"):
+        rc, _, err = copy("-q", "a.raw", name, cwd=S)
+        tap.ok(rc == 4 and "did you mean" in err and
+               not os.path.exists(p(name)),
+               f"destination '{name}' is refused (exit 4, did you mean), "
+               "nothing created", err)
+    rc, _, err = copy("-q", "--create", "a.raw", "null", cwd=S)
+    rc2, _, err2 = copy("-q", "a.raw", "./nbd:x", cwd=S)
+    tap.ok(rc == 0 and files_equal(p("a.raw"), p("null")) and rc2 == 0 and
+           files_equal(p("a.raw"), p("nbd:x")),
+           "--create makes a file named 'null', and ./nbd:x is a path",
+           err + err2)
 
     # --- killed mid-copy, resumed from the checkpoint ------------------------
     random_raw(p("r.raw"), 64 * MiB, 2, pieces=400)

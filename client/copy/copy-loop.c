@@ -634,6 +634,7 @@ handle_done (struct worker *w, struct req *r)
       if (op->refs == 1) {      /* the second of the two reads */
         const char *a = op->buf, *b = op->buf + cp->o->request_size;
         stat_add (&cp->bytes_read, 2 * op->len);
+        stat_add (&cp->bytes_compared, op->len);
         if (memcmp (a, b, op->len) != 0) {
           uint64_t i = 0;
           while (a[i] == b[i])
@@ -644,6 +645,7 @@ handle_done (struct worker *w, struct req *r)
       break;
     case OP_CHKZERO:
       stat_add (&cp->bytes_read, op->len);
+      stat_add (&cp->bytes_zero_checked, op->len);
       if (!buf_is_zero (op->buf, op->len)) {
         uint64_t i = 0;
         while (op->buf[i] == 0)

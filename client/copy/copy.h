@@ -170,6 +170,8 @@ struct copy {
   double rate_next;
   /* Statistics, atomics. */
   uint64_t alloc_done, bytes_read, bytes_written, bytes_zeroed, bytes_skipped;
+  uint64_t bytes_compared;      /* verify: data read on both sides, compared */
+  uint64_t bytes_zero_checked;  /* verify: source holes read on destination */
   uint64_t retries_done;
   /* Outcome. */
   int abort;                    /* atomic: stop everything */

@@ -229,6 +229,26 @@ local_is_vhd (struct endpoint *ep, const struct local_opts *lo, bool exists)
   return footer;
 }
 
+/* A destination that does not exist yet and whose name reads like a
+ * mistyped sink or URI ("null", "nbd:host", "nbd+unix:/s"): creating a
+ * file of that name is almost never what was meant.  The "did you mean"
+ * hint, or NULL when NAME is plainly a path. */
+static const char *
+mistyped (const char *name)
+{
+  static const char *const schemes[] = {
+    "nbd:", "nbds:", "nbd+unix:", "nbds+unix:", "nbd+vsock:", "nbds+vsock:",
+  };
+
+  if (strcmp (name, "null") == 0)
+    return "null: (the sink, with a colon)";
+  for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
+    if (strncasecmp (name, schemes[i], strlen (schemes[i])) == 0)
+      return "an NBD URI: SCHEME://HOST[:PORT]/EXPORT or "
+             "nbd+unix:///EXPORT?socket=PATH";
+  return NULL;
+}
+
 int
 endpoint_open (struct endpoint *ep, const char *name, bool is_dest,
                bool writable, uint64_t want_size,
@@ -256,6 +276,13 @@ endpoint_open (struct endpoint *ep, const char *name, bool is_dest,
   if (strstr (name, "://"))
     return nbd_probe (ep, first);
   exists = stat (name, &st) == 0;
+  if (is_dest && !exists && !lo->create && mistyped (name)) {
+    fprintf (stderr, "sxm-copy: %s: refusing to create a file of that name; "
+             "did you mean %s?  (--create makes the file anyway)\n",
+             name, mistyped (name));
+    errno = EINVAL;
+    return -1;
+  }
   if (is_dest && exists && lo->create) {
     fprintf (stderr, "sxm-copy: %s: exists; --create makes a new image and "
              "never overwrites one\n", name);
