@@ -5,13 +5,12 @@
  *   sxm-vhd snapshot [--uuid=U] PARENT CHILD
  *   sxm-vhd info [--json] [--size-from=current|chs|qemu] FILE.vhd
  *   sxm-vhd map  [--json] FILE.vhd
- *   sxm-vhd check FILE.vhd
+ *   sxm-vhd check [--xen] FILE.vhd
+ *   sxm-vhd repair FILE.vhd
  *
  *   sxm-vhd coalesce [--force] CHILD.vhd
  *   sxm-vhd resize FILE.vhd NEW_SIZE
- *
- * 'repair' (for check's repairable findings) is not implemented yet and
- * fails loudly. */
+ */
 
 #include <dirent.h>
 #include <errno.h>
@@ -33,8 +32,8 @@
 #define SXM_VERSION "unknown"
 #endif
 
-enum { EXIT_USAGE = 2, EXIT_NOT_IMPLEMENTED = 3, EXIT_REPAIRABLE = 4,
-       EXIT_CORRUPT = 5 };
+enum { EXIT_USAGE = 2, EXIT_REPAIRABLE = 4, EXIT_CORRUPT = 5,
+       EXIT_PARENT = 6, EXIT_XEN_REFUSES = 7 };
 
 static void
 usage (FILE *f)
@@ -46,7 +45,8 @@ usage (FILE *f)
 "       sxm-vhd snapshot [--uuid=UUID] PARENT.vhd CHILD.vhd\n"
 "       sxm-vhd info [--json] [--size-from=current|chs|qemu] FILE.vhd\n"
 "       sxm-vhd map  [--json] FILE.vhd\n"
-"       sxm-vhd check FILE.vhd\n"
+"       sxm-vhd check [--xen] FILE.vhd\n"
+"       sxm-vhd repair FILE.vhd\n"
 "       sxm-vhd coalesce [--force] CHILD.vhd\n"
 "       sxm-vhd resize FILE.vhd NEW_SIZE\n"
 "       sxm-vhd --version | --help\n"
@@ -60,16 +60,25 @@ usage (FILE *f)
 "info      header fields of FILE and of every parent in its chain (and\n"
 "          whether the end footer is missing)\n"
 "map       allocated ranges of the whole chain (what NBD block status reports)\n"
-"check     full consistency check of FILE and its parents\n"
+"check     full consistency check of FILE and its parents, and whether\n"
+"          XenServer's tools (blktap's vhd-util check) would accept each\n"
+"          file; --xen: if not, the exit status says so (4 when repair\n"
+"          fixes it, else 7)\n"
+"repair    fix what check calls repairable (a geometry XenServer refuses,\n"
+"          a missing or stale footer copy), offline, crash-safely\n"
 "coalesce  merge differencing CHILD into its parent (refused if the parent\n"
 "          has another child in its directory, unless --force)\n"
 "resize    grow a dynamic or differencing image (offline)\n"
 "\n"
 "Existing files are never overwritten.  Exit status: 0 ok (check: clean),\n"
-"1 the image or a parent could not be found, opened, read or written\n"
-"(system error), 2 usage, 3 subcommand not implemented yet (repair),\n"
-"4 check: repairable (safe to serve), 5 invalid or corrupt image.\n");
+"1 the image could not be found, opened, read or written (system error),\n"
+"2 usage, 4 check: repairable (safe to serve), 5 invalid or corrupt image,\n"
+"6 a parent could not be found, opened or matched (the image itself passed\n"
+"its own checks), 7 check --xen: sound, but XenServer's tools would refuse\n"
+"it in a way repair does not fix.\n");
 }
+
+static int open_failure (const char *name, bool say);
 
 /* Print S as a JSON string, escaped. */
 static void
@@ -230,7 +239,7 @@ coalesce (const char *child_path, bool force)
   int ret = EXIT_FAILURE;
 
   if (!child)
-    return vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
+    return open_failure (child_path, false);
   if (child->footer.type != VHD_TYPE_DIFF) {
     fprintf (stderr, "sxm-vhd coalesce: %s is not a differencing image\n",
              child_path);
@@ -277,7 +286,7 @@ coalesce (const char *child_path, bool force)
   }
   closedir (dir);
   if (vhd_coalesce (child_path, &copied) == -1) {
-    ret = vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
+    ret = open_failure (child_path, false);
     goto out;
   }
   printf ("coalesced %" PRIu64 " bytes of %s into %s; %s is now redundant\n",
@@ -295,6 +304,74 @@ print_finding (void *opaque, enum vhd_check_result sev, const char *msg)
 {
   static const char *const tag[] = { "note", "repairable", "corrupt" };
   printf ("%s: %s\n", tag[sev], msg);
+}
+
+struct xen_tally {
+  const char *file;
+  int failures, unrepairable;
+};
+
+static void
+print_xen (void *opaque, bool repairable, const char *msg)
+{
+  struct xen_tally *t = opaque;
+  printf ("xen: %s: %s%s\n", t->file, msg,
+          repairable ? "" : " [repair does not fix this]");
+  t->failures++;
+  if (!repairable)
+    t->unrepairable++;
+}
+
+/* XenServer's rules for every VHD file of the chain (a raw parent has
+ * none): a line each, and a summary line.  Returns the tally. */
+static struct xen_tally
+check_xen (struct vhd_layer *top, const char *name)
+{
+  struct xen_tally all = { name, 0, 0 };
+
+  for (struct vhd_layer *l = top; l; l = l->parent) {
+    struct xen_tally t = { l->path, 0, 0 };
+    if (l->raw)
+      continue;
+    if (vhd_xen_rules (l->path, print_xen, &t) == -1) {
+      printf ("xen: %s: cannot be read: %s\n", l->path, strerror (errno));
+      t.failures = t.unrepairable = 1;
+    }
+    all.failures += t.failures;
+    all.unrepairable += t.unrepairable;
+  }
+  if (all.failures == 0)
+    printf ("%s: XenServer's tools (blktap's vhd-util check rules) would "
+            "accept it\n", name);
+  else
+    printf ("%s: XenServer's tools would REFUSE it: %d rule%s failed%s\n",
+            name, all.failures, all.failures == 1 ? "" : "s",
+            all.unrepairable ? "" : " ('sxm-vhd repair' fixes them)");
+  return all;
+}
+
+static void
+print_repair (void *opaque, const char *msg)
+{
+  printf ("%s: repaired: %s\n", (const char *) opaque, msg);
+}
+
+/* Exit status of a failed vhd_open_chain*(). */
+static int
+open_failure (const char *name, bool say)
+{
+  if (vhd_last_open_parent_failed ()) {
+    if (say)
+      printf ("%s: parent not found or unusable (see the error above); %s "
+              "itself passed its own checks\n", name, name);
+    return EXIT_PARENT;
+  }
+  if (vhd_last_open_was_invalid ()) {
+    if (say)
+      printf ("%s: corrupt (see the error above)\n", name);
+    return EXIT_CORRUPT;
+  }
+  return EXIT_FAILURE;
 }
 
 struct map_out {
@@ -332,19 +409,17 @@ main (int argc, char **argv)
     { "uuid", required_argument, NULL, 'u' },
     { "force", no_argument, NULL, 'f' },
     { "sr", required_argument, NULL, 'S' },
+    { "xen", no_argument, NULL, 'x' },
     { NULL, 0, NULL, 0 }
-  };
-  static const char *const planned[] = {
-    "repair", NULL
   };
   enum vhd_size_rule rule = VHD_SIZE_CURRENT;
   enum vhd_type type = VHD_TYPE_DYNAMIC;
   uint64_t block_size = 2 << 20;
   uuid_t uuid;
-  bool json = false, have_uuid = false, force = false;
+  bool json = false, have_uuid = false, force = false, xen = false;
   const char *cmd, *sr = NULL;
   struct vhd_layer *top;
-  int c, i, r = 0;
+  int c, r = 0;
 
   sxm_log_set_program ("sxm-vhd");
   if (argc >= 2 && strcmp (argv[1], "--help") == 0) {
@@ -360,15 +435,9 @@ main (int argc, char **argv)
     return EXIT_USAGE;
   }
   cmd = argv[1];
-  for (i = 0; planned[i]; i++)
-    if (strcmp (cmd, planned[i]) == 0) {
-      fprintf (stderr, "sxm-vhd: '%s' is NOT IMPLEMENTED yet: it arrives "
-               "with the writable-VHD milestone (see doc/design.md)\n", cmd);
-      return EXIT_NOT_IMPLEMENTED;
-    }
   if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0 &&
       strcmp (cmd, "check") != 0 && strcmp (cmd, "coalesce") != 0 &&
-      strcmp (cmd, "resize") != 0 &&
+      strcmp (cmd, "resize") != 0 && strcmp (cmd, "repair") != 0 &&
       strcmp (cmd, "create") != 0 && strcmp (cmd, "snapshot") != 0) {
     fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
     usage (stderr);
@@ -408,6 +477,7 @@ main (int argc, char **argv)
       have_uuid = true;
       break;
     case 'f': force = true; break;
+    case 'x': xen = true; break;
     case 'S':
       if (!*optarg) {
         fprintf (stderr, "sxm-vhd: --sr: expected a directory\n");
@@ -420,6 +490,10 @@ main (int argc, char **argv)
     }
   if (!have_uuid)
     uuid_generate (uuid);
+  if (xen && strcmp (cmd, "check") != 0) {
+    fprintf (stderr, "sxm-vhd %s: --xen is for check\n", cmd);
+    return EXIT_USAGE;
+  }
   if (sr && strcmp (cmd, "create") != 0) {
     fprintf (stderr, "sxm-vhd %s: --sr is for create\n", cmd);
     return EXIT_USAGE;
@@ -433,7 +507,7 @@ main (int argc, char **argv)
       return EXIT_USAGE;
     }
     if (vhd_resize (argv[optind], size) == -1)
-      return vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
+      return open_failure (argv[optind], false);
     return 0;
   }
   if (strcmp (cmd, "create") == 0 || strcmp (cmd, "snapshot") == 0) {
@@ -499,22 +573,34 @@ main (int argc, char **argv)
 
   if (strcmp (cmd, "coalesce") == 0)
     return coalesce (argv[optind], force);
+  if (strcmp (cmd, "repair") == 0) {
+    r = vhd_repair (argv[optind], print_repair, argv[optind]);
+    if (r == -1)
+      return open_failure (argv[optind], true);
+    if (r == 0)
+      printf ("%s: nothing to repair\n", argv[optind]);
+    return 0;
+  }
 
   top = vhd_open_chain (argv[optind], rule);
-  if (!top) {
-    if (strcmp (cmd, "check") == 0 && vhd_last_open_was_invalid ()) {
-      printf ("%s: corrupt (see the error above)\n", argv[optind]);
-      return EXIT_CORRUPT;
-    }
-    return vhd_last_open_was_invalid () ? EXIT_CORRUPT : EXIT_FAILURE;
-  }
+  if (!top)
+    return open_failure (argv[optind], strcmp (cmd, "check") == 0);
   if (strcmp (cmd, "check") == 0) {
     enum vhd_check_result res = vhd_check (top, print_finding, NULL);
     static const char *const word[] = { "clean", "repairable", "corrupt" };
+    struct xen_tally xt;
+    int status;
+
     printf ("%s: %s\n", argv[optind], word[res]);
+    status = res == VHD_CHECK_CLEAN ? 0
+             : res == VHD_CHECK_REPAIRABLE ? EXIT_REPAIRABLE : EXIT_CORRUPT;
+    xt = check_xen (top, argv[optind]);
     vhd_close_chain (top);
-    return res == VHD_CHECK_CLEAN ? 0
-           : res == VHD_CHECK_REPAIRABLE ? EXIT_REPAIRABLE : EXIT_CORRUPT;
+    /* Only with --xen does XenServer's verdict decide the status, and
+     * never over a worse one of our own. */
+    if (xen && status != EXIT_CORRUPT && xt.failures)
+      status = xt.unrepairable ? EXIT_XEN_REFUSES : EXIT_REPAIRABLE;
+    return status;
   }
   if (strcmp (cmd, "info") == 0) {
     if (json)

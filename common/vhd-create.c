@@ -22,9 +22,11 @@
 
 #define VHD_EPOCH 946684800     /* 2000-01-01 00:00:00 UTC */
 
-/* The spec's CHS algorithm (appendix "CHS Calculation"). */
-static void
-chs_for (uint64_t size, uint16_t *c, uint8_t *h, uint8_t *s)
+/* The specification's CHS algorithm (appendix "CHS Calculation"), which
+ * Hyper-V and blktap use to write the geometry and blktap's checker uses as
+ * the upper bound for it. */
+void
+vhd_spec_chs (uint64_t size, uint16_t *c, uint8_t *h, uint8_t *s)
 {
   uint64_t total = size / VHD_SECTOR, cth;
   unsigned spt, heads;
@@ -58,22 +60,22 @@ chs_for (uint64_t size, uint16_t *c, uint8_t *h, uint8_t *s)
   *s = spt;
 }
 
-/* Set a footer's size (current size and geometry) and checksum.  Creator
- * codes such as our "sxm " make readers trust CHS; so when CHS cannot
- * express SIZE exactly we store the maximum geometry, which every reader
- * (qemu, us, Hyper-V) takes to mean "use current_size". */
+/* Set a footer's size (current size and geometry) and checksum.  The
+ * geometry is always the specification's CHS for SIZE, rounded down as its
+ * algorithm rounds: XenServer's tools (blktap's libvhd) refuse a geometry
+ * larger than that, and Hyper-V and blktap write exactly that.  (Earlier
+ * versions stored the maximum geometry when CHS could not express SIZE, so
+ * that qemu's vpc driver would read the current size; blktap rejects such
+ * images, and 'sxm-vhd repair' rewrites their geometry.)  Readers that take
+ * the size from the geometry for our creator code (qemu, unless told
+ * force_size_calc=current_size) see the CHS size; see sxm-vhd(1). */
 void
 vhd_footer_set_size (uint8_t *b, uint64_t size)
 {
   uint16_t c;
   uint8_t h, s;
 
-  chs_for (size, &c, &h, &s);
-  if ((uint64_t) c * h * s * VHD_SECTOR != size) {
-    c = 65535;
-    h = 16;
-    s = 255;
-  }
+  vhd_spec_chs (size, &c, &h, &s);
   be64_store (b + 48, size);
   be16_store (b + 56, c);
   b[58] = h;
@@ -392,17 +394,14 @@ vhd_snapshot (const char *parent_path, const char *child_path,
       *q = '\\';
   lr = vhd_utf8_to_utf16 (rel, false, w2ru, sizeof w2ru);
   lk = vhd_utf8_to_utf16 (pabs, false, w2ku, sizeof w2ku);
-  ln = vhd_utf8_to_utf16 (pabs, true, name, sizeof name);
-  if (lr <= 0 || lk <= 0) {
-    sxm_error ("%s: parent path is not valid UTF-8 or longer than 4096 "
-               "characters", pabs);
+  /* The parent name is the parent's file name, as blktap writes it: its
+   * checker requires it to equal the last component of every W2ru, W2ku
+   * and MacX locator.  (The field holds 256 UTF-16 units.) */
+  ln = vhd_utf8_to_utf16 (strrchr (pabs, '/') + 1, true, name, sizeof name);
+  if (lr <= 0 || lk <= 0 || ln < 0) {
+    sxm_error ("%s: parent path is not valid UTF-8, longer than 4096 "
+               "characters, or its file name longer than 256", pabs);
     goto out;
-  }
-  if (ln < 0) {                 /* the name field holds 256 characters */
-    const char *base = strrchr (pabs, '/') + 1;
-    ln = vhd_utf8_to_utf16 (base, true, name, sizeof name);
-    if (ln < 0)
-      ln = 0;
   }
 
   {

@@ -73,6 +73,18 @@ vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset)
   return 0;
 }
 
+/* The footer of an open image (the end one, else the copy at offset 0
+ * when only it has the cookie; *FROM_COPY says which): 0, or -1 on I/O
+ * error.  FILE_SIZE must be at least 512. */
+int vhd_locate_footer (int fd, uint64_t file_size, uint8_t *fbuf,
+                       bool *from_copy);
+/* The specification's CHS geometry for SIZE bytes (rounded down). */
+void vhd_spec_chs (uint64_t size, uint16_t *c, uint8_t *h, uint8_t *s);
+/* Write FOOTER at END_AT and sync, then (COPY_AT_0) at offset 0 and sync:
+ * the order every footer change uses (readers take the end one).  0 or -1
+ * with errno. */
+int vhd_write_footers (int fd, const uint8_t *footer, uint64_t end_at,
+                       bool copy_at_0);
 /* Set a footer buffer's current size, geometry and checksum. */
 void vhd_footer_set_size (uint8_t *footer, uint64_t size);
 

@@ -2,12 +2,13 @@
  * it).
  *
  * If the BAT has room for the new size, only the footers change.  If not,
- * a larger copy of the BAT is written at the end of the file first, then
- * the header is pointed at it, then the footers get the new size, with an
- * fdatasync between steps.  A crash at any point leaves a valid image of
- * either the old or the new size (at worst with the footer copy at offset 0
- * still giving the old size: 'sxm-vhd check' reports it as repairable and
- * the end footer, which is used, has the new size). */
+ * the BAT grows where it is (blktap requires it before every block): what
+ * lies in the way moves to the end first (grow_bat_in_place).  Then the
+ * footers get the new size, the end one first, with an fdatasync between
+ * steps.  A crash at any point leaves a valid image of either the old or
+ * the new size (at worst with the footer copy at offset 0 still giving the
+ * old size: 'sxm-vhd check' reports it as repairable and the end footer,
+ * which is used, has the new size). */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,12 +22,178 @@
 #include "vhd.h"
 #include "vhd-internal.h"
 
+/* A parent locator's data size in the file (the data space field is in
+ * sectors by the specification, in bytes as Hyper-V writes it), whole
+ * sectors. */
+static uint64_t
+locator_bytes (const uint8_t *le)
+{
+  uint32_t space = be32_load (le + 4);
+  uint64_t b = space < VHD_SECTOR ? (uint64_t) space * VHD_SECTOR : space;
+  return (b + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+}
+
+/* Copy LEN bytes at FROM to *END, a footer after them (so the file stays
+ * valid whatever happens next), and sync.  *END moves on. */
+static int
+copy_to_end (struct vhd_layer *l, int fd, uint8_t *buf, uint64_t len,
+             uint64_t from, uint64_t *end)
+{
+  if (vhd_pread_full (fd, buf, len, from) == -1 ||
+      full_pwrite (fd, buf, len, *end) == -1 ||
+      full_pwrite (fd, l->footer_buf, VHD_FOOTER_SIZE, *end + len) == -1 ||
+      fdatasync (fd) == -1)
+    return -1;
+  *end += len;
+  return 0;
+}
+
+static int
+write_header (int fd, uint8_t *header, uint64_t hoff)
+{
+  be32_store (header + 36, 0);
+  be32_store (header + 36, vhd_checksum (header, VHD_HEADER_SIZE, 36));
+  if (full_pwrite (fd, header, VHD_HEADER_SIZE, hoff) == -1 ||
+      fdatasync (fd) == -1)
+    return -1;
+  return 0;
+}
+
+/* Make room for a BAT of NEED entries where the BAT is.  blktap
+ * (XenServer) requires all metadata -- header, table, parent locators'
+ * data -- to come before every block, so the table cannot simply move to
+ * the end of the file: what is in the way moves instead.  The new layout
+ * is the table, then the locators' data, then blocks (META_END).
+ *
+ *   1. locators' data in the way is copied to the end, the header pointed
+ *      at the copies;
+ *   2. blocks starting before META_END are copied to the end, each BAT
+ *      entry switched after its copy is synced;
+ *   3. the table's new entries are written unused, the locators' data
+ *      copied to its place after the table, synced; then one header write
+ *      points at it and gives the table its new size.
+ *
+ * Every copy is followed by a footer and synced before the one reference
+ * to it is switched, so a crash leaves the old image (at worst with
+ * unreferenced copies after its blocks).  *END: the end of the used area
+ * (where the footer goes), moved on. */
+static int
+grow_bat_in_place (struct vhd_layer *l, int fd, uint8_t *header,
+                   uint64_t hoff, uint64_t need, uint64_t *end)
+{
+  uint64_t toff = l->header.table_offset;
+  uint64_t old_bytes = ((uint64_t) l->header.max_table_entries * 4
+                        + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+  uint64_t new_bytes = (need * 4 + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+  uint64_t new_end = toff + new_bytes, meta_end = new_end, at;
+  uint64_t blen = l->bitmap_bytes + (uint64_t) l->block_size, bufsize;
+  uint64_t place[VHD_NR_LOCATORS] = { 0 };
+  uint8_t *buf = NULL, e[4];
+  int ret = -1, i;
+  uint32_t b;
+
+  if (toff < hoff + VHD_HEADER_SIZE && toff + new_bytes > hoff) {
+    sxm_error ("%s: the block table lies before the header; growing it in "
+               "place is not supported", l->path);
+    return -1;
+  }
+  if (memcmp (l->footer.creator_app, "tap", 3) == 0 &&
+      l->footer.creator_version > 0x00000001) {
+    uint8_t cookie[8];
+    if (vhd_pread_full (fd, cookie, 8, toff + old_bytes) == 0 &&
+        memcmp (cookie, "tdbatmap", 8) == 0) {
+      sxm_error ("%s: a blktap batmap follows the block table; growing the "
+                 "table past it is not supported (blktap's 'vhd-util "
+                 "resize' can)", l->path);
+      return -1;
+    }
+  }
+  /* Where each locator's data goes: after the table, in order. */
+  bufsize = blen > 16 * VHD_SECTOR ? blen : 16 * VHD_SECTOR;
+  for (i = 0; i < VHD_NR_LOCATORS; i++) {
+    uint8_t *le = header + 576 + 24 * i;
+    if (!le[0] || !locator_bytes (le))
+      continue;
+    place[i] = meta_end;
+    meta_end += locator_bytes (le);
+    if (locator_bytes (le) > bufsize)
+      bufsize = locator_bytes (le);
+  }
+  buf = malloc (bufsize);
+  if (!buf)
+    goto io_error;
+
+  /* 1. Locators' data out of the way. */
+  for (i = 0; i < VHD_NR_LOCATORS; i++) {
+    uint8_t *le = header + 576 + 24 * i;
+    if (!place[i] || be64_load (le + 16) >= meta_end)
+      continue;
+    at = *end;
+    if (copy_to_end (l, fd, buf, locator_bytes (le), be64_load (le + 16),
+                     end) == -1)
+      goto io_error;
+    be64_store (le + 16, at);
+    if (write_header (fd, header, hoff) == -1)
+      goto io_error;
+  }
+
+  /* 2. Blocks out of the way. */
+  for (b = 0; b < l->nblocks; b++) {
+    if (l->bat[b] == VHD_BAT_UNUSED ||
+        (uint64_t) l->bat[b] * VHD_SECTOR >= meta_end)
+      continue;
+    at = *end;
+    if (copy_to_end (l, fd, buf, blen, (uint64_t) l->bat[b] * VHD_SECTOR,
+                     end) == -1)
+      goto io_error;
+    be32_store (e, (uint32_t) (at / VHD_SECTOR));
+    if (full_pwrite (fd, e, 4, toff + 4 * (uint64_t) b) == -1 ||
+        fdatasync (fd) == -1)
+      goto io_error;
+    l->bat[b] = (uint32_t) (at / VHD_SECTOR);
+  }
+
+  /* 3. The new entries, the locators in place, one header write. */
+  memset (buf, 0xff, 16 * VHD_SECTOR);
+  for (at = toff + (uint64_t) l->header.max_table_entries * 4;
+       at < new_end; ) {
+    uint64_t n = new_end - at < 16 * VHD_SECTOR ? new_end - at
+                                                 : 16 * VHD_SECTOR;
+    if (full_pwrite (fd, buf, n, at) == -1)
+      goto io_error;
+    at += n;
+  }
+  for (i = 0; i < VHD_NR_LOCATORS; i++) {
+    uint8_t *le = header + 576 + 24 * i;
+    uint64_t len = locator_bytes (le);
+    if (!place[i] || be64_load (le + 16) == place[i])
+      continue;
+    if (vhd_pread_full (fd, buf, len, be64_load (le + 16)) == -1 ||
+        full_pwrite (fd, buf, len, place[i]) == -1)
+      goto io_error;
+    be64_store (le + 16, place[i]);
+  }
+  if (fdatasync (fd) == -1)
+    goto io_error;
+  be32_store (header + 28, (uint32_t) need);
+  if (write_header (fd, header, hoff) == -1)
+    goto io_error;
+  ret = 0;
+  goto out;
+
+ io_error:
+  sxm_error ("%s: resize: moving data to make room for the block table: %s",
+             l->path, strerror (errno ? errno : EIO));
+ out:
+  free (buf);
+  return ret;
+}
+
 int
 vhd_resize (const char *path, uint64_t new_size)
 {
   struct vhd_layer *l;
   uint8_t footer[VHD_FOOTER_SIZE], header[VHD_HEADER_SIZE];
-  uint8_t *bat = NULL;
   uint64_t need, end, hoff;
   int fd = -1, ret = -1;
   uint32_t i;
@@ -71,27 +238,8 @@ vhd_resize (const char *path, uint64_t new_size)
   end = (l->data_limit + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
 
   if (need > l->header.max_table_entries) {
-    /* 1. A larger BAT at the end (followed by a footer, still of the old
-     * size, so the file stays valid). */
-    uint64_t bytes = (need * 4 + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
-    bat = malloc (bytes);
-    if (!bat)
-      goto io_error;
-    memset (bat, 0xff, bytes);
-    for (i = 0; i < l->nblocks; i++)
-      be32_store (bat + 4 * i, l->bat[i]);
-    if (full_pwrite (fd, footer, VHD_FOOTER_SIZE, end + bytes) == -1 ||
-        full_pwrite (fd, bat, bytes, end) == -1 || fdatasync (fd) == -1)
-      goto io_error;
-    /* 2. The header points at it. */
-    be64_store (header + 16, end);
-    be32_store (header + 28, (uint32_t) need);
-    be32_store (header + 36, 0);
-    be32_store (header + 36, vhd_checksum (header, sizeof header, 36));
-    if (full_pwrite (fd, header, sizeof header, hoff) == -1 ||
-        fdatasync (fd) == -1)
-      goto io_error;
-    end += bytes;
+    if (grow_bat_in_place (l, fd, header, hoff, need, &end) == -1)
+      goto out;
   }
   else {
     /* Entries past the old size must be unused before they come into
@@ -112,11 +260,11 @@ vhd_resize (const char *path, uint64_t new_size)
 
   /* 3. The footers: the end one first (it is the one readers use), then
    * the copy at offset 0. */
+  /* The original size too: libvhdi (and so vhdimount) takes the disk's
+   * size from it; blktap and Hyper-V read the current size only. */
+  be64_store (footer + 40, new_size);
   vhd_footer_set_size (footer, new_size);
-  if (full_pwrite (fd, footer, VHD_FOOTER_SIZE, end) == -1 ||
-      fdatasync (fd) == -1 ||
-      full_pwrite (fd, footer, VHD_FOOTER_SIZE, 0) == -1 ||
-      fdatasync (fd) == -1)
+  if (vhd_write_footers (fd, footer, end, true) == -1)
     goto io_error;
   ret = 0;
   goto out;
@@ -124,7 +272,6 @@ vhd_resize (const char *path, uint64_t new_size)
  io_error:
   sxm_error ("%s: resize: %s", path, strerror (errno ? errno : EIO));
  out:
-  free (bat);
   if (fd >= 0)
     close (fd);
   vhd_close_chain (l);

@@ -45,11 +45,18 @@ enum {
 };
 
 static __thread bool open_invalid;
+static __thread bool open_parent_failed;
 
 bool
 vhd_last_open_was_invalid (void)
 {
   return open_invalid;
+}
+
+bool
+vhd_last_open_parent_failed (void)
+{
+  return open_parent_failed;
 }
 
 /* Report a bad field: "FILE: WHAT (field NAME at offset N)". */
@@ -557,8 +564,6 @@ locator_path (const struct vhd_layer *l, const char *code, const char *text)
 static struct vhd_layer *open_layer (const char *path, enum vhd_size_rule,
                                      unsigned depth, dev_t *devs, ino_t *inos,
                                      bool rw);
-static int locate_footer (int fd, uint64_t file_size, uint8_t *fbuf,
-                          bool *from_copy);
 
 int
 vhd_has_footer (const char *path)
@@ -575,7 +580,7 @@ vhd_has_footer (const char *path)
                     : (uint64_t) st.st_size;
     if (size < VHD_FOOTER_SIZE)
       r = 0;
-    else if (locate_footer (fd, size, f, &from_copy) == 0)
+    else if (vhd_locate_footer (fd, size, f, &from_copy) == 0)
       r = memcmp (f, "conectix", 8) == 0;
   }
   close (fd);
@@ -705,6 +710,7 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
       if (!p) {
         sxm_error ("%s: cannot open parent %s (found via locator %s)",
                    l->path, path, order[o]);
+        open_parent_failed = true;
         free (path);
         return -1;
       }
@@ -733,6 +739,7 @@ open_parent (struct vhd_layer *l, enum vhd_size_rule rule,
       return 0;
     }
 
+  open_parent_failed = true;
   if (mismatch[0]) {
     open_invalid = true;
     sxm_error ("%s", mismatch);
@@ -902,8 +909,8 @@ vhd_close_chain (struct vhd_layer *top)
  * the end holds no footer cookie but offset 0 does, the copy at 0 (a writer
  * stopped between growing the file and rewriting the footer; sxm's writer
  * and qemu's both can).  *FROM_COPY says which.  -1 on I/O error. */
-static int
-locate_footer (int fd, uint64_t file_size, uint8_t *fbuf, bool *from_copy)
+int
+vhd_locate_footer (int fd, uint64_t file_size, uint8_t *fbuf, bool *from_copy)
 {
   uint8_t head[VHD_FOOTER_SIZE];
 
@@ -933,7 +940,7 @@ vhd_is_child_of (const char *path, const uint8_t uuid[16])
     return false;
   if (fstat (fd, &st) == 0 && S_ISREG (st.st_mode) &&
       st.st_size >= VHD_FOOTER_SIZE + VHD_HEADER_SIZE &&
-      locate_footer (fd, st.st_size, f, &from_copy) == 0 &&
+      vhd_locate_footer (fd, st.st_size, f, &from_copy) == 0 &&
       vhd_footer_parse (f, &footer, NULL, 0) == 0 &&
       footer.type == VHD_TYPE_DIFF &&
       footer.data_offset <= (uint64_t) st.st_size - VHD_HEADER_SIZE &&
@@ -1121,7 +1128,7 @@ open_layer (const char *path, enum vhd_size_rule rule, unsigned depth,
     goto fail;
   }
   foot = l->file_size - VHD_FOOTER_SIZE;
-  if (locate_footer (l->fd, l->file_size, fbuf, &from_copy) == -1) {
+  if (vhd_locate_footer (l->fd, l->file_size, fbuf, &from_copy) == -1) {
     sxm_error ("%s: reading the footer at %" PRIu64 ": %s", path, foot,
                strerror (errno));
     goto fail;
@@ -1186,7 +1193,7 @@ open_chain (const char *path, enum vhd_size_rule rule, bool rw)
   dev_t devs[VHD_MAX_CHAIN];
   ino_t inos[VHD_MAX_CHAIN];
 
-  open_invalid = false;
+  open_invalid = open_parent_failed = false;
   return open_layer (path, rule, 0, devs, inos, rw);
 }
 

@@ -211,6 +211,10 @@ enum vhd_check_result vhd_check (struct vhd_layer *top,
 /* True if the last failed vhd_open_chain*() in this thread failed because
  * the image is invalid (rather than for an I/O or system error). */
 bool vhd_last_open_was_invalid (void);
+/* True if it failed at a parent: not found through any locator, found
+ * with another UUID, or unusable itself.  The image that names it passed
+ * every check of its own (parents are opened last). */
+bool vhd_last_open_parent_failed (void);
 
 /* Format helpers, exposed for the tools and the unit tests. */
 uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
@@ -218,6 +222,23 @@ uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
 int vhd_footer_parse (const uint8_t *buf,
                       struct vhd_footer *f, const char *path, uint64_t where);
 uint64_t vhd_virtual_size (const struct vhd_footer *f, enum vhd_size_rule r);
+
+/* XenServer's rules (vhd-xen.c): would blktap's libvhd and 'vhd-util
+ * check' accept the file at PATH?  Each failed rule is reported once, in
+ * blktap's words with the offset, REPAIRABLE when 'sxm-vhd repair' fixes
+ * it.  Returns the number of failures (0: accepted), or -1 with errno if
+ * the file cannot be read.  Parents are not checked, only located. */
+typedef void (*vhd_xen_report) (void *opaque, bool repairable,
+                                const char *msg);
+int vhd_xen_rules (const char *path, vhd_xen_report report, void *opaque);
+/* Repair what check calls repairable (vhd-repair.c), offline: a geometry
+ * larger than blktap accepts, a missing end footer, a footer copy at
+ * offset 0 that differs.  Each change is reported; returns 1 if something
+ * was repaired, 0 if nothing needed it, -1 with a message printed. */
+typedef void (*vhd_repair_report) (void *opaque, const char *msg);
+int vhd_repair (const char *path, vhd_repair_report report, void *opaque);
+/* The geometry blktap expects for SIZE, packed C << 16 | H << 8 | S. */
+uint32_t vhd_xen_geometry (uint64_t size);
 /* The geometry's size, cylinders x heads x sectors x 512. */
 uint64_t vhd_chs_size (const struct vhd_footer *f);
 /* "current", "chs", "qemu"; parse accepts those and "auto" (the name the

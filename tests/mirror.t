@@ -18,7 +18,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import (GiB, MiB, PLUGIN, nbdkit, nbdkit_start_fails,  # noqa: E402
+from sxmtest import (qemu_vhd, GiB, MiB, PLUGIN, nbdkit, nbdkit_start_fails,  # noqa: E402
                      run_test, sh, tap)
 from mirrortest import (FILTER, SXM_MIRROR, SXM_VHD, Server, connect, ctl,  # noqa: E402
                         ctl_raw, first_difference, live_copy)
@@ -459,8 +459,8 @@ def main(scratch):
                (p.stderr, r))
         ctl(csv, "complete")
         h.shutdown()
-    p = subprocess.run(["qemu-img", "compare", "-f", "vpc", "-F", "vpc", sv,
-                        dv], capture_output=True, text=True)
+    p = subprocess.run(["qemu-img", "compare", qemu_vhd(sv),
+                        qemu_vhd(dv)], capture_output=True, text=True)
     tap.ok(p.returncode == 0, "qemu-img compare: the VHDs are identical",
            p.stdout + p.stderr)
 

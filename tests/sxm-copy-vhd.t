@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 
-from sxmtest import (tap, run_test, nbdkit, sh, files_equal, ROOT, MiB, GiB)
+from sxmtest import (qemu_vhd, tap, run_test, nbdkit, sh, files_equal, ROOT, MiB, GiB)
 import vhdgen
 
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
@@ -31,14 +31,21 @@ def copy(*args, timeout=120, cwd=None):
 
 
 def qemu_same(a, fa, b, fb):
-    """qemu-img compare, each side read by qemu with the format given."""
-    p = subprocess.run(["qemu-img", "compare", "-q", "-f", fa, "-F", fb, a,
-                        b], capture_output=True, text=True)
+    """qemu-img compare, each side read by qemu with the format given (a
+    VHD at its current size: qemu_vhd)."""
+    a, fa = (qemu_vhd(a), None) if fa == "vpc" else (a, fa)
+    b, fb = (qemu_vhd(b), None) if fb == "vpc" else (b, fb)
+    p = subprocess.run(["qemu-img", "compare", "-q",
+                        *(["-f", fa] if fa else []),
+                        *(["-F", fb] if fb else []), a, b],
+                       capture_output=True, text=True)
     return p.returncode == 0, p.stdout + p.stderr
 
 
-def vhd_check(path):
-    p = subprocess.run([SXM_VHD, "check", path], capture_output=True,
+def vhd_check(path, xen=True):
+    """sxm-vhd check (--xen: and XenServer's rules accept it)."""
+    p = subprocess.run([SXM_VHD, "check", *(["--xen"] if xen else []), path],
+                       capture_output=True,
                        text=True)
     return p.returncode, p.stdout + p.stderr
 
@@ -245,7 +252,7 @@ def main(S):
     time.sleep(2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    rc0, out0 = vhd_check(p("r.vhd"))
+    rc0, out0 = vhd_check(p("r.vhd"), xen=False)
     rc, _, err = copy("--checkpoint=" + ck, "-C1", "--segment-size=1M",
                       p("r.raw"), p("r.vhd"))
     rc2, out = vhd_check(p("r.vhd"))

@@ -15,7 +15,7 @@ import re
 import subprocess
 import time
 
-from sxmtest import (tap, run_test, nbdkit, sh, files_equal, ROOT, MiB, GiB)
+from sxmtest import (qemu_vhd, tap, run_test, nbdkit, sh, files_equal, ROOT, MiB, GiB)
 import vhdgen
 
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
@@ -37,7 +37,12 @@ def copy_json(*args):
 
 
 def qemu_compare(a, b, fa="raw", fb="raw"):
-    p = subprocess.run(["qemu-img", "compare", "-f", fa, "-F", fb, a, b],
+    # (qemu_vhd: a VHD at its current size, whoever created it)
+    a, fa = (qemu_vhd(a), None) if fa == "vpc" else (a, fa)
+    b, fb = (qemu_vhd(b), None) if fb == "vpc" else (b, fb)
+    p = subprocess.run(["qemu-img", "compare",
+                        *(["-f", fa] if fa else []),
+                        *(["-F", fb] if fb else []), a, b],
                        capture_output=True, text=True)
     return p.returncode == 0, (p.stdout + p.stderr).strip()
 

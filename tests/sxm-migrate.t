@@ -28,7 +28,7 @@ import time
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import (ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env,  # noqa: E402
+from sxmtest import (qemu_vhd, ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env,  # noqa: E402
                      nbdkit_ready, free_ports, wait_log,
                      communicate_or_kill)
 from mirrortest import FILTER, SXM_VHD, ctl, connect  # noqa: E402
@@ -244,12 +244,15 @@ def retoken(token, **fields):
 
 
 def vhd_equal(a, b):
-    return subprocess.run(["qemu-img", "compare", "-q", "-f", "vpc", "-F",
-                           "vpc", a, b]).returncode == 0
+    return subprocess.run(["qemu-img", "compare", "-q", qemu_vhd(a),
+                           qemu_vhd(b)]).returncode == 0
 
 
 def vhd_check(f):
-    return subprocess.run([SXM_VHD, "check", f], capture_output=True).returncode == 0
+    """Clean for us and accepted by XenServer's rules (the destination of
+    a migration is a Xen SR)."""
+    return subprocess.run([SXM_VHD, "check", "--xen", f],
+                          capture_output=True).returncode == 0
 
 
 def events(f):
@@ -347,7 +350,8 @@ def main(scratch):
     dst = os.path.join(rcv.sr, new[0]) if len(new) == 1 else None
     summary = json.load(open(sj)) if os.path.exists(sj) else {}
     tap.ok(rc == 0 and rrc == 0 and dst and vhd_check(dst),
-           "migrate exit 0, receive exit 0, one new VHD that checks clean",
+           "migrate exit 0, receive exit 0, one new VHD that checks clean "
+           "and passes XenServer's rules",
            f"migrate {rc}\n{err}\nreceive {rrc}\n{rcv.err}")
     tap.ok(w.failed and acked_before > 50,
            f"the guest wrote during the migration ({acked_before} writes "

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from sxmtest import (tap, run_test, nbdkit, nbd_connect, sh, files_equal,
+from sxmtest import (qemu_vhd, tap, run_test, nbdkit, nbd_connect, sh, files_equal,
                      ROOT, MiB, GiB)
 
 TOOL = os.path.join(ROOT, "client", "sxm-vhd")
@@ -66,7 +66,7 @@ def main(d):
     read_all(d, base, got)
     same, why = files_equal(got, want)
     tap.ok(same, "coalesce: the parent alone now reads as the child did", why)
-    sh("qemu-img", "compare", "-q", "-f", "vpc", "-F", "raw", base, want)
+    sh("qemu-img", "compare", "-q", "-F", "raw", qemu_vhd(base), want)
     tap.ok(True, "coalesce: qemu-img compare of the parent equals it too")
     read_all(d, child, got)
     same, why = files_equal(got, want)

@@ -11,7 +11,7 @@ import subprocess
 
 import pyvhdi
 
-from sxmtest import (tap, run_test, nbdkit, nbd_connect, nbd_map, sh,
+from sxmtest import (qemu_vhd, tap, run_test, nbdkit, nbd_connect, nbd_map, sh,
                      files_equal, ROOT, MiB, GiB)
 
 TOOL = os.path.join(ROOT, "client", "sxm-vhd")
@@ -22,9 +22,31 @@ def tool(*args):
                           timeout=120)
 
 
-def qemu_size(p):
-    return json.loads(sh("qemu-img", "info", "--output=json", "-f", "vpc",
-                         p))["virtual-size"]
+def qemu_size(p, plain=False):
+    """qemu's virtual size: told to use the current size (qemu_vhd), or
+    PLAIN, by its own rule for our creator code (the CHS geometry)."""
+    args = ["-f", "vpc", p] if plain else [qemu_vhd(p)]
+    return json.loads(sh("qemu-img", "info", "--output=json",
+                         *args))["virtual-size"]
+
+
+def spec_chs(size):
+    """The VHD specification's CHS algorithm: (cylinders, heads, sectors)."""
+    total = min(size // 512, 65535 * 16 * 255)
+    if total >= 65535 * 16 * 63:
+        spt, heads = 255, 16
+        cth = total // spt
+    else:
+        spt = 17
+        cth = total // spt
+        heads = max((cth + 1023) // 1024, 4)
+        if cth >= heads * 1024 or heads > 16:
+            spt, heads = 31, 16
+            cth = total // spt
+        if cth >= heads * 1024:
+            spt, heads = 63, 16
+            cth = total // spt
+    return cth // heads, heads, spt
 
 
 def main(d):
@@ -37,7 +59,15 @@ def main(d):
         label = f"create {kind} {arg} {' '.join(extra)}".strip()
         if not tap.ok(r.returncode == 0, f"{label}: exit 0", r.stderr):
             continue
-        tap.eq(qemu_size(p), size, f"{label}: qemu-img sees {size} bytes")
+        tap.eq(qemu_size(p), size, f"{label}: qemu-img (force_size_calc="
+               f"current_size) sees {size} bytes")
+        c, h, s = spec_chs(size)
+        info = json.loads(tool("info", "--json", p).stdout)["chain"][0]
+        tap.ok((info["cylinders"], info["heads"],
+                info["sectors_per_track"]) == (c, h, s) and
+               qemu_size(p, plain=True) == c * h * s * 512,
+               f"{label}: the specification's geometry {c}/{h}/{s}, which "
+               "plain qemu-img takes as the size", info)
         f = pyvhdi.file()
         f.open(p)
         tap.eq(f.get_media_size(), size, f"{label}: libvhdi media size")
@@ -46,7 +76,7 @@ def main(d):
         zero = os.path.join(d, "zero.raw")
         with open(zero, "wb") as z:
             z.truncate(size)
-        sh("qemu-img", "compare", "-q", "-f", "vpc", "-F", "raw", p, zero)
+        sh("qemu-img", "compare", "-q", "-F", "raw", qemu_vhd(p), zero)
         tap.ok(True, f"{label}: qemu-img compare: all zeros")
         with nbdkit(d, p) as uri:
             runs = nbd_map(uri)
@@ -58,11 +88,11 @@ def main(d):
     # qemu writes into an image we created; we read back what qemu wrote.
     p = os.path.join(d, "qemu-writes.vhd")
     tool("create", p, "6G")
-    sh("qemu-io", "-f", "vpc", "-c", "write -P 0x61 0 3M",
-       "-c", "write -P 0x62 5G 64K", p)
+    sh("qemu-io", "-c", "write -P 0x61 0 3M",
+       "-c", "write -P 0x62 5G 64K", qemu_vhd(p))
     ref = os.path.join(d, "qw.ref")
     out = os.path.join(d, "qw.out")
-    sh("qemu-img", "convert", "-f", "vpc", "-O", "raw", p, ref)
+    sh("qemu-img", "convert", "-O", "raw", qemu_vhd(p), ref)
     with nbdkit(d, p) as uri:
         sh("nbdcopy", uri, out)
     same, why = files_equal(out, ref)

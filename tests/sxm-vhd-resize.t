@@ -9,14 +9,15 @@ import json
 import os
 import subprocess
 
-from sxmtest import tap, run_test, nbdkit, nbd_connect, sh, ROOT, MiB, GiB
+from sxmtest import qemu_vhd, tap, run_test, nbdkit, nbd_connect, sh, ROOT, MiB, GiB
 import vhdgen
 
 TOOL = os.path.join(ROOT, "client", "sxm-vhd")
 
 
 def qsize(p):
-    return json.loads(sh("qemu-img", "info", "--output=json", "-f", "vpc", p))["virtual-size"]
+    return json.loads(sh("qemu-img", "info", "--output=json",
+                         qemu_vhd(p)))["virtual-size"]
 
 
 def main(d):
@@ -41,8 +42,8 @@ def main(d):
         h.pwrite(b"\x55" * 4096, 5 * GiB - 4096)
         h.flush()
         h.shutdown()
-    sh("qemu-io", "-f", "vpc", "-c", f"read -P 0x55 {5 * GiB - 4096} 4096",
-       "-c", f"read -P 0x44 {9 * MiB + 100} 3000", p)
+    sh("qemu-io", "-c", f"read -P 0x55 {5 * GiB - 4096} 4096",
+       "-c", f"read -P 0x44 {9 * MiB + 100} 3000", qemu_vhd(p))
     tap.ok(True, "qemu reads old data and data written past the old end")
     tap.eq(subprocess.run([TOOL, "check", p], capture_output=True).returncode, 0,
            "grown image checks clean")

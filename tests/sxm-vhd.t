@@ -67,7 +67,8 @@ def main(d):
     tap.eq(r.returncode, 1, "missing file: exit 1 (system error)")
 
     # A missing parent is a missing file too (exit 1), for every command
-    # that opens the chain; a parent of the wrong UUID is corruption (5).
+    # that opens the chain; so is a parent of the wrong UUID: exit 6, never
+    # "corrupt" (an admin told corrupt may delete a sound disk).
     pdir = os.path.join(d, "orphan")
     os.mkdir(pdir)
     par = os.path.join(pdir, "parent.vhd")
@@ -76,20 +77,25 @@ def main(d):
     vhdgen.write_dynamic(kid, 8 * MiB, [(MiB, b"k" * 512)], parent=(par, pu))
     os.rename(par, par + ".moved")
     for cmd in (["info"], ["info", "--json"], ["map"], ["check"],
-                ["coalesce"], ["resize"]):
+                ["coalesce"], ["resize"], ["repair"]):
         r = run(*cmd, kid, *(["16M"] if cmd == ["resize"] else []))
-        tap.ok(r.returncode == 1 and "not found; locators tried" in r.stderr
-               and "corrupt" not in r.stdout,
-               f"missing parent: {' '.join(cmd)} exits 1 (a missing file), "
-               "naming the parent", f"{r.returncode}\n{r.stdout}{r.stderr}")
+        tap.ok(r.returncode == 6 and "not found; locators tried" in r.stderr
+               and "corrupt" not in r.stdout and
+               (cmd != ["check"] or "parent not found" in r.stdout),
+               f"missing parent: {' '.join(cmd)} exits 6 (a parent problem, "
+               "not corruption), naming the parent and the locators tried",
+               f"{r.returncode}\n{r.stdout}{r.stderr}")
     vhdgen.write_dynamic(par, 8 * MiB, [])          # same name, new UUID
-    r = run("info", kid)
-    tap.ok(r.returncode == 5 and "but the child expects parent UUID" in r.stderr,
-           "parent of another UUID: still exit 5 (invalid)", r.stderr)
+    r = run("check", kid)
+    tap.ok(r.returncode == 6 and "but the child expects parent UUID" in
+           r.stderr and "parent not found" in r.stdout and
+           "corrupt" not in r.stdout,
+           "parent of another UUID: exit 6, not called corrupt",
+           r.stdout + r.stderr)
 
     # check: clean / repairable / corrupt, with distinct exit codes.
     r = run("check", top)
-    tap.ok(r.returncode == 0 and r.stdout.strip().endswith("clean"),
+    tap.ok(r.returncode == 0 and r.stdout.splitlines()[0].endswith("clean"),
            "check of a good chain: clean, exit 0", r.stdout + r.stderr)
     cut = os.path.join(d, "cut.vhd")
     vhdgen.write_dynamic(cut, 8 * MiB, [(0, b"q" * 4096)])
@@ -121,9 +127,21 @@ def main(d):
     r = run("check", bad)
     tap.ok(r.returncode == 5 and "corrupt" in r.stdout and "field 'cookie'" in r.stderr,
            "check of a corrupt image: exit 5, reason on stderr", r.stdout + r.stderr)
-    r = run("repair", "x.vhd")
-    tap.ok(r.returncode == 3 and "NOT IMPLEMENTED" in r.stderr,
-           "planned subcommand says NOT IMPLEMENTED, exit 3", r.stderr)
+    # repair: what check called repairable, then clean; nothing twice.
+    for img, what in ((cut, "end footer missing"),
+                      (diff, "footer copies differ")):
+        r = run("repair", img)
+        r2 = run("check", img)
+        r3 = run("repair", img)
+        tap.ok(r.returncode == 0 and "repaired:" in r.stdout and
+               r2.returncode == 0 and "clean" in r2.stdout and
+               r3.returncode == 0 and "nothing to repair" in r3.stdout,
+               f"repair, {what}: repaired, then check is clean and a second "
+               "repair has nothing to do", r.stdout + r2.stdout + r3.stdout)
+    r = run("repair", bad)
+    tap.ok(r.returncode == 5 and "corrupt" in r.stdout,
+           "repair refuses a corrupt image (exit 5), touching nothing",
+           r.stdout + r.stderr)
     r = run("frobnicate")
     tap.eq(r.returncode, 2, "unknown subcommand: exit 2")
     r = run("info")

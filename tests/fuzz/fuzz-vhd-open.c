@@ -4,7 +4,7 @@
  * Checksums stop random mutations at the first field, so unless the first
  * input byte is odd the harness recomputes the footer and header checksums
  * of the rest before opening: the fuzzer then reaches the BAT, bitmap and
- * locator code.  The image is a file in a private directory, so relative
+ * locator code.  XenServer's rules (vhd-xen.c) run on every input.  The image is a file in a private directory, so relative
  * parent locators resolve to nothing but the image itself. */
 #include <fcntl.h>
 #include <stdint.h>
@@ -19,6 +19,11 @@ static char path[64];
 
 static void
 note (void *opaque, enum vhd_check_result sev, const char *msg)
+{
+}
+
+static void
+xen_note (void *opaque, bool repairable, const char *msg)
 {
 }
 
@@ -55,6 +60,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   close (fd);
   free (img);
 
+  /* XenServer's rules read the raw bytes whether or not we open them. */
+  vhd_xen_rules (path, xen_note, NULL);
   top = vhd_open_chain (path, data[0] & 2 ? VHD_SIZE_CHS
                         : data[0] & 4 ? VHD_SIZE_QEMU : VHD_SIZE_CURRENT);
   if (top) {
