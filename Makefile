@@ -32,7 +32,7 @@ FILTERDIR  = $(shell pkg-config --variable=filterdir nbdkit 2>/dev/null)
 NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 
 COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/vhd-xen.c common/vhd-repair.c common/bitmap.c common/log.c common/rangelock.c common/size.c \
-               common/jsonline.c common/nbdpolicy.c common/mirrorctl.c \
+               common/jsonline.c common/nbdpolicy.c common/nbdconnect.c common/mirrorctl.c \
                common/fullio.c common/unixsock.c
 COMMON_OBJS := $(COMMON_SRCS:.c=.o)
 COMMON_HDRS := $(wildcard common/*.h)
@@ -116,10 +116,13 @@ tests/unit/test-%: tests/unit/test-%.c tests/unit/tap.h common/libsxm.a $(COMMON
 	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a -lpthread $(ALLLDFLAGS)
 
 # libFuzzer harnesses: clang, ASan+UBSan, the common/ sources compiled in.
-tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzzvhd.h $(COMMON_SRCS) $(COMMON_HDRS) | deps
+# (The harnesses are built from the sources with the fuzzer's
+# instrumentation; the libnbd glue is not fuzzed and not linked.)
+FUZZ_SRCS := $(filter-out common/nbdconnect.c,$(COMMON_SRCS))
+tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzzvhd.h $(FUZZ_SRCS) $(COMMON_HDRS) | deps
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	  -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Icommon \
-	  -o $@ $< $(COMMON_SRCS) -lpthread
+	  -o $@ $< $(FUZZ_SRCS) -lpthread
 
 tests/fuzz/fuzz-xmstream: xenmem/stream.c xenmem/stream.h xenmem/preflight.c xenmem/preflight.h
 

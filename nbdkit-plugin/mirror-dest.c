@@ -29,6 +29,7 @@
 #include <nbdkit-filter.h>
 
 #include "mirror.h"
+#include "nbdconnect.h"
 #include "monotime.h"
 
 struct dest_conn {
@@ -156,10 +157,7 @@ connect_one (struct dest_conn *c, const char *uri, unsigned i, char *err,
     return -1;
   }
   snprintf (name, sizeof name, "mirror-dest-%u", i);
-  if (nbd_set_handle_name (c->h, name) == -1 ||
-      nbd_set_pread_initialize (c->h, false) == -1 ||
-      nbd_add_meta_context (c->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-      nbd_set_uri_allow_local_file (c->h, true) == -1 ||
+  if (sxm_nbd_prepare (c->h, name, uri) == -1 ||
       nbd_aio_connect_uri (c->h, uri) == -1) {
     snprintf (err, errlen, "%s", last_error ());
     return -1;

@@ -289,6 +289,25 @@ def main(scratch):
         rc, _, err = copy(uri, out2)
         tap.ok(rc == 4 and "TLS" in err,
                "plaintext to a TLS-only server: exit 4, says TLS", err)
+        # No user in the URI: the identity is the user running sxm-copy,
+        # even with no login session (setsid: no controlling terminal, so
+        # libnbd's getlogin_r default would fail).
+        import pwd
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        mine = os.path.join(scratch, "mine.psk")
+        sh("psktool", "-u", me, "-p", mine)
+        os.chmod(mine, 0o600)
+        with nbdkit(scratch, zsrc, "-r", "--tls=require", "--tls-psk=" + mine,
+                    plugin="file") as uri2:
+            sock2 = uri2.split("socket=")[1]
+            out3 = os.path.join(scratch, "tls3.raw")
+            p = subprocess.run(["setsid", SXM_COPY, "-q",
+                                f"nbds+unix:///?socket={sock2}&tls-psk-file="
+                                f"{mine}", out3], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL)
+            tap.ok(p.returncode == 0 and files_equal(zsrc, out3)[0],
+                   f"TLS URI with no user, no login session: the identity "
+                   f"is the running user's ({me}); copied", p.stderr)
         os.chmod(psk, 0o640)
         rc, _, err = copy(good, out2)
         tap.ok(rc == 4 and "PSK file" in err and "0640" in err and

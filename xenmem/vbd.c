@@ -6,6 +6,7 @@
 #include <libnbd.h>
 
 #include "log.h"
+#include "nbdconnect.h"
 #include "vbd.h"
 
 struct xm_vbd *
@@ -25,8 +26,8 @@ xm_vbd_open (const char *uri)
                nbd_get_error ());
     goto fail;
   }
-  nbd_set_handle_name (v->nbd, "xenmem-vbd");
-  if (nbd_connect_uri (v->nbd, uri) == -1) {
+  if (sxm_nbd_prepare (v->nbd, "xenmem-vbd", uri) == -1 ||
+      nbd_connect_uri (v->nbd, uri) == -1) {
     sxm_error ("disk %s: cannot connect: %s", uri, nbd_get_error ());
     goto fail;
   }

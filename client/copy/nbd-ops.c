@@ -12,6 +12,7 @@
 #include <libnbd.h>
 
 #include "copy.h"
+#include "nbdconnect.h"
 #include "monotime.h"
 
 const char *
@@ -32,12 +33,9 @@ nbd_connect_ep (struct conn *c)
   /* Failures are reported by the caller, which knows the context. */
   if (h == NULL)
     return -1;
-  /* Buffers are only used after a successful read: libnbd need not zero
-   * them first (that memset was 5% of a copy's CPU). */
-  if (nbd_set_handle_name (h, c->ep->is_dest ? "dst" : "src") == -1 ||
-      nbd_set_pread_initialize (h, false) == -1 ||
-      nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-      nbd_set_uri_allow_local_file (h, true) == -1 ||
+  /* (sxm_nbd_prepare: buffers are not zeroed before reads -- that memset
+   * was 5% of a copy's CPU -- and a TLS identity without getlogin.) */
+  if (sxm_nbd_prepare (h, c->ep->is_dest ? "dst" : "src", c->ep->name) == -1 ||
       nbd_aio_connect_uri (h, c->ep->name) == -1)
     goto fail;
   while (nbd_aio_is_connecting (h)) {
