@@ -220,10 +220,16 @@ count_alloc (void *opaque, uint64_t off, uint64_t len, bool zero)
   return 0;
 }
 
+/* --live: what the summary calls the two ends (both endpoints are the
+ * filter's copy export): the SOURCE given and the mirror's destination. */
+static const char *shown_src, *shown_dst;
+
 static void
 summary (struct copy *cp, double wall, int status)
 {
   char v[32], a[32], r[32], w[32], z[32], s[32];
+  const char *sn = shown_src ? shown_src : cp->src->name;
+  const char *dn = shown_dst ? shown_dst : cp->dst->name;
   double mbs = wall > 0 ? cp->alloc_total / wall / (1 << 20) : 0;
 
   if (json_summary) {
@@ -233,7 +239,7 @@ summary (struct copy *cp, double wall, int status)
             ", \"zeroed\": %" PRIu64 ", \"skipped\": %" PRIu64
             ", \"retries\": %" PRIu64 ", \"wall_seconds\": %.3f"
             ", \"mib_per_second\": %.1f, \"connections\": %u}\n",
-            cp->src->name, cp->dst->name,
+            sn, dn,
             status == EXIT_OK ? "ok" : status == EXIT_DIFFERS ? "differs"
                                                                : "failed",
             cp->size, cp->alloc_total, cp->bytes_read, cp->bytes_written,
@@ -254,7 +260,7 @@ summary (struct copy *cp, double wall, int status)
            "  virtual size %s, allocated %s\n"
            "  read %s, written %s, zeroed %s, skipped %s\n"
            "  %.3f s, %.1f MiB/s of allocated data, %u connection%s%s\n",
-           cp->src->name, cp->dst->name,
+           sn, dn,
            status == EXIT_OK ? "done" : status == EXIT_DIFFERS
                                         ? "DIFFERENT" : "FAILED",
            v, a, r, w, z, s, wall, mbs, opts.connections,
@@ -490,6 +496,11 @@ main (int argc, char **argv)
     }
     json_bool (&st, "dest_zero", &live_dest_zero);
     live_copy_uri = live_uri (src_name, exp);
+    shown_src = src_name;
+    shown_dst = json_str (&st, "dest") ? strdup (json_str (&st, "dest"))
+                                       : NULL;
+    if (!shown_dst)
+      shown_dst = "the mirror's destination";
     json_free (&st);
     if (!live_copy_uri) {
       fprintf (stderr, "sxm-copy: out of memory\n");

@@ -197,7 +197,7 @@ start_connect (const struct start_args *a, int64_t ssize,
  * on every write is mirrored. */
 static void
 start_install (struct dest *d, const struct dest_info *di, uint8_t *map,
-               char *exp, bool all, int64_t ssize)
+               char *exp, bool all, int64_t ssize, char *dest_uri)
 {
   mirror_gate_close ();
   mirror_dirty_install (map);
@@ -207,6 +207,8 @@ start_install (struct dest *d, const struct dest_info *di, uint8_t *map,
   pthread_mutex_lock (&mirror_info_lock);
   free (mirror_export);
   mirror_export = exp;
+  free (mirror_dest_uri);
+  mirror_dest_uri = dest_uri;
   mirror_all = all;
   random_token (mirror_token);
   mirror_generation++;
@@ -250,7 +252,10 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
     dest_close (d);
     return fail_reply (out, "out of memory");
   }
-  start_install (d, &di, map, exp, !json_has (req, "export"), ssize);
+  /* (The URI is reported by status, so that a live copy's summary can
+   * name the real destination; NULL if out of memory: then it is not.) */
+  start_install (d, &di, map, exp, !json_has (req, "export"), ssize,
+                 strdup (a.uri));
   nbdkit_debug ("mirror: started to %s (export '%s', %" PRIu64 " bytes)",
                 a.uri, mirror_export, mirror_size);
 
@@ -295,6 +300,10 @@ mirror_cmd_status (const struct json_obj *req, struct jbuf *out)
       jbuf_add (out, ",\"copy_export\":\"" MIRROR_COPY_PREFIX "%s\","
                 "\"dest_zero\":%s", mirror_token,
                 mirror_dinfo.all_zero ? "true" : "false");
+    if (mirror_dest_uri) {
+      jbuf_add (out, ",\"dest\":");
+      jbuf_str (out, mirror_dest_uri);
+    }
     pthread_mutex_unlock (&mirror_info_lock);
     jbuf_add (out, ",\"size\":%" PRIu64 ",\"granularity\":%u,"
               "\"dirty_bytes\":%" PRIu64 ",\"mirrored_writes\":%" PRIu64

@@ -28,6 +28,7 @@ struct rangelock mirror_rl = RANGELOCK_INIT;
 
 pthread_mutex_t mirror_info_lock = PTHREAD_MUTEX_INITIALIZER;
 char *mirror_export;
+char *mirror_dest_uri;
 bool mirror_all;
 char mirror_token[33];
 uint64_t mirror_generation;
@@ -44,6 +45,8 @@ mirror_state_free (void)
 {
   free (mirror_export);
   mirror_export = NULL;
+  free (mirror_dest_uri);
+  mirror_dest_uri = NULL;
   free (dirty);
   dirty = NULL;
 }

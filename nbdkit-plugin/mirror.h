@@ -157,6 +157,7 @@ extern struct rangelock mirror_rl;      /* granule ranges: guest vs copier */
  * them without the lock; the reason and the copy flags change any time. */
 extern pthread_mutex_t mirror_info_lock;
 extern char *mirror_export;             /* the export being mirrored */
+extern char *mirror_dest_uri;           /* the destination "start" was given */
 extern bool mirror_all;                 /* no "export" given: every export */
 extern char mirror_token[33];           /* of the copy export */
 extern uint64_t mirror_generation;      /* bumped by each start */

@@ -352,6 +352,28 @@ def main(scratch):
         h.shutdown()
 
     # --- the destination fails -------------------------------------------
+    # A live copy's summary names the two real ends, not the copy export
+    # twice; status reports the destination it was started with.
+    srcf = sparse(os.path.join(S, "lsrc.img"), 16 * MiB)
+    csl = os.path.join(S, "ctl-live.sock")
+    with Server(S, "size=16M", plugin="memory", name="ldst") as dst, \
+         Server(S, srcf, "mirror-control=" + csl, plugin="file",
+                filters=[FILTER], name="lsrc") as s:
+        h = connect(s.uri)
+        h.pwrite(b"\x42" * MiB, 3 * MiB)
+        ctl(csl, "start", dest=dst.uri)
+        st = ctl(csl, "status")
+        cp = subprocess.run(
+            [os.path.join(os.path.dirname(SXM_MIRROR), "sxm-copy"),
+             f"--live={csl}", s.uri], capture_output=True, text=True,
+            timeout=120)
+        tap.ok(st.get("dest") == dst.uri and cp.returncode == 0 and
+               f"sxm-copy: {s.uri} -> {dst.uri}: done" in cp.stderr,
+               "--live summary: SOURCE -> the mirror's destination (status "
+               "'dest')", f"{st}\n{cp.stderr}")
+        ctl(csl, "abort")
+        h.shutdown()
+
     for strict in (False, True):
         tag = "strict" if strict else "default"
         srcf = sparse(os.path.join(S, f"fsrc-{tag}.img"), 64 * MiB)
