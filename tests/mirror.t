@@ -133,6 +133,16 @@ def main(scratch):
                "second start refused", r)
         p = live_copy(cs, s.uri)
         tap.ok(p.returncode == 0, "live copy", p.stderr)
+        # sxm-mirror switchover's default, as sxm migrate's: after a copy
+        # reported "copied", no comparison in the hold; --verify compares.
+        rc, so, se = mirror_cli(cs, "switchover")
+        rc2, so2, se2 = mirror_cli(cs, "resume")
+        rc3, so3, se3 = mirror_cli(cs, "switchover", "--verify")
+        rc4, _, _ = mirror_cli(cs, "resume")
+        tap.ok(rc == 0 and '"verified":false' in so and rc2 == 0 and
+               rc3 == 0 and '"verified":true' in so3 and rc4 == 0,
+               "sxm-mirror switchover: unverified after a finished copy, "
+               "--verify compares", so + se + so3 + se3)
         ops = [("write 4K aligned", lambda: h.pwrite(b"\x11" * 4096, 8192)),
                ("write unaligned in clean granules",
                 lambda: h.pwrite(b"\x22" * 1000, 1 * MiB + 123)),
