@@ -31,7 +31,7 @@ PLUGINDIR  = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 FILTERDIR  = $(shell pkg-config --variable=filterdir nbdkit 2>/dev/null)
 NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 
-COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/vhd-xen.c common/vhd-repair.c common/bitmap.c common/log.c common/rangelock.c common/size.c \
+COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/vhd-xen.c common/vhd-repair.c common/vhd-setparent.c common/bitmap.c common/log.c common/rangelock.c common/size.c \
                common/jsonline.c common/nbdpolicy.c common/nbdconnect.c common/mirrorctl.c \
                common/fullio.c common/unixsock.c
 COMMON_OBJS := $(COMMON_SRCS:.c=.o)

@@ -7,6 +7,7 @@
  *   sxm-vhd map  [--json] FILE.vhd
  *   sxm-vhd check [--xen] FILE.vhd
  *   sxm-vhd repair FILE.vhd
+ *   sxm-vhd set-parent CHILD.vhd PARENT
  *
  *   sxm-vhd coalesce [--force] CHILD.vhd
  *   sxm-vhd resize FILE.vhd NEW_SIZE
@@ -47,6 +48,7 @@ usage (FILE *f)
 "       sxm-vhd map  [--json] FILE.vhd\n"
 "       sxm-vhd check [--xen] FILE.vhd\n"
 "       sxm-vhd repair FILE.vhd\n"
+"       sxm-vhd set-parent CHILD.vhd PARENT\n"
 "       sxm-vhd coalesce [--force] CHILD.vhd\n"
 "       sxm-vhd resize FILE.vhd NEW_SIZE\n"
 "       sxm-vhd --version | --help\n"
@@ -66,6 +68,9 @@ usage (FILE *f)
 "          fixes it, else 7)\n"
 "repair    fix what check calls repairable (a geometry XenServer refuses,\n"
 "          a missing or stale footer copy), offline, crash-safely\n"
+"set-parent  point CHILD at PARENT after the parent moved (PARENT must be\n"
+"          the image CHILD was made over: its UUID is checked); new\n"
+"          locators, written crash-safely, offline\n"
 "coalesce  merge differencing CHILD into its parent (refused if the parent\n"
 "          has another child in its directory, unless --force)\n"
 "resize    grow a dynamic or differencing image (offline)\n"
@@ -438,6 +443,7 @@ main (int argc, char **argv)
   if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0 &&
       strcmp (cmd, "check") != 0 && strcmp (cmd, "coalesce") != 0 &&
       strcmp (cmd, "resize") != 0 && strcmp (cmd, "repair") != 0 &&
+      strcmp (cmd, "set-parent") != 0 &&
       strcmp (cmd, "create") != 0 && strcmp (cmd, "snapshot") != 0) {
     fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
     usage (stderr);
@@ -508,6 +514,19 @@ main (int argc, char **argv)
     }
     if (vhd_resize (argv[optind], size) == -1)
       return open_failure (argv[optind], false);
+    return 0;
+  }
+  if (strcmp (cmd, "set-parent") == 0) {
+    if (optind != argc - 2) {
+      fprintf (stderr, "sxm-vhd set-parent: expected CHILD.vhd PARENT\n");
+      return EXIT_USAGE;
+    }
+    r = vhd_set_parent (argv[optind], argv[optind + 1]);
+    if (r == -1)
+      return open_failure (argv[optind], false);
+    if (r == -2)
+      return EXIT_FAILURE;      /* PARENT refused (said why); CHILD as it was */
+    printf ("%s: parent is now %s\n", argv[optind], argv[optind + 1]);
     return 0;
   }
   if (strcmp (cmd, "create") == 0 || strcmp (cmd, "snapshot") == 0) {

@@ -344,26 +344,18 @@ relative_path (const char *from_dir, const char *to)
 }
 
 int
-vhd_snapshot (const char *parent_path, const char *child_path,
-              const uint8_t uuid[16])
+vhd_parent_refs (const char *child_path, const char *parent_path,
+                 struct vhd_parent_refs *r)
 {
-  struct vhd_layer *parent;
-  char *pabs = NULL, *cdir = NULL, *ccopy = NULL, *rel = NULL, *url = NULL;
-  uint8_t header[VHD_HEADER_SIZE];
-  uint8_t w2ru[8192], w2ku[8192], name[512];
-  struct image_part locs[3];
+  char *cdir = NULL, *ccopy = NULL, *rel = NULL, *q;
   ssize_t lr, lk, ln;
   struct stat st;
-  uint32_t block_size;
   int ret = -1;
-  char *q;
 
-  parent = vhd_open_chain (parent_path, VHD_SIZE_CURRENT);
-  if (!parent)
-    return -1;
-  pabs = realpath (parent_path, NULL);
+  memset (r, 0, sizeof *r);
+  r->pabs = realpath (parent_path, NULL);
   ccopy = strdup (child_path);
-  if (!pabs || !ccopy) {
+  if (!r->pabs || !ccopy) {
     sxm_error ("%s: %s", parent_path, strerror (errno));
     goto out;
   }
@@ -372,61 +364,106 @@ vhd_snapshot (const char *parent_path, const char *child_path,
     sxm_error ("%s: directory: %s", child_path, strerror (errno));
     goto out;
   }
-  if (stat (pabs, &st) == -1) {
-    sxm_error ("%s: %s", pabs, strerror (errno));
+  if (stat (r->pabs, &st) == -1) {
+    sxm_error ("%s: %s", r->pabs, strerror (errno));
     goto out;
   }
-  block_size = parent->footer.type == VHD_TYPE_FIXED ? 2 << 20
-                                                     : parent->block_size;
-  if (check_create_args (child_path, parent->size, block_size) == -1)
-    goto out;
+  r->mtime = (uint32_t) (st.st_mtime - VHD_EPOCH);
 
   /* Locators: W2ru relative ".\dir\name", W2ku absolute, MacX file:// URL
    * (absolute; blktap reads MacX).  Windows separators in the W2 forms. */
-  rel = relative_path (cdir, pabs);
-  if (!rel || asprintf (&url, "file://%s", pabs) == -1) {
-    url = NULL;
+  rel = relative_path (cdir, r->pabs);
+  if (!rel || asprintf (&r->url, "file://%s", r->pabs) == -1) {
+    r->url = NULL;
     sxm_error ("%s: out of memory", child_path);
     goto out;
   }
   for (q = rel; *q; q++)
     if (*q == '/')
       *q = '\\';
-  lr = vhd_utf8_to_utf16 (rel, false, w2ru, sizeof w2ru);
-  lk = vhd_utf8_to_utf16 (pabs, false, w2ku, sizeof w2ku);
+  lr = vhd_utf8_to_utf16 (rel, false, r->w2ru, sizeof r->w2ru);
+  lk = vhd_utf8_to_utf16 (r->pabs, false, r->w2ku, sizeof r->w2ku);
   /* The parent name is the parent's file name, as blktap writes it: its
    * checker requires it to equal the last component of every W2ru, W2ku
    * and MacX locator.  (The field holds 256 UTF-16 units.) */
-  ln = vhd_utf8_to_utf16 (strrchr (pabs, '/') + 1, true, name, sizeof name);
+  ln = vhd_utf8_to_utf16 (strrchr (r->pabs, '/') + 1, true, r->name,
+                          sizeof r->name);
   if (lr <= 0 || lk <= 0 || ln < 0) {
     sxm_error ("%s: parent path is not valid UTF-8, longer than 4096 "
-               "characters, or its file name longer than 256", pabs);
+               "characters, or its file name longer than 256", r->pabs);
     goto out;
   }
+  r->name_len = ln;
+  r->loc[0].code = "W2ru";
+  r->loc[0].data = r->w2ru;
+  r->loc[0].len = lr;
+  r->loc[1].code = "W2ku";
+  r->loc[1].data = r->w2ku;
+  r->loc[1].len = lk;
+  r->loc[2].code = "MacX";
+  r->loc[2].data = (const uint8_t *) r->url;
+  r->loc[2].len = strlen (r->url);
+  ret = 0;
+ out:
+  free (cdir);
+  free (ccopy);
+  free (rel);
+  if (ret == -1)
+    vhd_parent_refs_free (r);
+  return ret;
+}
+
+void
+vhd_parent_refs_free (struct vhd_parent_refs *r)
+{
+  free (r->url);
+  free (r->pabs);
+  r->url = r->pabs = NULL;
+}
+
+int
+vhd_snapshot (const char *parent_path, const char *child_path,
+              const uint8_t uuid[16])
+{
+  struct vhd_layer *parent;
+  struct vhd_parent_refs refs;
+  uint8_t header[VHD_HEADER_SIZE];
+  struct image_part locs[3];
+  uint32_t block_size;
+  int ret = -1;
+
+  parent = vhd_open_chain (parent_path, VHD_SIZE_CURRENT);
+  if (!parent)
+    return -1;
+  if (vhd_parent_refs (child_path, parent_path, &refs) == -1) {
+    vhd_close_chain (parent);
+    return -1;
+  }
+  block_size = parent->footer.type == VHD_TYPE_FIXED ? 2 << 20
+                                                     : parent->block_size;
+  if (check_create_args (child_path, parent->size, block_size) == -1)
+    goto out;
 
   {
     uint64_t off = 1536 + (((uint64_t) (parent->size + block_size - 1) /
                             block_size) * 4 + VHD_SECTOR - 1) / VHD_SECTOR *
                    VHD_SECTOR;
-    const struct { const char *code; const void *buf; size_t len; } l[3] = {
-      { "W2ru", w2ru, (size_t) lr },
-      { "W2ku", w2ku, (size_t) lk },
-      { "MacX", url, strlen (url) },
-    };
     int i;
 
     memset (header, 0, sizeof header);
     memcpy (header + 40, parent->footer.uuid, 16);
-    be32_store (header + 56, (uint32_t) (st.st_mtime - VHD_EPOCH));
-    memcpy (header + 64, name, ln);
+    be32_store (header + 56, refs.mtime);
+    memcpy (header + 64, refs.name, refs.name_len);
     for (i = 0; i < 3; i++) {
       uint8_t *e = header + 576 + 24 * i;
-      uint32_t space = (l[i].len + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
-      memcpy (e, l[i].code, 4);
+      uint32_t space = (refs.loc[i].len + VHD_SECTOR - 1) / VHD_SECTOR
+                       * VHD_SECTOR;
+      memcpy (e, refs.loc[i].code, 4);
       be32_store (e + 4, space);        /* bytes, as Hyper-V writes it */
-      be32_store (e + 8, l[i].len);
+      be32_store (e + 8, refs.loc[i].len);
       be64_store (e + 16, off);
-      locs[i] = (struct image_part) { off, l[i].buf, l[i].len };
+      locs[i] = (struct image_part) { off, refs.loc[i].data,
+                                      refs.loc[i].len };
       off += space;
     }
   }
@@ -434,10 +471,6 @@ vhd_snapshot (const char *parent_path, const char *child_path,
                        locs, 3, VHD_TYPE_DIFF);
  out:
   vhd_close_chain (parent);
-  free (pabs);
-  free (cdir);
-  free (ccopy);
-  free (rel);
-  free (url);
+  vhd_parent_refs_free (&refs);
   return ret;
 }

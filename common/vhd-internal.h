@@ -78,6 +78,36 @@ vhd_pread_full (int fd, void *buf, size_t count, uint64_t offset)
  * error.  FILE_SIZE must be at least 512. */
 int vhd_locate_footer (int fd, uint64_t file_size, uint8_t *fbuf,
                        bool *from_copy);
+/* Open PATH alone, read-only: everything validated as vhd_open_chain
+ * does, but a differencing image's parent is not looked for (l->parent
+ * stays NULL: reads are not possible, metadata is).  For repairing the
+ * link to a parent. */
+struct vhd_layer *vhd_open_alone (const char *path);
+
+/* Move every block of L that starts before META_END to the end of the file
+ * (*END, moved on): each copied with a footer after it and synced, then
+ * its BAT entry switched and synced, so a crash leaves the image as it was
+ * but for unreferenced copies.  Room for metadata, which blktap requires
+ * before every block (vhd-resize.c).  0 or -1 with a message. */
+int vhd_move_blocks_below (struct vhd_layer *l, int fd, uint64_t meta_end,
+                           uint64_t *end);
+
+/* A differencing child's references to PARENT_PATH (vhd-create.c): the
+ * parent name (UTF-16BE file name, as blktap writes it) and the W2ru
+ * (relative to the child's directory), W2ku (absolute) and MacX
+ * (file:// URL) locators' data. */
+struct vhd_parent_refs {
+  uint8_t name[512];
+  size_t name_len;
+  struct { const char *code; const uint8_t *data; size_t len; } loc[3];
+  uint8_t w2ru[8192], w2ku[8192];
+  char *url, *pabs;
+  uint32_t mtime;               /* the parent's, VHD epoch */
+};
+int vhd_parent_refs (const char *child_path, const char *parent_path,
+                     struct vhd_parent_refs *r);
+void vhd_parent_refs_free (struct vhd_parent_refs *r);
+
 /* The specification's CHS geometry for SIZE bytes (rounded down). */
 void vhd_spec_chs (uint64_t size, uint16_t *c, uint8_t *h, uint8_t *s);
 /* Write FOOTER at END_AT and sync, then (COPY_AT_0) at offset 0 and sync:

@@ -59,6 +59,41 @@ write_header (int fd, uint8_t *header, uint64_t hoff)
   return 0;
 }
 
+int
+vhd_move_blocks_below (struct vhd_layer *l, int fd, uint64_t meta_end,
+                       uint64_t *end)
+{
+  uint64_t blen = l->bitmap_bytes + (uint64_t) l->block_size, at;
+  uint64_t toff = l->header.table_offset;
+  uint8_t *buf = NULL, e[4];
+  uint32_t b;
+
+  for (b = 0; b < l->nblocks; b++) {
+    if (l->bat[b] == VHD_BAT_UNUSED ||
+        (uint64_t) l->bat[b] * VHD_SECTOR >= meta_end)
+      continue;
+    if (!buf && !(buf = malloc (blen)))
+      goto io_error;
+    at = *end;
+    if (copy_to_end (l, fd, buf, blen, (uint64_t) l->bat[b] * VHD_SECTOR,
+                     end) == -1)
+      goto io_error;
+    be32_store (e, (uint32_t) (at / VHD_SECTOR));
+    if (full_pwrite (fd, e, 4, toff + 4 * (uint64_t) b) == -1 ||
+        fdatasync (fd) == -1)
+      goto io_error;
+    l->bat[b] = (uint32_t) (at / VHD_SECTOR);
+  }
+  free (buf);
+  return 0;
+
+ io_error:
+  sxm_error ("%s: moving block %" PRIu32 " to the end of the file: %s",
+             l->path, b, strerror (errno ? errno : EIO));
+  free (buf);
+  return -1;
+}
+
 /* Make room for a BAT of NEED entries where the BAT is.  blktap
  * (XenServer) requires all metadata -- header, table, parent locators'
  * data -- to come before every block, so the table cannot simply move to
@@ -86,11 +121,10 @@ grow_bat_in_place (struct vhd_layer *l, int fd, uint8_t *header,
                         + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
   uint64_t new_bytes = (need * 4 + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
   uint64_t new_end = toff + new_bytes, meta_end = new_end, at;
-  uint64_t blen = l->bitmap_bytes + (uint64_t) l->block_size, bufsize;
+  uint64_t bufsize = 16 * VHD_SECTOR;
   uint64_t place[VHD_NR_LOCATORS] = { 0 };
-  uint8_t *buf = NULL, e[4];
+  uint8_t *buf = NULL;
   int ret = -1, i;
-  uint32_t b;
 
   if (toff < hoff + VHD_HEADER_SIZE && toff + new_bytes > hoff) {
     sxm_error ("%s: the block table lies before the header; growing it in "
@@ -109,7 +143,6 @@ grow_bat_in_place (struct vhd_layer *l, int fd, uint8_t *header,
     }
   }
   /* Where each locator's data goes: after the table, in order. */
-  bufsize = blen > 16 * VHD_SECTOR ? blen : 16 * VHD_SECTOR;
   for (i = 0; i < VHD_NR_LOCATORS; i++) {
     uint8_t *le = header + 576 + 24 * i;
     if (!le[0] || !locator_bytes (le))
@@ -138,20 +171,8 @@ grow_bat_in_place (struct vhd_layer *l, int fd, uint8_t *header,
   }
 
   /* 2. Blocks out of the way. */
-  for (b = 0; b < l->nblocks; b++) {
-    if (l->bat[b] == VHD_BAT_UNUSED ||
-        (uint64_t) l->bat[b] * VHD_SECTOR >= meta_end)
-      continue;
-    at = *end;
-    if (copy_to_end (l, fd, buf, blen, (uint64_t) l->bat[b] * VHD_SECTOR,
-                     end) == -1)
-      goto io_error;
-    be32_store (e, (uint32_t) (at / VHD_SECTOR));
-    if (full_pwrite (fd, e, 4, toff + 4 * (uint64_t) b) == -1 ||
-        fdatasync (fd) == -1)
-      goto io_error;
-    l->bat[b] = (uint32_t) (at / VHD_SECTOR);
-  }
+  if (vhd_move_blocks_below (l, fd, meta_end, end) == -1)
+    goto out;
 
   /* 3. The new entries, the locators in place, one header write. */
   memset (buf, 0xff, 16 * VHD_SECTOR);

@@ -46,6 +46,7 @@ enum {
 
 static __thread bool open_invalid;
 static __thread bool open_parent_failed;
+static __thread bool open_without_parents;     /* vhd_open_alone */
 
 bool
 vhd_last_open_was_invalid (void)
@@ -869,7 +870,7 @@ open_dynamic (struct vhd_layer *l, enum vhd_size_rule rule,
       if (l->bat[i] != VHD_BAT_UNUSED && !vhd_get_bitmap (l, i))
         return -1;
 
-  if (l->footer.type == VHD_TYPE_DIFF)
+  if (l->footer.type == VHD_TYPE_DIFF && !open_without_parents)
     return open_parent (l, rule, devs, inos);
   return 0;
 }
@@ -1207,6 +1208,17 @@ struct vhd_layer *
 vhd_open_chain_rw (const char *path, enum vhd_size_rule rule)
 {
   return open_chain (path, rule, true);
+}
+
+struct vhd_layer *
+vhd_open_alone (const char *path)
+{
+  struct vhd_layer *l;
+
+  open_without_parents = true;
+  l = open_chain (path, VHD_SIZE_CURRENT, false);
+  open_without_parents = false;
+  return l;
 }
 
 /* The resolver: splits a virtual range of layer L into pieces, each either

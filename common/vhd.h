@@ -231,6 +231,14 @@ uint64_t vhd_virtual_size (const struct vhd_footer *f, enum vhd_size_rule r);
 typedef void (*vhd_xen_report) (void *opaque, bool repairable,
                                 const char *msg);
 int vhd_xen_rules (const char *path, vhd_xen_report report, void *opaque);
+/* Point differencing image CHILD at PARENT, which must be the image it was
+ * made over (same UUID; a raw file for a child of a raw file), after the
+ * parent moved: new locators and parent name, written crash-safely
+ * (vhd-setparent.c), offline.  0; -1 if CHILD does not open (see
+ * vhd_last_open_*); -2 for anything else (PARENT refused, I/O): with a
+ * message. */
+int vhd_set_parent (const char *child, const char *parent);
+
 /* Repair what check calls repairable (vhd-repair.c), offline: a geometry
  * larger than blktap accepts, a missing end footer, a footer copy at
  * offset 0 that differs.  Each change is reported; returns 1 if something
