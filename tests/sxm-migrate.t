@@ -21,6 +21,7 @@ import os
 import random
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import threading
@@ -382,6 +383,9 @@ def main(scratch):
            f"({(summary.get('switchover') or [{}])[0].get('flush_ms')} ms)")
     tap.ok(os.path.exists(png) and open(png, "rb").read(4) == b"\x89PNG",
            "timeline plot written", err)
+    if os.environ.get("SXM_ARTIFACTS") and os.path.exists(png):
+        # (for looking at the picture: SXM_ARTIFACTS=DIR keeps a copy)
+        shutil.copy(png, os.environ["SXM_ARTIFACTS"])
     progress_checks(mprog, rprog, summary)
     p = subprocess.run([SXM, "migrate", "--progress", "json:1", "--token",
                         "sxm1.bm90IGEgdG9rZW4K", "--disk", src.ctl],
@@ -405,7 +409,25 @@ def main(scratch):
     srcs = [Source(os.path.join(S, f"src1b{i}"), seed + 20 + i) for i in (0, 1)]
     ws = [Writer(x.uri, seed + 30 + i).start() for i, x in enumerate(srcs)]
     rcv = Receiver(os.path.join(S, "sr1b"), ndisks=2)
-    rc, out, err = migrate(rcv.token_file, [x.ctl for x in srcs])
+    # A disk that is not idle (a mirror already running): refused before
+    # anything moves, nothing told to the destination, and the same token
+    # then carries the real migration.
+    busy = Source(os.path.join(S, "src1busy"), seed + 25)
+    with nbdkit(S, f"size={SIZE}", plugin="memory") as spare:
+        st = ctl(busy.ctl, "start", dest=spare)
+        rc0, _, err0 = migrate(rcv.token_file, [srcs[0].ctl, busy.ctl])
+        ctl(busy.ctl, "abort")
+    busy.stop()
+    tap.ok(st.get("ok") and rc0 == 4 and "not idle" in err0 and
+           "nothing moved and nothing changed on either host" in err0 and
+           "the token stays usable until" in err0 and
+           "told the destination" not in err0 and
+           srcs[0].state() == "idle",
+           "a disk already mirroring: refused (exit 4) before anything "
+           "moves, says the token stays usable", err0)
+    png2 = os.path.join(S, "timeline-disks.png")
+    rc, out, err = migrate(rcv.token_file, [x.ctl for x in srcs],
+                           "--timeline", png2)
     for w_ in ws:
         w_.finish()
     rrc = rcv.finish()
@@ -420,8 +442,8 @@ def main(scratch):
         vhd_equal(x.vhd, os.path.join(rcv.sr, u + ".vhd"))
         for x, u in zip(srcs, order))
     tap.ok(rc == 0 and rrc == 0 and same,
-           "two disks in one migration: each destination byte-identical to "
-           "its own source", f"rc={rc} rrc={rrc} {new}\n{err}\n{rcv.err}")
+           "two disks in one migration (with the token a refusal left "
+           "usable): each destination byte-identical to its own source", f"rc={rc} rrc={rrc} {new}\n{err}\n{rcv.err}")
     tap.ok(re.search(r"\n  memory: none \(disks only: no guest was paused", err)
            and re.search(r"\n  writes held: [\d.]+ ms \(from the switchover to "
                          r"the commit; since then the source refuses writes\), "
@@ -430,6 +452,11 @@ def main(scratch):
            and "downtime" not in err,
            "disk-only summary (--memory none): writes held and switchover, "
            "no RAM, no guest downtime", err)
+    tap.ok(os.path.exists(png2) and open(png2, "rb").read(4) == b"\x89PNG",
+           "disk-only timeline plot written (one panel: no memory moved)",
+           err)
+    if os.environ.get("SXM_ARTIFACTS") and os.path.exists(png2):
+        shutil.copy(png2, os.environ["SXM_ARTIFACTS"])
     for line in err.splitlines():
         if line.startswith(("  memory: ", "  writes held: ")):
             tap.diag(line)
@@ -444,8 +471,13 @@ def main(scratch):
                            capture_output=True)
             subprocess.run([os.path.join(ROOT, "client", "sxm-copy"), "-q",
                             "--live=" + x.ctl, x.uri], check=True)
-        h = connect(d1)                 # a planted difference on disk 1
-        h.pwrite(b"\x5a", 2 * GiB + 12345)
+        # A planted difference on disk 1: the complement of the source's
+        # byte (a fixed value equals the random source byte 1 time in 256).
+        hs = connect(srcs[1].uri)
+        b = hs.pread(1, 2 * GiB + 12345)
+        hs.shutdown()
+        h = connect(d1)
+        h.pwrite(bytes([b[0] ^ 0xff]), 2 * GiB + 12345)
         h.shutdown()
 
         def hook(phase, *extra):
@@ -661,11 +693,17 @@ def main(scratch):
             # 40 MiB of data for an SR with 24 MiB: refused up front.
             rcv = Receiver(os.path.join(mnt, "sr"))
             rc, out, err = migrate(rcv.token_file, [src.ctl])
+            # Refused before anything moved: the receiver is left waiting
+            # (the token stays usable), and cleans up when stopped.
+            waiting = rcv.proc.poll() is None
+            rcv.proc.send_signal(signal.SIGTERM)
             rrc = rcv.finish()
             tap.ok(rc == 4 and "SR is full" in err and src.state() == "idle"
-                   and rrc == 1 and rcv.new_files() == [],
-                   "SR full: refused before starting (exit 4), destination "
-                   "told to clean up", f"rc={rc} rrc={rrc}\n{err}\n{rcv.err}")
+                   and "the token stays usable" in err and waiting
+                   and rrc != 0 and rcv.new_files() == [],
+                   "SR full: refused before starting (exit 4), the "
+                   "destination still waiting (token usable); stopped, it "
+                   "removes its VHD", f"rc={rc} rrc={rrc}\n{err}\n{rcv.err}")
             # The token said there was room; then something else took it.
             subprocess.run(["umount", mnt], check=True)
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs",

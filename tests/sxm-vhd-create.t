@@ -11,6 +11,7 @@ import subprocess
 
 import pyvhdi
 
+import vhdgen
 from sxmtest import (qemu_vhd, tap, run_test, nbdkit, nbd_connect, nbd_map, sh,
                      files_equal, ROOT, MiB, GiB)
 
@@ -30,25 +31,6 @@ def qemu_size(p, plain=False):
                          *args))["virtual-size"]
 
 
-def spec_chs(size):
-    """The VHD specification's CHS algorithm: (cylinders, heads, sectors)."""
-    total = min(size // 512, 65535 * 16 * 255)
-    if total >= 65535 * 16 * 63:
-        spt, heads = 255, 16
-        cth = total // spt
-    else:
-        spt = 17
-        cth = total // spt
-        heads = max((cth + 1023) // 1024, 4)
-        if cth >= heads * 1024 or heads > 16:
-            spt, heads = 31, 16
-            cth = total // spt
-        if cth >= heads * 1024:
-            spt, heads = 63, 16
-            cth = total // spt
-    return cth // heads, heads, spt
-
-
 def main(d):
     cases = [("dynamic", "1M", MiB, []), ("dynamic", "7340544", 7340544, []),
              ("dynamic", "5G", 5 * GiB, ["--block-size=512K"]),
@@ -61,7 +43,7 @@ def main(d):
             continue
         tap.eq(qemu_size(p), size, f"{label}: qemu-img (force_size_calc="
                f"current_size) sees {size} bytes")
-        c, h, s = spec_chs(size)
+        c, h, s = vhdgen.chs_geometry(size)
         info = json.loads(tool("info", "--json", p).stdout)["chain"][0]
         tap.ok((info["cylinders"], info["heads"],
                 info["sectors_per_track"]) == (c, h, s) and

@@ -32,25 +32,6 @@ VHD_UTIL = os.environ.get("VHD_UTIL") or shutil.which("vhd-util")
 EPOCH = 946684800
 
 
-def spec_chs(size):
-    """The specification's CHS algorithm (sizes rounded down to sectors)."""
-    total = min(size // 512, 65535 * 16 * 255)
-    if total >= 65535 * 16 * 63:
-        spt, heads = 255, 16
-        cth = total // spt
-    else:
-        spt = 17
-        cth = total // spt
-        heads = max((cth + 1023) // 1024, 4)
-        if cth >= heads * 1024 or heads > 16:
-            spt, heads = 31, 16
-            cth = total // spt
-        if cth >= heads * 1024:
-            spt, heads = 63, 16
-            cth = total // spt
-    return cth // heads, heads, spt
-
-
 def check_xen(path):
     p = subprocess.run([SXM_VHD, "check", "--xen", path], capture_output=True,
                        text=True)
@@ -94,10 +75,10 @@ def main(d):
 
     # --- every kind of image we write ---------------------------------------
     exact = 1
-    for x in spec_chs(100 * MiB):
+    for x in vhdgen.chs_geometry(100 * MiB):
         exact *= x
     exact *= 512                       # 104761344: CHS-exact
-    assert spec_chs(exact)[0] * spec_chs(exact)[1] * spec_chs(exact)[2] \
+    assert vhdgen.chs_geometry(exact)[0] * vhdgen.chs_geometry(exact)[1] * vhdgen.chs_geometry(exact)[2] \
         * 512 == exact
     raw = p("data.raw")
     with open(raw, "wb") as f:
@@ -169,7 +150,7 @@ def main(d):
         rc, out = check_xen(path)
         tap.ok(rc == 0 and "would accept it" in out,
                f"{label}: check --xen accepts it", out)
-        c, h, s = spec_chs(size)
+        c, h, s = vhdgen.chs_geometry(size)
         f = footer_of(path)
         geo = struct.unpack(">HBB", f[56:60])
         tap.eq(geo, (c, h, s), f"{label}: the specification's geometry")

@@ -565,11 +565,35 @@ xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   if (X.rfd != -1)
     close (X.rfd);
   jbuf_add (&X.rstats, "]");
+  /* A failed migration leaves the source domain running -- unless the
+   * guest itself did not survive (it crashed, or was destroyed or shut
+   * down while it migrated): then say that, not "resumed". */
+  if (ret == XM_FAILED && X.e.xch) {
+    xc_dominfo_t info;
+    const char *fate = NULL;
+    if (xc_domain_getinfo (X.e.xch, X.domid, 1, &info) != 1 ||
+        info.domid != X.domid)
+      fate = "no longer exists";
+    else if (info.crashed)
+      fate = "crashed";
+    else if (info.dying)
+      fate = "is dying";
+    else if (info.shutdown)
+      fate = "is shut down";
+    if (fate) {
+      sxm_error ("xen: migration failed, and source domain %u %s (see xl "
+                 "dmesg): it does not run on", X.domid, fate);
+      jbuf_add (report, ",\"source\":\"%s\"", fate);
+    }
+    else
+      sxm_error ("xen: migration failed; source domain %u runs on",
+                 X.domid);
+  }
   jbuf_add (report, ",\"result\":\"%s\",\"domid\":%u,\"rounds\":%u,"
             "\"stop_reason\":", checked ? "ready" : ret == XM_OK ? "migrated"
             : ret == XM_IN_DOUBT
             ? "in-doubt" : ret == XM_CANNOT ? "not started"
-            : "failed, source resumed", X.domid, checked ? 0 : X.rounds + 1);
+            : "failed", X.domid, checked ? 0 : X.rounds + 1);
   jbuf_str (report, X.why ? X.why : "none");
   jbuf_add (report, ",\"stream_bytes\":%" PRIu64 ",\"wire_bytes\":%" PRIu64
             ",\"guest_bytes\":%" PRIu64 ",\"wire_over_ram\":%.4f,"

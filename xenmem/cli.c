@@ -527,12 +527,9 @@ xm_cli_send (const struct xm_cli *cli, const struct xm_backend_ops *b,
     ret = xm_send (b, s, c, &cli->so, &rep);
   xm_close (c);
   *migrated = ret == XM_OK;
-  /* A whole migration may fail before it suspended the guest: it runs on
-   * rather than "was resumed". */
-  if (ret == XM_FAILED && b->migrate_send)
-    fprintf (stderr, "xenmem: migration failed; the source domain runs "
-             "on\n");
-  else if (ret == XM_FAILED) {
+  /* A whole-migration backend says itself what became of the source
+   * domain (it may not have survived); the page-level path resumed it. */
+  if (ret == XM_FAILED && !b->migrate_send) {
     fprintf (stderr, "xenmem: migration failed; the source guest was "
              "resumed\n");
     if (cli->check > 0 && b->check_source) {
