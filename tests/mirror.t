@@ -9,6 +9,7 @@
 # failure policy (destination killed or stalled: the guest carries on and
 # the mirror is broken; strict mode: the guest sees the error).
 # Races are tests/mirror-race.t's job.
+import contextlib
 import hashlib
 import os
 import stat
@@ -36,6 +37,19 @@ def mirror_cli(*args):
     p = subprocess.run([SXM_MIRROR, *args], capture_output=True, text=True,
                        timeout=60)
     return p.returncode, p.stdout, p.stderr
+
+
+@contextlib.contextmanager
+def mirror_pair(S, tag, size):
+    """A sparse source file of SIZE bytes served with the mirror filter
+    (control socket S/ctl-TAG.sock) and an empty memory destination of
+    the same size: yields (source server, destination server, control)."""
+    src = sparse(os.path.join(S, f"{tag}-src.img"), size)
+    cs = os.path.join(S, f"ctl-{tag}.sock")
+    with Server(S, f"size={size}", plugin="memory", name=f"{tag}dst") as dst, \
+         Server(S, src, "mirror-control=" + cs, plugin="file",
+                filters=[FILTER], name=f"{tag}src") as s:
+        yield s, dst, cs
 
 
 def sparse(path, size):
@@ -303,11 +317,7 @@ def main(scratch):
             x.shutdown()
 
     # --- above 4 GiB ------------------------------------------------------
-    big = sparse(os.path.join(S, "big.img"), 5 * GiB)
-    cs2 = os.path.join(S, "ctl2.sock")
-    with Server(S, "size=5G", plugin="memory", name="bdst") as dst, \
-         Server(S, big, "mirror-control=" + cs2, plugin="file",
-                filters=[FILTER], name="bsrc") as s:
+    with mirror_pair(S, "big", 5 * GiB) as (s, dst, cs2):
         h = connect(s.uri)
         h.pwrite(b"\x5a" * MiB, 4 * GiB + 3 * MiB)      # before the mirror
         ctl(cs2, "start", dest=dst.uri)
@@ -364,11 +374,7 @@ def main(scratch):
     # --- the destination fails -------------------------------------------
     # A live copy's summary names the two real ends, not the copy export
     # twice; status reports the destination it was started with.
-    srcf = sparse(os.path.join(S, "lsrc.img"), 16 * MiB)
-    csl = os.path.join(S, "ctl-live.sock")
-    with Server(S, "size=16M", plugin="memory", name="ldst") as dst, \
-         Server(S, srcf, "mirror-control=" + csl, plugin="file",
-                filters=[FILTER], name="lsrc") as s:
+    with mirror_pair(S, "live", 16 * MiB) as (s, dst, csl):
         h = connect(s.uri)
         h.pwrite(b"\x42" * MiB, 3 * MiB)
         ctl(csl, "start", dest=dst.uri)
