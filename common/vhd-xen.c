@@ -606,7 +606,7 @@ vhd_xen_rules (const char *path, vhd_xen_report report, void *opaque)
   hoff = be64_load (f + 16);
   if (hoff > x.file_size || x.file_size - hoff < VHD_HEADER_SIZE ||
       vhd_pread_full (x.fd, h, sizeof h, hoff) == -1) {
-    fail (&x, false, 16, "error reading header at %" PRIu64, hoff);
+    fail (&x, false, foot + 16, "error reading header at %" PRIu64, hoff);
     goto out;
   }
   if (memcmp (h, "cxsparse", 8) != 0) {
