@@ -133,7 +133,7 @@ size_rule_used (const struct vhd_layer *l)
 static void
 time_str (uint32_t vhd_ts, char out[32])
 {
-  time_t t = (time_t) vhd_ts + 946684800;      /* VHD epoch: 2000-01-01 */
+  time_t t = (time_t) vhd_ts + VHD_EPOCH;
   struct tm tm;
   gmtime_r (&t, &tm);
   strftime (out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);

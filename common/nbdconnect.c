@@ -24,18 +24,6 @@ uri_user (const char *uri)
   return at ? strndup (a, at - a) : NULL;
 }
 
-char *
-sxm_nbd_tls_identity (const char *uri)
-{
-  char *u = uri_user (uri);
-  struct passwd *pw;
-
-  if (u)
-    return u;
-  pw = getpwuid (geteuid ());
-  return pw && pw->pw_name ? strdup (pw->pw_name) : NULL;
-}
-
 int
 sxm_nbd_prepare (struct nbd_handle *h, const char *name, const char *uri)
 {
@@ -46,18 +34,15 @@ sxm_nbd_prepare (struct nbd_handle *h, const char *name, const char *uri)
       nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_set_uri_allow_local_file (h, true) == -1)
     return -1;
+  /* A PSK file but no user in the URI: the running user's name. */
   psk = nbd_uri_query (uri, "tls-psk-file");
   if (psk) {
     char *user = uri_user (uri);
+    struct passwd *pw = user ? NULL : getpwuid (geteuid ());
     free (psk);
-    if (!user) {
-      char *id = sxm_nbd_tls_identity (uri);
-      int r = id ? nbd_set_tls_username (h, id) : 0;
-      free (id);
-      if (r == -1)
-        return -1;
-    }
     free (user);
+    if (pw && pw->pw_name && nbd_set_tls_username (h, pw->pw_name) == -1)
+      return -1;
   }
   return 0;
 }

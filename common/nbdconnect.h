@@ -17,9 +17,4 @@
  * set (nbd_get_error). */
 int sxm_nbd_prepare (struct nbd_handle *h, const char *name, const char *uri);
 
-/* The TLS identity sxm_nbd_prepare chooses for URI: the URI's user part
- * if it has one, else the effective user's name; NULL if neither.
- * Malloc'd. */
-char *sxm_nbd_tls_identity (const char *uri);
-
 #endif

@@ -20,7 +20,6 @@
 #include "vhd.h"
 #include "vhd-internal.h"
 
-#define VHD_EPOCH 946684800     /* 2000-01-01 00:00:00 UTC */
 
 /* The specification's CHS algorithm (appendix "CHS Calculation"), which
  * Hyper-V and blktap use to write the geometry and blktap's checker uses as

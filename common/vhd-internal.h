@@ -84,6 +84,15 @@ int vhd_locate_footer (int fd, uint64_t file_size, uint8_t *fbuf,
  * link to a parent. */
 struct vhd_layer *vhd_open_alone (const char *path);
 
+/* A parent locator's data size in the file, whole sectors: its data
+ * space field is in sectors by the specification, in bytes as Hyper-V
+ * writes it (a value below 512 can only be sectors).  vhd-resize.c. */
+uint64_t vhd_locator_bytes (uint32_t space);
+
+/* Set HEADER's checksum, write it at HOFF and sync: 0 or -1 with errno.
+ * vhd-resize.c. */
+int vhd_write_header (int fd, uint8_t *header, uint64_t hoff);
+
 /* Move every block of L that starts before META_END to the end of the file
  * (*END, moved on): each copied with a footer after it and synced, then
  * its BAT entry switched and synced, so a crash leaves the image as it was

@@ -22,15 +22,17 @@
 #include "vhd.h"
 #include "vhd-internal.h"
 
-/* A parent locator's data size in the file (the data space field is in
- * sectors by the specification, in bytes as Hyper-V writes it), whole
- * sectors. */
+uint64_t
+vhd_locator_bytes (uint32_t space)
+{
+  uint64_t b = space < VHD_SECTOR ? (uint64_t) space * VHD_SECTOR : space;
+  return (b + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+}
+
 static uint64_t
 locator_bytes (const uint8_t *le)
 {
-  uint32_t space = be32_load (le + 4);
-  uint64_t b = space < VHD_SECTOR ? (uint64_t) space * VHD_SECTOR : space;
-  return (b + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+  return vhd_locator_bytes (be32_load (le + 4));
 }
 
 /* Copy LEN bytes at FROM to *END, a footer after them (so the file stays
@@ -48,8 +50,8 @@ copy_to_end (struct vhd_layer *l, int fd, uint8_t *buf, uint64_t len,
   return 0;
 }
 
-static int
-write_header (int fd, uint8_t *header, uint64_t hoff)
+int
+vhd_write_header (int fd, uint8_t *header, uint64_t hoff)
 {
   be32_store (header + 36, 0);
   be32_store (header + 36, vhd_checksum (header, VHD_HEADER_SIZE, 36));
@@ -166,7 +168,7 @@ grow_bat_in_place (struct vhd_layer *l, int fd, uint8_t *header,
                      end) == -1)
       goto io_error;
     be64_store (le + 16, at);
-    if (write_header (fd, header, hoff) == -1)
+    if (vhd_write_header (fd, header, hoff) == -1)
       goto io_error;
   }
 
@@ -197,7 +199,7 @@ grow_bat_in_place (struct vhd_layer *l, int fd, uint8_t *header,
   if (fdatasync (fd) == -1)
     goto io_error;
   be32_store (header + 28, (uint32_t) need);
-  if (write_header (fd, header, hoff) == -1)
+  if (vhd_write_header (fd, header, hoff) == -1)
     goto io_error;
   ret = 0;
   goto out;

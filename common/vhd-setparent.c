@@ -109,8 +109,7 @@ vhd_set_parent (const char *child_path, const char *parent_path)
     meta = at;
   for (i = 0; i < VHD_NR_LOCATORS; i++) {
     const struct vhd_locator *lc = &c->header.loc[i];
-    uint64_t len = lc->data_space < VHD_SECTOR
-                   ? (uint64_t) lc->data_space * VHD_SECTOR : lc->data_space;
+    uint64_t len = vhd_locator_bytes (lc->data_space);
     if (lc->code[0] && lc->data_offset + len > meta)
       meta = lc->data_offset + len;
   }
@@ -159,10 +158,7 @@ vhd_set_parent (const char *child_path, const char *parent_path)
   be32_store (header + 56, refs.mtime);
   memset (header + 64, 0, 512);
   memcpy (header + 64, refs.name, refs.name_len);
-  be32_store (header + 36, 0);
-  be32_store (header + 36, vhd_checksum (header, sizeof header, 36));
-  if (full_pwrite (fd, header, sizeof header, hoff) == -1 ||
-      fdatasync (fd) == -1) {
+  if (vhd_write_header (fd, header, hoff) == -1) {
     sxm_error ("%s: writing the header: %s", child_path, strerror (errno));
     goto out;
   }

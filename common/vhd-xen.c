@@ -28,8 +28,8 @@
 #include "endian.h"
 #include "vhd.h"
 #include "vhd-internal.h"
+#include "zero.h"
 
-#define VHD_EPOCH 946684800     /* 2000-01-01 00:00:00 UTC */
 #define TS_SLACK 1800           /* blktap allows 30 min of clock skew */
 #define XEN_MAX_BLOCK (2u << 20)
 #define XEN_BLOCK_SHIFT 21      /* blktap counts blocks of 2 MiB here */
@@ -62,20 +62,11 @@ fail (struct xen_ctx *x, bool repairable, uint64_t offset,
   x->report (x->opaque, repairable, full);
 }
 
-static bool
-all_zero (const uint8_t *p, size_t n)
-{
-  for (size_t i = 0; i < n; i++)
-    if (p[i])
-      return false;
-  return true;
-}
-
 /* The specification's geometry as blktap packs it (cylinders << 16 |
  * heads << 8 | sectors), computed from the size rounded UP to sectors
  * (libvhd's vhd_chs); blktap compares the packed values. */
-static uint32_t
-packed_chs (uint64_t size)
+uint32_t
+vhd_xen_geometry (uint64_t size)
 {
   uint16_t c;
   uint8_t h, s;
@@ -83,22 +74,6 @@ packed_chs (uint64_t size)
 
   vhd_spec_chs ((secs ? secs : 1) * VHD_SECTOR, &c, &h, &s);
   return (uint32_t) c << 16 | (uint32_t) h << 8 | s;
-}
-
-uint32_t
-vhd_xen_geometry (uint64_t size)
-{
-  return packed_chs (size);
-}
-
-static uint32_t
-sum_bytes (const uint8_t *b, size_t n, size_t skip_at)
-{
-  uint32_t s = 0;
-  for (size_t i = 0; i < n; i++)
-    if (i < skip_at || i >= skip_at + 4)
-      s += b[i];
-  return ~s;
 }
 
 /* One footer copy (WHERE: "primary footer" or "backup footer", AT: its
@@ -109,6 +84,7 @@ footer_rules (struct xen_ctx *x, const uint8_t *f, const char *where,
 {
   uint32_t features = be32_load (f + 8), type = be32_load (f + 60);
   uint32_t geometry = be32_load (f + 56), ts = be32_load (f + 24);
+  uint32_t want = vhd_xen_geometry (be64_load (f + 48));
   uint32_t now = (uint32_t) (time (NULL) - VHD_EPOCH);
   bool tap = memcmp (f + 28, "tap", 3) == 0;
   uint32_t crtr_ver = be32_load (f + 32);
@@ -117,13 +93,13 @@ footer_rules (struct xen_ctx *x, const uint8_t *f, const char *where,
     fail (x, false, at, "%s invalid: invalid cookie", where);
     return;
   }
-  if (sum_bytes (f, 512, 64) != be32_load (f + 64)) {
+  if (vhd_checksum (f, 512, 64) != be32_load (f + 64)) {
     /* Early tapdisks set 'hidden' without updating the checksum. */
     uint8_t t[512];
     memcpy (t, f, 512);
     t[85] = 0;
     if (!(f[85] && tap && (crtr_ver == 0x00000001 || crtr_ver == 0x00010001)
-          && sum_bytes (t, 512, 64) == be32_load (f + 64)))
+          && vhd_checksum (t, 512, 64) == be32_load (f + 64)))
       fail (x, false, at + 64, "%s invalid: invalid checksum", where);
   }
   if (!(features & 2))
@@ -145,14 +121,12 @@ footer_rules (struct xen_ctx *x, const uint8_t *f, const char *where,
   if (tap && crtr_ver > 0x00010003)
     fail (x, false, at + 32, "%s invalid: unsupported tap creator version",
           where);
-  if (geometry > packed_chs (be64_load (f + 48)))
+  if (geometry > want)
     fail (x, true, at + 56, "%s invalid: geometry too large (%u/%u/%u; the "
           "specification's CHS for the current size %" PRIu64 " is "
           "%u/%u/%u; 'sxm-vhd repair' rewrites it)", where,
           geometry >> 16, (geometry >> 8) & 0xff, geometry & 0xff,
-          be64_load (f + 48), packed_chs (be64_load (f + 48)) >> 16,
-          (packed_chs (be64_load (f + 48)) >> 8) & 0xff,
-          packed_chs (be64_load (f + 48)) & 0xff);
+          be64_load (f + 48), want >> 16, (want >> 8) & 0xff, want & 0xff);
   if (type != VHD_TYPE_FIXED && type != VHD_TYPE_DYNAMIC &&
       type != VHD_TYPE_DIFF)
     fail (x, false, at + 60, "%s invalid: invalid type %u", where, type);
@@ -160,9 +134,9 @@ footer_rules (struct xen_ctx *x, const uint8_t *f, const char *where,
     fail (x, false, at + 84, "%s invalid: invalid 'saved' state", where);
   if (f[85] > 1)
     fail (x, false, at + 85, "%s invalid: invalid 'hidden' state", where);
-  if (!all_zero (f + 86, 512 - 86))
+  if (!buf_is_zero (f + 86, 512 - 86))
     fail (x, false, at + 86, "%s invalid: invalid 'reserved' bits", where);
-  if (all_zero (f + 68, 16))
+  if (buf_is_zero (f + 68, 16))
     fail (x, false, at + 68, "%s invalid: invalid (NULL) uuid", where);
 }
 
@@ -241,7 +215,7 @@ locator_rules (struct xen_ctx *x, const uint8_t *h, uint64_t hoff,
     bool macx;
 
     for (c = 0; c < 7; c++)
-      if (c == 0 ? all_zero (e, 4) : memcmp (e, codes[c], 4) == 0)
+      if (c == 0 ? buf_is_zero (e, 4) : memcmp (e, codes[c], 4) == 0)
         break;
     if (c == 7) {
       fail (x, false, eoff, "invalid parent locator %d: invalid platform "
@@ -249,7 +223,7 @@ locator_rules (struct xen_ctx *x, const uint8_t *h, uint64_t hoff,
       continue;
     }
     if (c == 0) {
-      if (!all_zero (e, 24))
+      if (!buf_is_zero (e, 24))
         fail (x, false, eoff, "invalid parent locator %d: non-zero locator "
               "(its platform code is none)", i);
       continue;
@@ -341,7 +315,7 @@ locator_rules (struct xen_ctx *x, const uint8_t *h, uint64_t hoff,
       continue;
     }
     /* The parent's UUID, unless the child names a raw parent. */
-    if (!all_zero (h + 40, 16)) {
+    if (!buf_is_zero (h + 40, 16)) {
       uint8_t pf[VHD_FOOTER_SIZE];
       bool from_copy;
       int pfd = open (loc, O_RDONLY | O_CLOEXEC);
@@ -413,7 +387,7 @@ bat_rules (struct xen_ctx *x, const uint8_t *f, const uint8_t *h,
   /* Locators' data counts as metadata (vhd_end_of_headers). */
   for (int i = 0; i < VHD_NR_LOCATORS; i++) {
     const uint8_t *e = h + 576 + 24 * i;
-    if (!all_zero (e, 4)) {
+    if (!buf_is_zero (e, 4)) {
       uint64_t end = be64_load (e + 16) + locator_size (be32_load (e + 4));
       if (end > eoh)
         eoh = end;
@@ -613,7 +587,7 @@ vhd_xen_rules (const char *path, vhd_xen_report report, void *opaque)
     fail (&x, false, hoff, "header is invalid: invalid cookie");
     goto out;
   }
-  if (sum_bytes (h, sizeof h, 36) != be32_load (h + 36))
+  if (vhd_checksum (h, sizeof h, 36) != be32_load (h + 36))
     fail (&x, false, hoff + 36, "header is invalid: invalid checksum");
   if (be32_load (h + 24) != 0x00010000)
     fail (&x, false, hoff + 24, "header is invalid: invalid header version");
@@ -631,8 +605,8 @@ vhd_xen_rules (const char *path, vhd_xen_report report, void *opaque)
       fail (&x, false, hoff + 32, "invalid header blocksize %u: blktap opens "
             "only blocks of at most 2 MiB", bs);
   }
-  if (!all_zero (h + 60, 4) || !all_zero (h + 768, 256))
-    fail (&x, false, !all_zero (h + 60, 4) ? hoff + 60 : hoff + 768,
+  if (!buf_is_zero (h + 60, 4) || !buf_is_zero (h + 768, 256))
+    fail (&x, false, !buf_is_zero (h + 60, 4) ? hoff + 60 : hoff + 768,
           "header is invalid: invalid reserved bits");
   if (x.failures)
     goto out;                   /* blktap stops here: so do we */
@@ -647,13 +621,13 @@ vhd_xen_rules (const char *path, vhd_xen_report report, void *opaque)
       fail (&x, false, hoff + 64, "differencing header is invalid: invalid "
             "parent name (blktap decodes it to ASCII only)");
   }
-  else if (!all_zero (h + 64, 512))
+  else if (!buf_is_zero (h + 64, 512))
     fail (&x, false, hoff + 64, "differencing header is invalid: invalid "
           "non-null parent name");
-  else if (!all_zero (h + 576, 192))
+  else if (!buf_is_zero (h + 576, 192))
     fail (&x, false, hoff + 576, "differencing header is invalid: invalid "
           "non-null parent locators");
-  else if (!all_zero (h + 40, 16))
+  else if (!buf_is_zero (h + 40, 16))
     fail (&x, false, hoff + 40, "differencing header is invalid: invalid "
           "non-null parent uuid");
   else if (be32_load (h + 56))

@@ -216,6 +216,9 @@ bool vhd_last_open_was_invalid (void);
  * every check of its own (parents are opened last). */
 bool vhd_last_open_parent_failed (void);
 
+/* VHD time stamps count seconds from 2000-01-01 00:00:00 UTC. */
+#define VHD_EPOCH 946684800
+
 /* Format helpers, exposed for the tools and the unit tests. */
 uint32_t vhd_checksum (const uint8_t *buf, size_t len, size_t skip_offset);
 /* PATH NULL: validate quietly (no error report). */
