@@ -134,7 +134,7 @@ call_one (const char *sock, const char *label, const char *req,
  * once the writes in flight drain: doc/design.md, "Live mirror"), so
  * that guest writes are held only for a drain and two flushes; a
  * comparison reads every allocated byte on both sides inside the hold
- * (6.4 s for a 1 GiB disk measured here).  Without a finished copy the
+ * (6.4 s was reported for a 1 GiB disk).  Without a finished copy the
  * filter accepts only a verified switchover, so that is the default
  * then. */
 static bool
