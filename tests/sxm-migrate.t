@@ -300,6 +300,12 @@ def progress_checks(mprog, rprog, summary):
            len(rounds) == summary.get("memory", {}).get("rounds"),
            f"round events: {len(rounds)}, numbered, the paused one last, "
            "as many as the summary's rounds", rounds)
+    thr = [e.get("throttle") for e in rounds]
+    tap.ok(all(isinstance(t, int) for t in thr) and
+           max(thr) == summary.get("memory", {}).get("throttle_max") and
+           20 <= max(thr) <= 90,
+           f"round events carry the auto-converge throttle ({thr}), up to "
+           "the summary's throttle_max, within --max-throttle=90", rounds)
     end = me[-1] if me else {}
     tap.ok(any(e["event"] == "switchover" and e.get("verified") is True
                for e in me) and end.get("event") == "end" and
@@ -339,7 +345,11 @@ def main(scratch):
     png = os.path.join(S, "timeline1.png")
     rc, out, err = migrate(rcv.token_file, [src.ctl], "--memory", "uffd",
                            "--memory-opt=--guest-mem=64M",
-                           "--memory-opt=--dirty-rate=8M",
+                           # dirtying twice what the memory link carries:
+                           # auto-converge must throttle it
+                           "--memory-opt=--dirty-rate=64M",
+                           "--memory-opt=--rate=32M",
+                           "--memory-opt=--max-throttle=90",
                            "--copy-rate=64M", "--verify", "--summary-json", sj,
                            "--timeline", png,
                            f"--progress=json:{mprog.fileno()}",

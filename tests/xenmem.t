@@ -2,7 +2,9 @@
 # xenmem end to end with the uffd test guest (a real workload under the
 # kernel's userfaultfd dirty tracking): over a unix socket and over
 # TCP+TLS on 127.0.0.1, at dirty rates from 0 to one the link cannot keep
-# up with (must stop at the round limit and still migrate correctly); the
+# up with (auto-converge throttles the guest until the downtime target is
+# met, the guest at full speed again after the move or a failed send;
+# without it: stops at the round limit and still migrates correctly); the
 # moved guest must keep counting with a verifying checksum and its memory
 # must equal the source's at pause (sha256 in the stream).  Failures: wrong
 # PSK, PSK file readable by others, plaintext to a non-loopback address,
@@ -270,16 +272,25 @@ def main(scratch):
     tap.ok(sj.get("tls") is True and sj.get("rounds", 0) >= 2 and
            sj.get("stop_reason") == "predicted downtime under the target",
            "TLS on, pre-copy rounds, stopped on the downtime target", sj)
-    # A guest dirtying far faster than the (limited) link: never
-    # converges; stops at the round limit, and still moves correctly.
-    sj, rj = migrate("non-converging guest: stops at --max-rounds, migrated",
+    # A guest dirtying far faster than the (limited) link, with
+    # auto-converge off: never converges; stops at the round limit (or
+    # when the dirty set stops shrinking), pays for it in downtime, and
+    # still moves correctly.
+    sj, rj = migrate("--no-auto-converge, non-converging guest: stops at "
+                     "--max-rounds, migrated",
                      "unix:" + os.path.join(S, "m3.sock"),
                      ["--guest-mem=64M", "--dirty-rate=512M",
-                      "--rate=64M", "--max-rounds=4", "--downtime-ms=1"])
+                      "--rate=64M", "--max-rounds=4", "--no-auto-converge"])
     tap.ok(sj.get("stop_reason") in ("round limit",
                                      "dirty set stopped shrinking") and
            sj.get("rounds", 0) <= 5,
            "non-converging: the stop reason says why", sj)
+    tap.ok(sj.get("auto_converge") is False and sj.get("throttle_max") == 0
+           and all(r.get("throttle") == 0 for r in sj.get("round_stats", []))
+           and sj.get("downtime_ms", 0) > 300,
+           "--no-auto-converge: never throttled, and the downtime is long "
+           f"({sj.get('downtime_ms')} ms for a 30 ms target)", sj)
+    auto_converge_tests(S, rng)
 
     # --progress=json:FD: one line per round while it runs, the same
     # rounds as the final report.
@@ -520,6 +531,82 @@ def main(scratch):
 
     disk_tests(S)
     monitor_tests(S, rng)
+
+
+def rate_of(check):
+    """The guest's progress a second during a --check."""
+    return check.get("progress_rate", 0)
+
+
+def auto_converge_tests(S, rng):
+    # A guest dirtying 8x what the link carries: auto-converge (the
+    # default) throttles it until the predicted downtime meets the target.
+    sj, rj = migrate("auto-converge: a guest dirtying 8x the link migrates",
+                     "unix:" + os.path.join(S, "ac.sock"),
+                     ["--guest-mem=64M", "--dirty-rate=256M", "--rate=32M",
+                      "--warmup=0.5"], ["--check=1"])
+    tap.ok(sj.get("stop_reason") == "predicted downtime under the target"
+           and 0 < sj.get("downtime_ms", 1e9) <= 300,
+           "auto-converge: stopped on the target, downtime "
+           f"{sj.get('downtime_ms')} ms <= 10 x 30 ms", sj)
+    rs = sj.get("round_stats", [])
+    tap.ok(sj.get("auto_converge") is True and
+           20 <= sj.get("throttle_max", 0) <= 99 and
+           sj.get("throttled_s", 0) > 0 and rs and
+           rs[-1].get("throttle") == sj.get("throttle_max"),
+           f"the throttle rose to {sj.get('throttle_max')}%, reported per "
+           "round and in total", sj)
+    before = sj.get("guest_progress_rate_before", 0)
+    live = sj.get("guest_progress_rate_live", 0)
+    after = rate_of(rj.get("check", {}))
+    tap.ok(before > 0 and live < 0.5 * before and after >= 0.5 * before,
+           "the guest ran slower while throttled and at full speed on the "
+           f"destination (a second: {before} before, {live} throttled, "
+           f"{after} after)", f"{sj}\n{rj}")
+
+    # The throttle never outlives a failed send: the receiver dies while
+    # the guest is throttled; the source runs on at its own pace.
+    addr = "unix:" + os.path.join(S, "ack.sock")
+    r = start_recv(addr)
+    sp = subprocess.Popen([XENMEM, "send", "--backend=uffd", "-q", "--json",
+                           "--guest-mem=128M", "--dirty-rate=256M",
+                           "--rate=32M", "--warmup=0.5", "--check=1",
+                           "--timeout=20", addr],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    time.sleep(2.0 + rng.random())
+    r.kill()
+    r.wait()
+    out, err = sp.communicate(timeout=60)
+    sj = parse(out)
+    before = sj.get("guest_progress_rate_before", 0)
+    after = rate_of(sj.get("check", {}))
+    tap.ok(sp.returncode == 1 and sj.get("throttle_max", 0) > 0 and
+           sj.get("check", {}).get("ok") is True and before > 0 and
+           after >= 0.5 * before,
+           "receiver killed while throttled: the source resumed at full "
+           f"speed ({before} a second before, {after} after; throttle was "
+           f"{sj.get('throttle_max')}%)", f"{sp.returncode} {sj} {err}")
+
+    # Options: checked before anything starts.
+    for argv, want in (
+            (["--max-throttle=100"], "--max-throttle: '100' is not a "
+             "percentage from 1 to 99"),
+            (["--throttle-step=0"], "--throttle-step: '0' is not a "
+             "percentage"),
+            (["--throttle-initial=60", "--max-throttle=50"],
+             "--throttle-initial (60%) is over --max-throttle (50%)")):
+        p = subprocess.run([XENMEM, "send", "--backend=uffd", *argv,
+                            "unix:" + os.path.join(S, "none.sock")],
+                           capture_output=True, text=True, timeout=30)
+        tap.ok(p.returncode == 2 and want in p.stderr,
+               f"{' '.join(argv)}: exit 2, said", p.stderr)
+    p = subprocess.run([XENMEM, "receive", "--backend=uffd",
+                        "--no-auto-converge",
+                        "unix:" + os.path.join(S, "none.sock")],
+                       capture_output=True, text=True, timeout=30)
+    tap.ok(p.returncode == 2 and "--no-auto-converge is for send only" in
+           p.stderr, "receive --no-auto-converge: exit 2, said", p.stderr)
 
 
 def disk_tests(S):

@@ -146,6 +146,9 @@ struct guest_state {
 #define CATCHUP_NS UINT64_C (100000000)
 #define RATE_MAX (UINT64_C (1) << 40)
 #define IDLE_NS 50000           /* wait for budget: 50 us, still counting */
+/* The throttle's period (set_throttle): QEMU's CPU throttle uses the
+ * same 10 ms slice. */
+#define THROTTLE_NS UINT64_C (10000000)
 
 /* Disk records, budgeted like pages: BUDGET_REC micro-records each.  The
  * rate cap keeps the same sums far from overflow.  After a failed write
@@ -209,6 +212,9 @@ struct guest {
   int req;                      /* atomic: pause_req || stop, the vCPU's
                                  * one cheap look per iteration */
   bool pause_req, stop, parked; /* under lock */
+  unsigned throttle;            /* atomic: percent of each THROTTLE_NS the
+                                 * vCPU sleeps (set_throttle), 0: none */
+  uint64_t slice_t;             /* the vCPU's: when its run slice began */
   uint64_t counter_resumed;     /* counter when it last started running */
   uint64_t disk_seq_resumed;    /* and disk_seq */
   /* The disks (borrowed, vbd.h): as many as page 0's ndisks once the
@@ -553,6 +559,43 @@ step (struct guest *g, volatile struct guest_state *st)
   }
 }
 
+/* Throttled (set_throttle): run (100 - pct) % of every THROTTLE_NS and
+ * sleep the rest, waking at once for a pause or a stop (a throttle must
+ * not lengthen the downtime).  The time slept earns no budget: the
+ * guest's writes are work its vCPU does, and a vCPU held off the CPU does
+ * not do it later (unlike a host's short deschedule, which step catches
+ * up) -- the CPU-bound guest that auto-converge can slow down.  A guest
+ * whose writes arrive at an outside pace (DMA, a network) cannot be
+ * slowed this way; doc/design.md, "Auto-converge". */
+static void
+throttle_wait (struct guest *g, volatile struct guest_state *st)
+{
+  unsigned pct = __atomic_load_n (&g->throttle, __ATOMIC_ACQUIRE);
+  uint64_t now = sxm_now_ns (), off;
+  struct timespec dl;
+  int e = 0;
+
+  if (pct == 0) {
+    g->slice_t = 0;
+    return;
+  }
+  if (g->slice_t == 0)
+    g->slice_t = now;
+  if (now - g->slice_t < THROTTLE_NS / 100 * (100 - pct))
+    return;
+  off = THROTTLE_NS / 100 * pct;
+  clock_gettime (CLOCK_MONOTONIC, &dl);
+  dl.tv_nsec += off;
+  dl.tv_sec += dl.tv_nsec / 1000000000;
+  dl.tv_nsec %= 1000000000;
+  pthread_mutex_lock (&g->lock);
+  while (!g->pause_req && !g->stop && e != ETIMEDOUT)
+    e = pthread_cond_timedwait (&g->cond, &g->lock, &dl);
+  pthread_mutex_unlock (&g->lock);
+  g->slice_t = sxm_now_ns ();
+  st->budget_t = g->slice_t;
+}
+
 /* Between iterations, when asked: park for a pause, or report a stop. */
 static bool
 park (struct guest *g, volatile struct guest_state *st)
@@ -589,6 +632,7 @@ vcpu (void *arg)
   for (;;) {
     if (__atomic_load_n (&g->req, __ATOMIC_ACQUIRE) && park (g, st))
       return NULL;
+    throttle_wait (g, st);
     step (g, st);
   }
 }
@@ -693,6 +737,7 @@ guest_pause (struct guest *g)
   pthread_mutex_lock (&g->lock);
   g->pause_req = true;
   __atomic_store_n (&g->req, 1, __ATOMIC_RELEASE);
+  pthread_cond_broadcast (&g->cond);    /* a throttled vCPU's sleep */
   while (!g->parked && e != ETIMEDOUT)
     e = pthread_cond_timedwait (&g->cond, &g->lock, &dl);
   if (!g->parked) {
@@ -955,9 +1000,10 @@ static int
 check (struct guest *g, double seconds, struct jbuf *buf)
 {
   volatile struct guest_state *st = state_of (g);
-  uint64_t c0, c1, want, got;
+  uint64_t c0, c1, cs, want, got;
   struct timespec ts;
   bool advanced, sum_ok, disks_ok = true, disk_advanced = true;
+  double t0;
 
   if (!guest_running (g)) {
     sxm_error ("uffd: the %s guest is not running, so it cannot be checked",
@@ -965,6 +1011,9 @@ check (struct guest *g, double seconds, struct jbuf *buf)
     jbuf_add (buf, ",\"running\":false");
     return -1;
   }
+  /* The guest's pace during the check (a throttle left on would show). */
+  cs = __atomic_load_n (&st->counter, __ATOMIC_RELAXED);
+  t0 = sxm_now ();
   if (seconds > 0) {
     ts.tv_sec = (time_t) seconds;
     ts.tv_nsec = (long) ((seconds - ts.tv_sec) * 1e9);
@@ -982,6 +1031,7 @@ check (struct guest *g, double seconds, struct jbuf *buf)
   }
   c0 = g->counter_resumed;
   c1 = st->counter;
+  jbuf_add (buf, ",\"progress_rate\":%.0f", (c1 - cs) / (sxm_now () - t0));
   want = st->checksum;
   got = region_xor (g, st->region_start, st->region_len);
   advanced = c1 > c0;
@@ -1446,6 +1496,19 @@ uffd_check_source (struct xm_source *s, double seconds, struct jbuf *buf)
   return check (&s->g, seconds, buf);
 }
 
+static int
+uffd_set_throttle (struct xm_source *s, unsigned pct)
+{
+  __atomic_store_n (&s->g.throttle, pct > 99 ? 99 : pct, __ATOMIC_RELEASE);
+  return 0;
+}
+
+static uint64_t
+uffd_guest_progress (struct xm_source *s)
+{
+  return __atomic_load_n (&state_of (&s->g)->counter, __ATOMIC_RELAXED);
+}
+
 static void
 uffd_close_source (struct xm_source *s, bool migrated)
 {
@@ -1896,6 +1959,8 @@ const struct xm_backend_ops xm_backend_uffd = {
   .unpause = uffd_unpause,
   .get_context = uffd_get_context,
   .describe_source = uffd_describe_source,
+  .set_throttle = uffd_set_throttle,
+  .guest_progress = uffd_guest_progress,
   .close_source = uffd_close_source,
   .create_dest = uffd_create_dest,
   .write_pages = uffd_write_pages,

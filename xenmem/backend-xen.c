@@ -7,11 +7,13 @@
  * supports, so this backend does not reimplement them (doc/design.md,
  * "xenmem on Xen: why libxenguest").  What xenmem adds around them:
  *
- *  - its own pre-copy policy, the engine's stop rule (xm_stop_rule) asked
- *    from xc_domain_save's precopy_policy callback: stop when the
- *    predicted downtime is under the target, the dirty set stops
- *    shrinking or the round limit is hit, where libxl's default stops
- *    after 5 rounds or under 50 dirty pages;
+ *  - its own pre-copy policy, the engine's (xm_policy_round) asked from
+ *    xc_domain_save's precopy_policy callback: stop when the predicted
+ *    downtime is under the target, the dirty set stops shrinking or the
+ *    round limit is hit, where libxl's default stops after 5 rounds or
+ *    under 50 dirty pages; and auto-converge, which Xen's own saver does
+ *    not have: a guest dirtying memory too fast for the link is slowed
+ *    through its scheduler cap (xen_throttle);
  *  - its transport (TLS, timeouts), stream framing (XENDATA records, each
  *    length-checked and CRC'd) and rate limit;
  *  - the hook (sxm migrate's disk switchover) around the suspend, and the
@@ -152,12 +154,19 @@ struct xsend {
   bool relay_failed;
   struct xm_rate rate;          /* --rate */
   /* policy */
-  double round_t, bw;
+  double round_t, bw, round_s;
   long round_pages;
   unsigned rounds;
-  struct xm_stop_state stop;    /* xm_stop_rule's, between rounds */
+  struct xm_send_opts po;       /* *o, auto-converge off if it cannot be */
+  struct xm_policy pol;         /* xm_policy_round's, between rounds */
   const char *why;
   struct jbuf rstats;
+  /* Auto-converge: the domain's scheduler cap (xen_throttle) */
+  unsigned nvcpus, throttle, throttle_max;
+  bool have_cap;
+  int orig_cap;
+  libxl_scheduler sched;
+  double t_throttle, throttled_s;
   /* suspend and hook */
   pid_t hook;
   bool hook_failed, suspended;
@@ -217,13 +226,82 @@ relay_out (void *arg)
   return NULL;
 }
 
+/* Auto-converge on Xen: the throttle is the domain's scheduler cap.
+ * credit and credit2 both have one, in percent of one physical CPU for
+ * the whole domain (0: none); a throttle of PCT caps the domain at
+ * (100 - PCT) % of what it may use now (its own cap, or all of its vCPUs).
+ * PCT 0 puts the original cap back.  The destination's domain is built
+ * from the configuration read before the first round (it goes first in
+ * the stream), so it gets the cap the domain was created with, never
+ * ours.  If xenmem dies while the cap is lowered, the domain stays
+ * throttled: the first change says on stderr how to undo it with xl. */
+static int
+xen_throttle (struct xsend *X, unsigned pct)
+{
+  libxl_domain_sched_params sp;
+  int base, cap, rc;
+
+  if (pct == X->throttle)
+    return 0;
+  if (!X->have_cap) {
+    libxl_domain_sched_params_init (&sp);
+    rc = libxl_domain_sched_params_get (X->e.ctx, X->domid, &sp);
+    X->sched = sp.sched;
+    X->orig_cap = sp.cap;
+    libxl_domain_sched_params_dispose (&sp);
+    if (rc != 0) {
+      sxm_error ("xen: cannot read domain %u's scheduler parameters: no "
+                 "auto-converge", X->domid);
+      return -1;
+    }
+    if (X->sched != LIBXL_SCHEDULER_CREDIT &&
+        X->sched != LIBXL_SCHEDULER_CREDIT2) {
+      sxm_error ("xen: domain %u runs under the %s scheduler, which has no "
+                 "cap: no auto-converge", X->domid,
+                 libxl_scheduler_to_string (X->sched));
+      return -1;
+    }
+    if (X->orig_cap < 0)
+      X->orig_cap = 0;
+    X->have_cap = true;
+    fprintf (stderr, "xenmem: auto-converge: throttling domain %u through "
+             "its %s cap (now %d); if xenmem is killed before the end, "
+             "restore it with: xl sched-%s -d %u -c %d\n", X->domid,
+             libxl_scheduler_to_string (X->sched), X->orig_cap,
+             libxl_scheduler_to_string (X->sched), X->domid, X->orig_cap);
+  }
+  base = X->orig_cap > 0 ? X->orig_cap : 100 * (int) X->nvcpus;
+  cap = pct ? base * (100 - (int) pct) / 100 : X->orig_cap;
+  if (pct && cap < 1)
+    cap = 1;
+  libxl_domain_sched_params_init (&sp);
+  sp.sched = X->sched;
+  sp.cap = cap;
+  rc = libxl_domain_sched_params_set (X->e.ctx, X->domid, &sp);
+  libxl_domain_sched_params_dispose (&sp);
+  if (rc != 0) {
+    sxm_error ("xen: cannot set domain %u's %s cap to %d%s", X->domid,
+               libxl_scheduler_to_string (X->sched), cap,
+               pct ? "" : ": restore it with xl");
+    return -1;
+  }
+  if (!X->o->quiet)
+    fprintf (stderr, "xenmem: throttle %u%%: domain %u's cap %d\n", pct,
+             X->domid, cap);
+  X->throttle = pct;
+  if (pct > X->throttle_max)
+    X->throttle_max = pct;
+  return 0;
+}
+
 /* xc_domain_save's precopy policy.  libxc calls it twice per round
  * (xg_sr_save.c, send_memory_live): before the round with dirty_count =
  * the pages it is about to send (the whole p2m the first time), and after
  * it with dirty_count = -1.  "After" times the round, giving the
- * bandwidth; "before" decides, by the engine's own stop rule
- * (xm_stop_rule, engine.h): predicted downtime under the target, round
- * limit, dirty set not shrinking by 10% twice in a row.  On STOP_AND_COPY
+ * bandwidth; "before" decides, by the engine's own policy
+ * (xm_policy_round, engine.h): predicted downtime under the target, round
+ * limit, dirty set not shrinking by 10% twice in a row, and the throttle
+ * (applied here, xen_throttle).  On STOP_AND_COPY
  * libxc still sends this round's pages live (so the rule hears of one
  * live round more than have ended), then suspends and sends what that
  * round let the guest dirty, so the real final set is smaller than
@@ -240,20 +318,43 @@ policy (struct precopy_stats st, void *data)
     if (!X->o->quiet)
       fprintf (stderr, "xenmem: round %u: %ld pages in %.3f s (%.1f MiB/s)\n",
                X->rounds, X->round_pages, secs, X->bw / 1048576);
-    jbuf_add (&X->rstats, "%s{\"round\":%u,\"pages\":%ld,\"seconds\":%.4f}",
-              X->rounds ? "," : "", X->rounds, X->round_pages, secs);
+    jbuf_add (&X->rstats, "%s{\"round\":%u,\"pages\":%ld,\"seconds\":%.4f"
+              ",\"throttle\":%u}", X->rounds ? "," : "", X->rounds,
+              X->round_pages, secs, X->throttle);
     /* The dirty count comes with the next decision, not here. */
     xm_progress_round (X->o, X->rounds, false, X->round_pages,
-                       X->round_pages * (uint64_t) XM_PAGE_SIZE, secs, -1, 0);
+                       X->round_pages * (uint64_t) XM_PAGE_SIZE, secs, -1, 0,
+                       X->throttle);
+    X->round_s = secs;
     X->rounds++;
     return XGS_POLICY_CONTINUE_PRECOPY;
   }
   if (X->rounds > 0) {          /* before round 1, 2, ...: decide */
-    struct xm_round_stats rs = { X->rounds + 1, st.dirty_count, X->bw };
+    /* The pages about to go are the ones the last round let the guest
+     * dirty: their rate over that round is the dirty rate. */
+    struct xm_round_stats rs = {
+      X->rounds + 1, st.dirty_count, X->bw,
+      X->round_s > 0 ? st.dirty_count * (double) XM_PAGE_SIZE / X->round_s
+      : -1,
+    };
     if (!X->o->quiet)
       fprintf (stderr, "xenmem: %ld pages dirty, predicted downtime %.1f ms\n",
                st.dirty_count, xm_predicted_ms (&rs));
-    X->why = xm_stop_rule (&X->stop, &rs, X->o);
+    X->why = xm_policy_round (&X->pol, &rs, &X->po);
+    if (!X->why && X->pol.throttle != X->throttle) {
+      unsigned was = X->throttle;
+      if (xen_throttle (X, X->pol.throttle) == -1) {
+        /* Go on as without auto-converge (a throttle set so far stays
+         * until the end of the save, which takes it off). */
+        X->po.converge.on = false;
+        X->pol.throttle = X->throttle;
+      }
+      else {
+        if (was)
+          X->throttled_s += now - X->t_throttle;
+        X->t_throttle = now;
+      }
+    }
   }
   X->round_t = now;
   X->round_pages = st.dirty_count;
@@ -315,7 +416,7 @@ static int
 xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
           struct jbuf *report)
 {
-  struct xsend X = { .o = o, .c = c, .rfd = -1, .hook = -1 };
+  struct xsend X = { .o = o, .po = *o, .c = c, .rfd = -1, .hook = -1 };
   struct save_callbacks cb = { .suspend = suspend_cb,
                                .precopy_policy = policy,
                                .postcopy = postcopy_cb,
@@ -466,8 +567,16 @@ xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   libxl_record (head + 16, LIBXL_REC_LIBXC_CONTEXT, 0);
   if (full_write (p[1], head, 24) == -1)
     goto fail;
+  X.nvcpus = info.nr_online_vcpus ? info.nr_online_vcpus : 1;
   xrc = xc_domain_save (X.e.xch, p[1], X.domid, XCFLAGS_LIVE, &cb,
                         XC_STREAM_PLAIN, -1);
+  /* Whatever happened, the domain (suspended, or running on after a
+   * failure) gets its own cap back before anything else. */
+  if (X.throttle) {
+    X.throttled_s += (X.t_suspend > 0 ? X.t_suspend : sxm_now ())
+      - X.t_throttle;
+    xen_throttle (&X, 0);
+  }
   if (xrc != 0 || X.hook_failed) {
     if (!X.hook_failed)
       sxm_error ("xen: xc_domain_save of domain %u failed%s", X.domid,
@@ -614,6 +723,12 @@ xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   if (o->paused_hook && t_hook > 0)
     jbuf_add (report, ",\"hook_ms\":%.3f,\"prepare_ms\":%.3f",
               t_hook * 1e3, X.t_prepare * 1e3);
+  jbuf_add (report, ",\"auto_converge\":%s,\"throttle_max\":%u,"
+            "\"throttled_s\":%.3f", X.po.converge.on ? "true" : "false",
+            X.throttle_max, X.throttled_s);
+  if (X.have_cap)
+    jbuf_add (report, ",\"cap\":%d,\"cap_restored\":%s", X.orig_cap,
+              X.throttle ? "false" : "true");
   jbuf_add (report, ",\"tls\":%s,\"round_stats\":%s",
             xm_conn_is_tls (c) ? "true" : "false",
             X.rstats.s ? X.rstats.s : "[]");

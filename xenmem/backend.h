@@ -18,7 +18,7 @@
  *    disk-only migration that needs only the commit handshake).
  *  - whole-migration: the hypervisor's own save and restore move the guest
  *    (memory, vCPU and platform state, rings, the toolstack's view), and
- *    the backend runs them under xenmem's stop rule (xm_stop_rule),
+ *    the backend runs them under xenmem's pre-copy policy (xm_policy_round),
  *    transport, hook and commit handshake: its migrate_send and
  *    migrate_receive stand in for xm_send and xm_receive.  xen
  *    (backend-xen.c: libxenguest's xc_domain_save, libxl's restore).
@@ -120,7 +120,7 @@ struct xm_backend_ops {
    * none was given: refuse with XM_CANNOT) over C, a connection the caller
    * made (TLS done, timeout set) and closes afterwards.  It keeps xm_send's
    * promises (engine.h, doc/xenmem-stream.md): the stream begins with a
-   * header carrying the backend's id; pre-copy stops when xm_stop_rule
+   * header carrying the backend's id; pre-copy stops when xm_policy_round
    * (engine.h) says so; O->paused_hook runs its prepare phase before the
    * pause and its paused phase after it, waited for before END; the commit
    * handshake decides who owns the guest: before the commit every failure
@@ -129,7 +129,7 @@ struct xm_backend_ops {
    * O->check_only apply; O->verify_memory may be ignored.  Appends its
    * report to REPORT as ",\"key\":value" pairs, with "result", "rounds"
    * and "stop_reason" meaning what xm_send's do (stop_reason: one of
-   * xm_stop_rule's reasons or "none"; a check-only send says so there),
+   * xm_policy_round's reasons or "none"; a check-only send says so there),
    * and returns an enum xm_exit as xm_send does: XM_OK the guest runs on
    * the destination and the source is gone (xen: the domain destroyed, or
    * a message says it must be) -- with O->check_only, the receiver would
@@ -215,6 +215,19 @@ struct xm_backend_ops {
    * (a jbuf, common/jsonline.h) as ",\"key\":value" pairs.  Any time
    * between open_source and close_source; cannot fail. */
   void (*describe_source) (struct xm_source *s, struct jbuf *buf);
+  /* Optional (NULL: the backend cannot slow its guests down, and xm_send
+   * runs with auto-converge off): from now on let the guest's vCPUs run
+   * only (100 - PCT) % of the time, PCT 0 .. 99 (0: full speed).  Called
+   * by xm_send while the guest runs, as its policy raises the throttle,
+   * and with 0 before xm_send returns, whatever the outcome.  The
+   * throttle is the host's, not the guest's: get_context does not carry
+   * it, and a destination guest always starts at full speed.  uffd: the
+   * vCPU thread sleeps that share of every 10 ms. */
+  int (*set_throttle) (struct xm_source *s, unsigned pct);
+  /* Optional (NULL: not known): a count that grows as the guest gets
+   * work done (uffd: its loop counter), for the report's progress rates
+   * (how much a throttle slowed the guest).  Any time; cannot fail. */
+  uint64_t (*guest_progress) (struct xm_source *s);
   /* Release S, once, last, by whoever opened it.  MIGRATED: xm_send
    * returned XM_OK; the guest runs on the destination and S is a paused
    * copy to be discarded.  !MIGRATED: the guest ends here (a failed or

@@ -44,6 +44,12 @@ xm_cli_usage (FILE *f)
 "  --progress=json[:FD]    one JSON line per pre-copy round on FD (default 2)\n"
 "  --downtime-ms=MS        stop-and-copy once predicted downtime <= MS (30)\n"
 "  --max-rounds=N          at most N pre-copy rounds (30)\n"
+"  --no-auto-converge      never slow the guest down (default: throttle its\n"
+"                          vCPUs while it dirties memory faster than half\n"
+"                          the bandwidth; xen: its scheduler cap)\n"
+"  --throttle-initial=PCT  first throttle, percent of CPU time taken (20)\n"
+"  --throttle-step=PCT     added each time it is not enough (10)\n"
+"  --max-throttle=PCT      at most this much (99)\n"
 "  --rate=BYTES            bandwidth limit, bytes/s (k/M/G suffixes)\n"
 "  --verify-memory         send sha256 of memory at pause; receiver checks\n"
 "  --disk-map=TARGET=UUID  (xen, repeatable) the domain's disk whose target\n"
@@ -84,6 +90,7 @@ enum {
   O_JSON, O_DOWNTIME, O_ROUNDS, O_RATE, O_VERIFY, O_GMEM, O_DRATE, O_DSIZE,
   O_WARMUP, O_CHECK, O_ACCEPT, O_ABORT, O_DISK, O_DISK_RATE, O_DISK_SLOTS,
   O_MONITOR, O_GUEST, O_DISK_MAP, O_CHECK_ONLY, O_DISK_SCRIPT, O_PROGRESS,
+  O_CONVERGE, O_NO_CONVERGE, O_THR_INITIAL, O_THR_STEP, O_THR_MAX,
 };
 
 static const struct option longopts[] = {
@@ -101,6 +108,11 @@ static const struct option longopts[] = {
   { "progress", required_argument, NULL, O_PROGRESS },
   { "downtime-ms", required_argument, NULL, O_DOWNTIME },
   { "max-rounds", required_argument, NULL, O_ROUNDS },
+  { "auto-converge", no_argument, NULL, O_CONVERGE },
+  { "no-auto-converge", no_argument, NULL, O_NO_CONVERGE },
+  { "throttle-initial", required_argument, NULL, O_THR_INITIAL },
+  { "throttle-step", required_argument, NULL, O_THR_STEP },
+  { "max-throttle", required_argument, NULL, O_THR_MAX },
   { "rate", required_argument, NULL, O_RATE },
   { "verify-memory", no_argument, NULL, O_VERIFY },
   { "guest-mem", required_argument, NULL, O_GMEM },
@@ -247,6 +259,24 @@ take_option (struct xm_cli *cli, int c, const char *arg, unsigned flags,
     else if (c == O_ACCEPT) cli->accept_timeout = d;
     else cli->check = d;
     break;
+  case O_CONVERGE: case O_NO_CONVERGE:
+    cli->so.converge.on = c == O_CONVERGE;
+    cli->converge_opt = long_name (c);
+    break;
+  case O_THR_INITIAL: case O_THR_STEP: case O_THR_MAX: {
+    char *end;
+    unsigned long pct;
+    errno = 0;
+    pct = strtoul (arg, &end, 10);
+    if (errno || end == arg || *end || pct < 1 || pct > 99)
+      return usage_error ("--%s: '%s' is not a percentage from 1 to 99",
+                          long_name (c), arg);
+    if (c == O_THR_INITIAL) cli->so.converge.initial_pct = pct;
+    else if (c == O_THR_STEP) cli->so.converge.step_pct = pct;
+    else cli->so.converge.max_pct = pct;
+    cli->converge_opt = long_name (c);
+    break;
+  }
   case O_ROUNDS: case O_RATE: case O_GMEM: case O_DRATE: case O_DSIZE:
   case O_DISK_RATE: case O_DISK_SLOTS:
     if (parse_size (arg, &v) == -1)
@@ -363,6 +393,12 @@ check_combination (struct xm_cli *cli, int nargs, unsigned flags,
     return usage_error ("--abort is for send only");
   if (cli->so.progress && !send)
     return usage_error ("--progress is for send only");
+  if (cli->converge_opt && !send)
+    return usage_error ("--%s is for send only", cli->converge_opt);
+  if (cli->so.converge.initial_pct > cli->so.converge.max_pct)
+    return usage_error ("--throttle-initial (%u%%) is over --max-throttle "
+                        "(%u%%)", cli->so.converge.initial_pct,
+                        cli->so.converge.max_pct);
   if (cli->so.progress && cli->guest)
     return usage_error ("--progress with --guest: the rounds run in the "
                         "monitor's process, which has no descriptor of ours");
@@ -418,6 +454,10 @@ xm_cli_parse (struct xm_cli *cli, const char *mode, int argc,
   cli->mode = mode;
   cli->so.downtime_ms = 30;
   cli->so.max_rounds = 30;
+  cli->so.converge.on = true;
+  cli->so.converge.initial_pct = 20;
+  cli->so.converge.step_pct = 10;
+  cli->so.converge.max_pct = 99;
   cli->g.mem_bytes = 64 << 20;
   cli->timeout = 60;
   cli->accept_timeout = -1;
@@ -541,6 +581,9 @@ xm_cli_send (const struct xm_cli *cli, const struct xm_backend_ops *b,
                  "check\n");
     }
   }
+  if (cli->progress_rate_before > 0)
+    jbuf_add (&rep, ",\"guest_progress_rate_before\":%.0f",
+              cli->progress_rate_before);
   if (b->describe_source)
     b->describe_source (s, &rep);
   return xm_cli_report (cli, &rep, ret);

@@ -25,6 +25,7 @@ struct xm_cli {
   const char *monitor;          /* --monitor=SOCKET (receive, guest) */
   const char *guest;            /* --guest=SOCKET (send: a monitor's VM) */
   const char *guest_opt;        /* the first guest-creation option seen */
+  const char *converge_opt;     /* the last auto-converge option seen */
   struct xm_tls_opts tls;
   struct xm_send_opts so;
   struct xm_recv_opts ro;
@@ -34,6 +35,8 @@ struct xm_cli {
   char *disk_map_args[XM_DISK_MAP_MAX];      /* --disk-map: our copies, */
   unsigned ndisk_map;                        /* split in place */
   double timeout, warmup, check, accept_timeout;
+  double progress_rate_before;  /* send: the guest's progress a second
+                                 * during --warmup, 0: not measured */
   bool json, quiet, abort_, help;
   char **argv;                  /* our copy: getopt permutes it and the
                                  * hook (so.paused_hook) points into it */

@@ -129,7 +129,25 @@ struct sender {
   /* totals */
   uint64_t wire_bytes, pages_sent, zero_pages;
   struct xm_rate rate;          /* --rate */
+  /* The policy, and auto-converge's mid-round looks at the dirty log
+   * (sample): NEXT collects the pages the next round sends, TMP is one
+   * fetch; the last observation's time and wire bytes. */
+  struct xm_policy pol;
+  bool sampling;
+  uint8_t *next, *tmp;
+  double t_obs;
+  uint64_t w_obs;
+  /* The throttle the guest runs under (percent), since when, and the
+   * time spent throttled before that. */
+  unsigned throttle, throttle_max;
+  double t_throttle, throttled_s;
 };
+
+/* Auto-converge looks at the dirty log this often within a round: often
+ * enough that the throttle reaches what a fast guest needs within the
+ * first second of round 0 (ten steps), rarely enough that the log walks
+ * (a few ms for 1 GiB) cost little. */
+#define XM_SAMPLE_S 0.1
 
 static int
 src_read (void *obj, const uint64_t *pfns, unsigned n, void *buf)
@@ -204,9 +222,67 @@ send_round_record (struct sender *S, uint32_t round, uint64_t count)
   return put (S, S->rec, len);
 }
 
-/* The pages of BITMAP (NULL: all). */
+/* Apply the policy's throttle to the guest if it changed, keeping the
+ * time spent throttled; DIRTY_RATE and BANDWIDTH (bytes/s) are what the
+ * policy saw, for the line that says so. */
 static int
-send_pages (struct sender *S, const uint8_t *bitmap)
+apply_throttle (struct sender *S, unsigned pct, double dirty_rate,
+                double bandwidth)
+{
+  double now = sxm_now ();
+
+  if (pct == S->throttle)
+    return 0;
+  if (S->b->set_throttle (S->s, pct) == -1)
+    return -1;
+  if (!S->o->quiet)
+    fprintf (stderr, "xenmem: throttle %u%%: the guest dirtied %.1f MiB/s, "
+             "the link carried %.1f MiB/s\n", pct, dirty_rate / 1048576,
+             bandwidth / 1048576);
+  if (S->throttle)
+    S->throttled_s += now - S->t_throttle;
+  S->t_throttle = now;
+  S->throttle = pct;
+  return 0;
+}
+
+/* Auto-converge's look at the dirty log in the middle of a round that has
+ * queued every page before byte CURSOR of its bitmap CUR (NULL: round 0,
+ * every page).  A page found dirty ahead of the cursor goes in this round
+ * (round 0 sends it anyway), one behind it in the next: either way it is
+ * sent after its last write seen so far.  The policy then sees the dirty
+ * rate and the bandwidth since the previous observation. */
+static int
+sample (struct sender *S, uint8_t *cur, uint64_t cursor)
+{
+  uint64_t n;
+  double now, dt, rate, bw;
+
+  if (S->b->log_fetch (S->s, S->tmp, &n) == -1)
+    return -1;
+  for (uint64_t i = 0; i < (S->npages + 7) / 8; i++) {
+    if (!S->tmp[i])
+      continue;
+    if (i < cursor)
+      S->next[i] |= S->tmp[i];
+    else if (cur)
+      cur[i] |= S->tmp[i];
+  }
+  now = sxm_now ();
+  dt = now - S->t_obs;
+  rate = n * (double) XM_PAGE_SIZE / dt;
+  bw = (S->wire_bytes - S->w_obs) / dt;
+  xm_policy_sample (&S->pol, rate, bw, S->o);
+  S->t_obs = now;
+  S->w_obs = S->wire_bytes;
+  return apply_throttle (S, S->pol.throttle, rate, bw);
+}
+
+/* The pages of BITMAP (NULL: all); with auto-converge, looking at the
+ * dirty log every XM_SAMPLE_S, which may add pages to BITMAP ahead of the
+ * loop. */
+static int
+send_pages (struct sender *S, uint8_t *bitmap)
 {
   for (uint64_t byte = 0; byte < (S->npages + 7) / 8; byte++) {
     uint8_t v = bitmap ? bitmap[byte] : 0xff;
@@ -217,6 +293,9 @@ send_pages (struct sender *S, const uint8_t *bitmap)
       if ((v >> bit & 1) && pfn < S->npages && queue_page (S, pfn) == -1)
         return -1;
     }
+    if (S->sampling && sxm_now () - S->t_obs >= XM_SAMPLE_S &&
+        sample (S, bitmap, byte + 1) == -1)
+      return -1;
   }
   return flush_batch (S);
 }
@@ -246,22 +325,28 @@ xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
 void
 xm_progress_round (const struct xm_send_opts *o, unsigned round, bool paused,
                    uint64_t pages, uint64_t bytes, double secs, int64_t dirty,
-                   double predicted_ms)
+                   double predicted_ms, unsigned throttle)
 {
   if (!o->progress)
     return;
   fprintf (o->progress, "{\"version\":1,\"event\":\"round\",\"round\":%u,"
            "\"paused\":%s,\"pages\":%" PRIu64 ",\"bytes\":%" PRIu64
            ",\"seconds\":%.6f,\"dirty_pages\":%" PRId64
-           ",\"predicted_ms\":%.3f}\n", round, paused ? "true" : "false",
-           pages, bytes, secs, dirty, dirty < 0 ? -1.0 : predicted_ms);
+           ",\"predicted_ms\":%.3f,\"throttle\":%u}\n", round,
+           paused ? "true" : "false", pages, bytes, secs, dirty,
+           dirty < 0 ? -1.0 : predicted_ms, throttle);
   fflush (o->progress);
 }
 
+/* A round's line on stderr, in the report's round_stats and on the
+ * progress channel.  THROTTLE: the percent the guest ran under at the
+ * round's end; PROGRESS: the guest's own progress (the backend's
+ * guest_progress) per second during the round, < 0 unknown. */
 static void
 round_line (const struct xm_send_opts *o, struct jbuf *rounds, uint32_t round,
             uint64_t sent, uint64_t zeros, uint64_t bytes, double secs,
-            uint64_t dirty, double predicted_ms, bool paused)
+            uint64_t dirty, double predicted_ms, bool paused,
+            unsigned throttle, double progress)
 {
   double bw = secs > 0 ? bytes / secs : 0;
   double drate = secs > 0 ? dirty * (double) XM_PAGE_SIZE / secs : 0;
@@ -269,22 +354,27 @@ round_line (const struct xm_send_opts *o, struct jbuf *rounds, uint32_t round,
   if (!o->quiet)
     fprintf (stderr, "xenmem: round %u%s: sent %" PRIu64 " pages (%" PRIu64
              " zero), %.1f MiB in %.3f s = %.0f MiB/s; dirtied meanwhile %"
-             PRIu64 " pages (%.1f MiB/s); predicted downtime %.2f ms\n",
-             round, paused ? " (paused)" : "", sent, zeros,
+             PRIu64 " pages (%.1f MiB/s); predicted downtime %.2f ms; "
+             "throttle %u%%\n", round, paused ? " (paused)" : "", sent, zeros,
              bytes / 1048576.0, secs, bw / 1048576.0, dirty,
-             drate / 1048576.0, predicted_ms);
+             drate / 1048576.0, predicted_ms, throttle);
   jbuf_add (rounds, "%s{\"round\":%u,\"paused\":%s,\"pages\":%" PRIu64
             ",\"zero_pages\":%" PRIu64 ",\"bytes\":%" PRIu64
             ",\"seconds\":%.6f,\"dirty_after\":%" PRIu64
-            ",\"dirty_rate\":%.0f,\"bandwidth\":%.0f,\"predicted_ms\":%.3f}",
+            ",\"dirty_rate\":%.0f,\"bandwidth\":%.0f,\"predicted_ms\":%.3f"
+            ",\"throttle\":%u",
             rounds->len > 1 ? "," : "", round, paused ? "true" : "false",
-            sent, zeros, bytes, secs, dirty, drate, bw, predicted_ms);
+            sent, zeros, bytes, secs, dirty, drate, bw, predicted_ms,
+            throttle);
+  if (progress >= 0)
+    jbuf_add (rounds, ",\"guest_progress_rate\":%.0f", progress);
+  jbuf_add (rounds, "}");
   xm_progress_round (o, round, paused, sent, bytes, secs, (int64_t) dirty,
-                     predicted_ms);
+                     predicted_ms, throttle);
 }
 
-/* The stop rule (engine.h): here, and nowhere else, for the engine's
- * rounds and libxenguest's (backend-xen.c, precopy_policy). */
+/* The pre-copy policy (engine.h): here, and nowhere else, for the
+ * engine's rounds and libxenguest's (backend-xen.c, precopy_policy). */
 double
 xm_predicted_ms (const struct xm_round_stats *r)
 {
@@ -292,25 +382,67 @@ xm_predicted_ms (const struct xm_round_stats *r)
          * 1e3 : 1e9;
 }
 
+/* One observation for auto-converge: count it hot or not, and raise the
+ * throttle when it has been hot long enough (engine.h). */
+static void
+converge (struct xm_policy *p, bool hot, const struct xm_send_opts *o)
+{
+  if (!o->converge.on)
+    return;
+  p->hot = hot ? p->hot + 1 : 0;
+  if (p->throttle == 0 && p->hot >= 2)
+    p->throttle = o->converge.initial_pct;
+  else if (p->throttle > 0 && p->hot >= 1)
+    p->throttle += o->converge.step_pct;
+  else
+    return;
+  if (p->throttle > o->converge.max_pct)
+    p->throttle = o->converge.max_pct;
+  p->hot = 0;
+}
+
+static bool
+too_fast (double dirty_rate, double bandwidth)
+{
+  return dirty_rate >= 0 && bandwidth > 0 &&
+    dirty_rate > XM_THROTTLE_TRIGGER * bandwidth;
+}
+
+void
+xm_policy_sample (struct xm_policy *p, double dirty_rate, double bandwidth,
+                  const struct xm_send_opts *o)
+{
+  converge (p, too_fast (dirty_rate, bandwidth), o);
+}
+
 const char *
-xm_stop_rule (struct xm_stop_state *st, const struct xm_round_stats *r,
-              const struct xm_send_opts *o)
+xm_policy_round (struct xm_policy *p, const struct xm_round_stats *r,
+                 const struct xm_send_opts *o)
 {
   /* "Shrinking": under 90% of the previous decision's count (the first
    * decision has nothing to compare with, and counts as shrinking). */
-  bool shrank = !st->have_prev || r->dirty * 10 < st->prev_dirty * 9;
+  bool shrank = !p->have_prev || r->dirty * 10 < p->prev_dirty * 9;
+  bool on_target = xm_predicted_ms (r) <= o->downtime_ms;
+  bool can_throttle = o->converge.on && p->throttle < o->converge.max_pct;
   const char *why = NULL;
 
-  if (xm_predicted_ms (r) <= o->downtime_ms)
+  p->stuck = shrank ? 0 : p->stuck + 1;
+  if (on_target)
     why = "predicted downtime under the target";
   else if (r->rounds >= o->max_rounds)
     why = "round limit";
-  else if (!shrank && ++st->stuck >= 2)
+  else if (p->stuck >= 2 && !can_throttle)
     why = "dirty set stopped shrinking";
-  if (shrank)
-    st->stuck = 0;
-  st->prev_dirty = r->dirty;
-  st->have_prev = true;
+  else if (p->stuck >= 2) {
+    /* Not converging on its own: as hot as it gets, raise at once. */
+    p->hot = p->throttle ? p->hot : 1;
+    converge (p, true, o);
+    p->stuck = 0;
+  }
+  else
+    converge (p, too_fast (r->dirty_rate, r->bandwidth), o);
+  p->prev_dirty = r->dirty;
+  p->have_prev = true;
   return why;
 }
 
@@ -322,8 +454,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   struct xm_header hdr = { XM_STREAM_VERSION, b->id, 0, 0 };
   struct jbuf rounds = { 0 };
   uint8_t *dirty = NULL, *more = NULL, digest[32] = { 0 };
-  uint64_t count = 0, final_count;
-  struct xm_stop_state stop = { 0 };
+  uint64_t count = 0, final_count, prog0 = 0, prog = 0;
   uint32_t round = 0;
   const char *why = NULL;
   bool paused = false, committed = false;
@@ -341,15 +472,26 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   S.pages = malloc ((size_t) XM_BATCH_MAX * XM_PAGE_SIZE);
   dirty = calloc ((S.npages + 7) / 8, 1);
   more = calloc ((S.npages + 7) / 8, 1);
+  S.next = calloc ((S.npages + 7) / 8, 1);
+  S.tmp = more;
   jbuf_add (&rounds, "[");
-  if (!S.rec || !S.pages || !dirty || !more) {
+  if (!S.rec || !S.pages || !dirty || !more || !S.next) {
     sxm_error ("out of memory");
     goto out;
   }
+  /* Auto-converge needs a guest it can slow down: without set_throttle
+   * the policy runs with it off. */
+  struct xm_send_opts po = *o;
+  po.converge.on = o->converge.on && b->set_throttle;
+  S.o = &po;
+  S.sampling = po.converge.on;
   S.rate.t = sxm_now ();
 
   if (b->log_enable (s) == -1)
     goto out;
+  S.t_obs = sxm_now ();
+  if (b->guest_progress)
+    prog0 = prog = b->guest_progress (s);
   len = xm_encode_header (S.rec, &hdr);
   if (put (&S, S.rec, len) == -1)
     goto fail_running;
@@ -357,24 +499,48 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   /* Pre-copy: round 0 is everything, later rounds what the previous one
    * let the guest dirty. */
   for (;;) {
-    uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes;
-    double ts = sxm_now (), secs;
+    uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes, n;
+    double ts = sxm_now (), secs, now, rate = -1;
 
     if (send_round_record (&S, round, round == 0 ? S.npages : count) == -1 ||
         send_pages (&S, round == 0 ? NULL : dirty) == -1)
       goto fail_running;
-    secs = sxm_now () - ts;
+    now = sxm_now ();
+    secs = now - ts;
     if (secs > 0 && S.wire_bytes > w0)
       bw = (S.wire_bytes - w0) / secs;
-    if (b->log_fetch (s, dirty, &count) == -1)
+    /* The next round: what the samples put behind the cursor and what
+     * the guest dirtied since the last of them. */
+    if (b->log_fetch (s, S.tmp, &n) == -1)
       goto fail_running;
+    count = 0;
+    for (uint64_t i = 0; i < (S.npages + 7) / 8; i++) {
+      dirty[i] = S.next[i] | S.tmp[i];
+      S.next[i] = 0;
+      count += __builtin_popcount (dirty[i]);
+    }
+    /* A rate over much less than a sample's time is noise (a guest's
+     * writes come in bursts): then only the dirty set's size speaks. */
+    if (now - S.t_obs >= XM_SAMPLE_S / 2)
+      rate = n * (double) XM_PAGE_SIZE / (now - S.t_obs);
+    S.t_obs = now;
+    S.w_obs = S.wire_bytes;
     /* Stopping now leaves the COUNT dirty pages for the pause, after
      * ROUND + 1 live rounds.  Dirty pages that are zero go as 16-byte
      * markers; counted full, the estimate errs on the long side. */
-    struct xm_round_stats rs = { round + 1, count, bw };
-    round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
-                S.wire_bytes - w0, secs, count, xm_predicted_ms (&rs), false);
-    if ((why = xm_stop_rule (&stop, &rs, o)) != NULL)
+    struct xm_round_stats rs = { round + 1, count, bw, rate };
+    why = xm_policy_round (&S.pol, &rs, S.o);
+    if (apply_throttle (&S, S.pol.throttle, rate, bw) == -1)
+      goto fail_running;
+    {
+      uint64_t p1 = b->guest_progress ? b->guest_progress (s) : 0;
+      round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
+                  S.wire_bytes - w0, secs, count, xm_predicted_ms (&rs),
+                  false, S.throttle,
+                  b->guest_progress && secs > 0 ? (p1 - prog) / secs : -1);
+      prog = p1;
+    }
+    if (why)
       break;
     round++;
   }
@@ -410,6 +576,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
 
   /* Stop and copy. */
   t_pause = sxm_now ();
+  if (b->guest_progress)
+    prog = b->guest_progress (s);
   if (b->pause (s) == -1)
     goto fail_running;
   paused = true;
@@ -443,7 +611,8 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
     if (put (&S, S.rec, len) == -1)
       goto fail;
     round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
-                S.wire_bytes - w0, sxm_now () - ts, 0, 0, true);
+                S.wire_bytes - w0, sxm_now () - ts, 0, 0, true, S.throttle,
+                -1);
   }
   if (o->verify_memory) {
     double td = sxm_now ();
@@ -500,6 +669,18 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   ret = XM_FAILED;
 
  out:
+  /* Never leave the guest throttled: the source runs on at full speed
+   * after a failure, resumes at full speed after "in doubt", and is a
+   * discarded copy after a migration (the destination's guest was never
+   * throttled: the throttle is the host's, not part of the guest). */
+  if (S.throttle) {
+    double t_end = t_pause > 0 ? t_pause : sxm_now ();
+    S.throttled_s += t_end - S.t_throttle;
+    S.throttle_max = S.throttle;
+    if (b->set_throttle (s, 0) == -1)
+      sxm_error ("could not take the throttle off the source guest");
+    S.throttle = 0;
+  }
   jbuf_add (&rounds, "]");
   jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%u,\"stop_reason\":",
             ret == XM_OK ? "migrated" : ret == XM_IN_DOUBT ? "in-doubt"
@@ -518,6 +699,12 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   if (o->paused_hook && t_hook > 0)
     jbuf_add (report, ",\"hook_ms\":%.3f,\"prepare_ms\":%.3f",
               t_hook * 1e3, t_prepare * 1e3);
+  jbuf_add (report, ",\"auto_converge\":%s,\"throttle_max\":%u,"
+            "\"throttled_s\":%.3f", S.sampling ? "true" : "false",
+            S.throttle_max, S.throttled_s);
+  if (b->guest_progress && t_pause > 0 && t_pause > t0)
+    jbuf_add (report, ",\"guest_progress_rate_live\":%.0f",
+              (prog - prog0) / (t_pause - t0));
   jbuf_add (report, ",\"verified_memory\":%s,\"tls\":%s,\"round_stats\":%s",
             o->verify_memory ? "true" : "false",
             xm_conn_is_tls (c) ? "true" : "false",
@@ -527,6 +714,7 @@ xm_send (const struct xm_backend_ops *b, struct xm_source *s,
   free (S.pages);
   free (dirty);
   free (more);
+  free (S.next);
   return ret;
 }
 

@@ -2,15 +2,16 @@
  * page-level backend's source and destination (backend.h).
  *
  * send: round 0 sends every page, each later round the pages dirtied
- * during the previous one, until the stop rule (xm_stop_rule below: the
- * predicted downtime, dirty bytes left / measured bandwidth, is under the
- * target, the dirty set stops shrinking, or the round limit is hit) says
- * so; then pause, last pages, context, END, and the commit handshake
- * (doc/xenmem-stream.md "Ending").  receive: the mirror image, checking
- * everything before acting on it.
+ * during the previous one, until the pre-copy policy (xm_policy_round
+ * below: the predicted downtime, dirty bytes left / measured bandwidth,
+ * is under the target, the dirty set stops shrinking, or the round limit
+ * is hit) says so, throttling a guest that dirties memory too fast for
+ * the link (auto-converge); then pause, last pages, context, END, and the
+ * commit handshake (doc/xenmem-stream.md "Ending").  receive: the mirror
+ * image, checking everything before acting on it.
  *
  * Also here, because a whole-migration backend (xen) keeps the same
- * promises with its own loop: the stop rule, the hook, the commit
+ * promises with its own loop: the policy, the hook, the commit
  * handshake's halves and the rate limit. */
 #ifndef XENMEM_ENGINE_H
 #define XENMEM_ENGINE_H
@@ -63,6 +64,13 @@ struct xm_send_opts {
    * guest (configuration and preflight, its answer), then hang up; the
    * receiver waits for the real stream (sxm migrate's check phase). */
   bool check_only;
+  /* Auto-converge (xm_policy_round): --auto-converge (default on),
+   * --throttle-initial, --throttle-step, --max-throttle, in percent of the
+   * guest's CPU time (defaults 20, 10, 99; 1 <= each <= 99). */
+  struct {
+    bool on;
+    unsigned initial_pct, step_pct, max_pct;
+  } converge;
 };
 
 struct xm_recv_opts {
@@ -117,19 +125,33 @@ int xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
 int xm_send_ack (struct xm_conn *c, uint32_t *seq, int32_t status,
                  const char *msg);
 
-/* The pre-copy stop rule, the one for every backend: the engine's send
- * loop and the xen backend's precopy_policy (libxenguest's rounds) ask it
- * after each live round whether to stop pre-copying.  Stop (the reason is
- * the report's stop_reason) when
+/* The pre-copy policy, the one for every backend (doc/design.md,
+ * "Auto-converge"): the engine's send loop and the xen backend's
+ * precopy_policy (libxenguest's rounds) ask it after each live round
+ * whether to stop pre-copying (xm_policy_round), and the engine also
+ * between its rounds' batches (xm_policy_sample); both may change the
+ * throttle, P->throttle, which the caller applies to the guest.
+ *
+ * Stop (the reason is the report's stop_reason) when
  *   - the predicted downtime, DIRTY pages at the last round's BANDWIDTH,
  *     is at most o->downtime_ms: "predicted downtime under the target";
  *   - else when ROUNDS reaches o->max_rounds: "round limit";
  *   - else when the dirty set failed to shrink below 90% of the previous
  *     decision's twice in a row: "dirty set stopped shrinking".  A guest
  *     dirtying faster than the link saturates its working set and the
- *     counts jitter around it; strict ">=" let that run 10 rounds.
- * Returns NULL to go on with another round.  ST carries the previous
- * decision's count: zero it before a send's first call. */
+ *     counts jitter around it; strict ">=" let that run 10 rounds.  With
+ *     auto-converge this raises the throttle instead, and stops only once
+ *     the throttle is at o->converge.max_pct.
+ *
+ * Auto-converge (o->converge.on): an observation is "hot" when the guest
+ * dirtied pages faster than XM_THROTTLE_TRIGGER x the bandwidth (or, at a
+ * round's end, when the dirty set did not shrink).  Two hot observations
+ * in a row start the throttle at o->converge.initial_pct; from then on
+ * each hot one raises it by o->converge.step_pct, up to max_pct.  It
+ * never goes down during a send: the caller sets it back to 0 when the
+ * send ends, whatever the outcome.  P: zero it before a send's first
+ * call. */
+#define XM_THROTTLE_TRIGGER 0.5
 struct xm_round_stats {
   /* Live rounds sent by the time the guest is paused if pre-copy stops
    * now (the engine: the rounds done; libxc sends one more live round
@@ -137,15 +159,22 @@ struct xm_round_stats {
   unsigned rounds;
   uint64_t dirty;               /* pages dirty now: left for the pause */
   double bandwidth;             /* bytes/s of the last round, 0: unknown */
+  /* bytes/s of pages the guest dirtied since the previous observation
+   * (distinct pages: a page written twice counts once), < 0: unknown */
+  double dirty_rate;
 };
-struct xm_stop_state {
+struct xm_policy {
   uint64_t prev_dirty;          /* the previous decision's dirty count */
   bool have_prev;
   unsigned stuck;               /* decisions in a row without shrinking */
+  unsigned hot;                 /* hot observations in a row */
+  unsigned throttle;            /* percent of the guest's CPU taken away */
 };
-const char *xm_stop_rule (struct xm_stop_state *st,
-                          const struct xm_round_stats *r,
-                          const struct xm_send_opts *o);
+const char *xm_policy_round (struct xm_policy *p,
+                             const struct xm_round_stats *r,
+                             const struct xm_send_opts *o);
+void xm_policy_sample (struct xm_policy *p, double dirty_rate,
+                       double bandwidth, const struct xm_send_opts *o);
 /* R's predicted downtime in ms, as the rule sees it: DIRTY full pages at
  * BANDWIDTH, 1e9 when the bandwidth is not known. */
 double xm_predicted_ms (const struct xm_round_stats *r);
@@ -154,10 +183,13 @@ double xm_predicted_ms (const struct xm_round_stats *r);
  * "PROGRESS"): {"version":1,"event":"round","round":N,"paused":B,
  * "pages":P,"bytes":B,"seconds":S,"dirty_pages":D,"predicted_ms":M}, the
  * last two -1 when not known (libxenguest tells the policy the dirty
- * count only when it asks for the next decision).  Flushed at once. */
+ * count only when it asks for the next decision), and "throttle":T, the
+ * auto-converge throttle (percent) at the round's end.  Flushed at
+ * once. */
 void xm_progress_round (const struct xm_send_opts *o, unsigned round,
                         bool paused, uint64_t pages, uint64_t bytes,
-                        double secs, int64_t dirty, double predicted_ms);
+                        double secs, int64_t dirty, double predicted_ms,
+                        unsigned throttle);
 
 /* --rate: a token bucket on wire bytes.  Spend LEN bytes at RATE bytes/s
  * (0: unlimited), sleeping off any debt; T starts as sxm_now ()

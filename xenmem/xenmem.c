@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "engine.h"
 #include "jsonline.h"
+#include "monotime.h"
 #include "log.h"
 #include "monitor.h"
 #include "transport.h"
@@ -102,8 +103,16 @@ send_new_guest (struct xm_cli *cli)
     xm_cli_close_disks (disks, cli->ndisks);
     return XM_CANNOT;
   }
-  if (cli->warmup > 0)
+  if (cli->warmup > 0) {
+    /* The guest's own pace before anything slows it: the report's
+     * baseline for the throttle's effect. */
+    uint64_t p0 = cli->b->guest_progress ? cli->b->guest_progress (s) : 0;
+    double t0 = sxm_now ();
     sleep_s (cli->warmup);
+    if (cli->b->guest_progress)
+      cli->progress_rate_before = (cli->b->guest_progress (s) - p0)
+        / (sxm_now () - t0);
+  }
   ret = xm_cli_send (cli, cli->b, s, &migrated);
   /* In doubt, the paused source is kept only as long as we run: for the
    * test guests that is now; a xen domain stays paused. */
