@@ -417,22 +417,13 @@ def main(scratch):
                f"{what}: exit 2, said", p.stderr)
 
     # --- receiver killed mid-stream: the source resumes -------------------
-    addr = "unix:" + os.path.join(S, "k.sock")
-    r = start_recv(addr)
-    sp = subprocess.Popen([XENMEM, "send", "--backend=uffd", "-q", "--json",
-                           "--guest-mem=256M", "--dirty-rate=8M",
-                           "--rate=64M", "--check=0.3", "--timeout=20", addr],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-    time.sleep(1.0 + rng.random())
-    r.kill()
-    r.wait()
-    out, err = sp.communicate(timeout=60)
-    sj = parse(out)
-    tap.ok(sp.returncode == 1 and sj.get("check", {}).get("ok") is True and
+    rc, sj, err = send_kill_receiver(
+        "unix:" + os.path.join(S, "k.sock"), 1.0 + rng.random(),
+        "--guest-mem=256M", "--dirty-rate=8M", "--rate=64M", "--check=0.3")
+    tap.ok(rc == 1 and sj.get("check", {}).get("ok") is True and
            "resumed" in err,
            "receiver killed mid-stream: source resumed and keeps counting",
-           f"{sp.returncode} {sj} {err}")
+           f"{rc} {sj} {err}")
 
     # --- sender killed mid-stream: the receiver discards -------------------
     addr2 = "unix:" + os.path.join(S, "ks.sock")
@@ -533,6 +524,21 @@ def main(scratch):
     monitor_tests(S, rng)
 
 
+def send_kill_receiver(addr, after, *args):
+    """A send (new test guest, ARGS) whose receiver is killed AFTER
+    seconds: (exit status, report, stderr)."""
+    r = start_recv(addr)
+    sp = subprocess.Popen([XENMEM, "send", "--backend=uffd", "-q", "--json",
+                           "--timeout=20", *args, addr],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    time.sleep(after)
+    r.kill()
+    r.wait()
+    out, err = sp.communicate(timeout=60)
+    return sp.returncode, parse(out), err
+
+
 def rate_of(check):
     """The guest's progress a second during a --check."""
     return check.get("progress_rate", 0)
@@ -566,27 +572,18 @@ def auto_converge_tests(S, rng):
 
     # The throttle never outlives a failed send: the receiver dies while
     # the guest is throttled; the source runs on at its own pace.
-    addr = "unix:" + os.path.join(S, "ack.sock")
-    r = start_recv(addr)
-    sp = subprocess.Popen([XENMEM, "send", "--backend=uffd", "-q", "--json",
-                           "--guest-mem=128M", "--dirty-rate=256M",
-                           "--rate=32M", "--warmup=0.5", "--check=1",
-                           "--timeout=20", addr],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-    time.sleep(2.0 + rng.random())
-    r.kill()
-    r.wait()
-    out, err = sp.communicate(timeout=60)
-    sj = parse(out)
+    rc, sj, err = send_kill_receiver(
+        "unix:" + os.path.join(S, "ack.sock"), 2.0 + rng.random(),
+        "--guest-mem=128M", "--dirty-rate=256M", "--rate=32M",
+        "--warmup=0.5", "--check=1")
     before = sj.get("guest_progress_rate_before", 0)
     after = rate_of(sj.get("check", {}))
-    tap.ok(sp.returncode == 1 and sj.get("throttle_max", 0) > 0 and
+    tap.ok(rc == 1 and sj.get("throttle_max", 0) > 0 and
            sj.get("check", {}).get("ok") is True and before > 0 and
            after >= 0.5 * before,
            "receiver killed while throttled: the source resumed at full "
            f"speed ({before} a second before, {after} after; throttle was "
-           f"{sj.get('throttle_max')}%)", f"{sp.returncode} {sj} {err}")
+           f"{sj.get('throttle_max')}%)", f"{rc} {sj} {err}")
 
     # Options: checked before anything starts.
     for argv, want in (
