@@ -129,18 +129,36 @@ struct sender {
   /* totals */
   uint64_t wire_bytes, pages_sent, zero_pages;
   struct xm_rate rate;          /* --rate */
-  /* The policy, and auto-converge's mid-round looks at the dirty log
-   * (sample): NEXT collects the pages the next round sends, TMP is one
-   * fetch; the last observation's time and wire bytes. */
+  /* The policy (with the options as this backend can honour them: PO,
+   * which O points to once send_start ran), and auto-converge's
+   * mid-round looks at the dirty log (sample): DIRTY is the round's set
+   * (then the final round's), NEXT collects the pages the next round
+   * sends, TMP is one fetch; the last observation's time and wire
+   * bytes. */
+  struct xm_send_opts po;
   struct xm_policy pol;
   bool sampling;
-  uint8_t *next, *tmp;
-  double t_obs;
+  uint8_t *dirty, *next, *tmp;
+  uint64_t count;               /* pages set in DIRTY */
+  uint32_t round;
+  const char *why;              /* the policy's stop reason */
+  double t_obs, bw;
   uint64_t w_obs;
   /* The throttle the guest runs under (percent), since when, and the
    * time spent throttled before that. */
   unsigned throttle, throttle_max;
   double t_throttle, throttled_s;
+  /* The end: the round answers' decoder and record, the hook, where the
+   * guest stands, the times the report gives (monotonic seconds), the
+   * guest's progress at the start and lately, the memory digest. */
+  struct xm_decoder ad;
+  struct xm_record r;
+  pid_t hook;
+  bool paused, committed;
+  double t0, t_pause, t_run, t_digest, t_hook, t_prepare;
+  uint64_t prog0, prog;
+  uint8_t digest[32];
+  struct jbuf rounds;           /* round_stats */
 };
 
 /* Auto-converge looks at the dirty log this often within a round: often
@@ -446,275 +464,320 @@ xm_policy_round (struct xm_policy *p, const struct xm_round_stats *r,
   return why;
 }
 
+/* ---- xm_send's steps ---------------------------------------------------
+ * Each returns 0, or -1 after reporting why; xm_send (below) runs them in
+ * order and undoes what a failed one leaves. */
+
+/* Buffers, the options as this backend can honour them, dirty logging on,
+ * the stream header out. */
+static int
+send_start (struct sender *S)
+{
+  struct xm_header hdr = { XM_STREAM_VERSION, S->b->id, S->npages, 0 };
+  size_t bitmap = (S->npages + 7) / 8;
+
+  S->rec = malloc (XM_REC_MAX);
+  S->pages = malloc ((size_t) XM_BATCH_MAX * XM_PAGE_SIZE);
+  S->dirty = calloc (bitmap, 1);
+  S->next = calloc (bitmap, 1);
+  S->tmp = calloc (bitmap, 1);
+  if (!S->rec || !S->pages || !S->dirty || !S->next || !S->tmp) {
+    sxm_error ("out of memory");
+    return -1;
+  }
+  /* Auto-converge needs a guest it can slow down: without set_throttle
+   * the policy runs with it off. */
+  S->po = *S->o;
+  S->po.converge.on = S->o->converge.on && S->b->set_throttle;
+  S->o = &S->po;
+  S->sampling = S->po.converge.on;
+  S->rate.t = sxm_now ();
+
+  if (S->b->log_enable (S->s) == -1)
+    return -1;
+  S->t_obs = sxm_now ();
+  if (S->b->guest_progress)
+    S->prog0 = S->prog = S->b->guest_progress (S->s);
+  return put (S, S->rec, xm_encode_header (S->rec, &hdr));
+}
+
+/* One live round: round 0 is every page, a later one what the previous
+ * let the guest dirty; then the next round's set, and the policy's word
+ * on it (S->why: stop pre-copying). */
+static int
+precopy_round (struct sender *S)
+{
+  const struct xm_backend_ops *b = S->b;
+  uint64_t p0 = S->pages_sent, z0 = S->zero_pages, w0 = S->wire_bytes, n;
+  double ts = sxm_now (), secs, now, rate = -1;
+  bool first = S->round == 0;
+
+  if (send_round_record (S, S->round, first ? S->npages : S->count) == -1 ||
+      send_pages (S, first ? NULL : S->dirty) == -1)
+    return -1;
+  now = sxm_now ();
+  secs = now - ts;
+  if (secs > 0 && S->wire_bytes > w0)
+    S->bw = (S->wire_bytes - w0) / secs;
+  /* The next round: what the samples put behind the cursor and what the
+   * guest dirtied since the last of them. */
+  if (b->log_fetch (S->s, S->tmp, &n) == -1)
+    return -1;
+  S->count = 0;
+  for (uint64_t i = 0; i < (S->npages + 7) / 8; i++) {
+    S->dirty[i] = S->next[i] | S->tmp[i];
+    S->next[i] = 0;
+    S->count += __builtin_popcount (S->dirty[i]);
+  }
+  /* A rate over much less than a sample's time is noise (a guest's writes
+   * come in bursts): then only the dirty set's size speaks. */
+  if (now - S->t_obs >= XM_SAMPLE_S / 2)
+    rate = n * (double) XM_PAGE_SIZE / (now - S->t_obs);
+  S->t_obs = now;
+  S->w_obs = S->wire_bytes;
+  /* Stopping now leaves the COUNT dirty pages for the pause, after ROUND
+   * + 1 live rounds.  Dirty pages that are zero go as 16-byte markers;
+   * counted full, the estimate errs on the long side. */
+  struct xm_round_stats rs = { S->round + 1, S->count, S->bw, rate };
+  S->why = xm_policy_round (&S->pol, &rs, S->o);
+  if (apply_throttle (S, S->pol.throttle, rate, S->bw) == -1)
+    return -1;
+
+  uint64_t p1 = b->guest_progress ? b->guest_progress (S->s) : 0;
+  round_line (S->o, &S->rounds, S->round, S->pages_sent - p0,
+              S->zero_pages - z0, S->wire_bytes - w0, secs, S->count,
+              xm_predicted_ms (&rs), false, S->throttle,
+              b->guest_progress && secs > 0 ? (p1 - S->prog) / secs : -1);
+  S->prog = p1;
+  return 0;
+}
+
+static int
+precopy (struct sender *S)
+{
+  for (;;) {
+    if (precopy_round (S) == -1)
+      return -1;
+    if (S->why)
+      return 0;
+    S->round++;
+  }
+}
+
+/* Announce the final round and wait until the receiver has read up to it,
+ * so that no backlog sits in socket buffers (on loopback TCP, tens of
+ * megabytes) while the guest is paused; the hook's prepare phase runs
+ * meanwhile. */
+static int
+barrier (struct sender *S)
+{
+  char want[32];
+  double tp = sxm_now ();
+
+  S->round++;
+  if (send_round_record (S, S->round, S->count) == -1)
+    return -1;
+  if (S->o->paused_hook &&
+      (S->hook = xm_hook_start (S->o->paused_hook, "prepare")) == -1)
+    return -1;
+  xm_decoder_init_acks (&S->ad);
+  snprintf (want, sizeof want, "round %u", S->round);
+  do {
+    if (xm_read_ack (S->c, &S->ad, &S->r, S->rec) == -1)
+      return -1;
+    if (S->r.u.ack.status != 0) {
+      sxm_error ("the receiver refused the guest: %s", S->r.u.ack.msg);
+      return -1;
+    }
+  } while (strcmp (S->r.u.ack.msg, want) != 0);
+
+  if (S->hook != -1) {
+    if (xm_hook_wait (&S->hook, S->o->paused_hook[0]) == -1)
+      return -1;
+    S->t_prepare = sxm_now () - tp;
+  }
+  return 0;
+}
+
+/* The paused round: the last dirty pages and the context. */
+static int
+final_round (struct sender *S)
+{
+  uint64_t p0 = S->pages_sent, z0 = S->zero_pages, w0 = S->wire_bytes, n;
+  double ts = sxm_now ();
+  void *blob = NULL;
+  size_t blen = 0;
+  int r;
+
+  if (S->b->log_fetch (S->s, S->tmp, &n) == -1)
+    return -1;
+  for (uint64_t i = 0; i < (S->npages + 7) / 8; i++)
+    S->dirty[i] |= S->tmp[i];
+  if (send_pages (S, S->dirty) == -1 ||
+      S->b->get_context (S->s, &blob, &blen) == -1)
+    return -1;
+  if (blen > XM_CONTEXT_MAX) {
+    sxm_error ("the guest's context is %zu bytes, over the stream's limit "
+               "of %u", blen, XM_CONTEXT_MAX);
+    free (blob);
+    return -1;
+  }
+  r = put (S, S->rec, xm_encode_context (S->rec, S->seq++, S->b->id, blob,
+                                         blen));
+  free (blob);
+  if (r == -1)
+    return -1;
+  round_line (S->o, &S->rounds, S->round, S->pages_sent - p0,
+              S->zero_pages - z0, S->wire_bytes - w0, sxm_now () - ts, 0, 0,
+              true, S->throttle, -1);
+  return 0;
+}
+
+/* Pause; the hook's paused phase overlaps the last round; the memory
+ * digest; END once the hook succeeded. */
+static int
+stop_and_copy (struct sender *S)
+{
+  S->t_pause = sxm_now ();
+  if (S->b->guest_progress)
+    S->prog = S->b->guest_progress (S->s);
+  if (S->b->pause (S->s) == -1)
+    return -1;
+  S->paused = true;
+  if (S->o->paused_hook &&
+      (S->hook = xm_hook_start (S->o->paused_hook, "paused")) == -1)
+    return -1;
+  if (final_round (S) == -1)
+    return -1;
+  if (S->o->verify_memory) {
+    double td = sxm_now ();
+    if (memory_digest (src_read, S, S->npages, S->pages, S->digest) == -1)
+      return -1;
+    S->t_digest = sxm_now () - td;
+  }
+  if (S->hook != -1) {
+    if (xm_hook_wait (&S->hook, S->o->paused_hook[0]) == -1)
+      return -1;
+    S->t_hook = sxm_now () - S->t_pause;
+  }
+  return put (S, S->rec, xm_encode_end (S->rec, S->seq++, S->pages_sent,
+                                        S->digest));
+}
+
+/* The commit handshake: the receiver says it holds everything; only then
+ * do we give up the source for good and tell it to start.  XM_OK,
+ * XM_IN_DOUBT (committed, no word back), or XM_FAILED (not committed). */
+static int
+commit (struct sender *S)
+{
+  /* Round acknowledgements after the barrier's are not expected (no ROUND
+   * follows it), so the next reply is the answer to END. */
+  if (xm_read_ack (S->c, &S->ad, &S->r, S->rec) == -1)
+    return XM_FAILED;
+  if (S->r.u.ack.status != 0) {
+    sxm_error ("the receiver refused the guest: %s", S->r.u.ack.msg);
+    return XM_FAILED;
+  }
+  S->committed = true;
+  if (put (S, S->rec, xm_encode_ack (S->rec, S->seq++, 0, "commit")) == -1 ||
+      xm_read_ack (S->c, &S->ad, &S->r, S->rec) == -1 ||
+      S->r.u.ack.status != 0) {
+    sxm_error ("committed, but the receiver did not confirm that the guest "
+               "runs there%s%s; the source guest stays paused: check the "
+               "destination before resuming or destroying it",
+               S->r.u.ack.status ? ": " : "",
+               S->r.u.ack.status ? S->r.u.ack.msg : "");
+    return XM_IN_DOUBT;
+  }
+  S->t_run = sxm_now ();
+  return XM_OK;
+}
+
+/* A send that failed before the commit: a hook still running is waited
+ * for (what it started, the disks' switchover, must be over before the
+ * caller undoes it), and the source guest, still the guest, runs on. */
+static void
+give_back (struct sender *S)
+{
+  if (S->hook != -1)
+    xm_hook_wait (&S->hook, S->o->paused_hook[0]);
+  if (S->paused && !S->committed)
+    S->b->unpause (S->s);
+  S->b->log_disable (S->s);
+}
+
+/* Never leave the guest throttled: the source runs on at full speed after
+ * a failure, resumes at full speed after "in doubt", and is a discarded
+ * copy after a migration (the destination's guest was never throttled:
+ * the throttle is the host's, not part of the guest). */
+static void
+unthrottle (struct sender *S)
+{
+  if (!S->throttle)
+    return;
+  S->throttled_s += (S->t_pause > 0 ? S->t_pause : sxm_now ())
+    - S->t_throttle;
+  S->throttle_max = S->throttle;
+  if (S->b->set_throttle (S->s, 0) == -1)
+    sxm_error ("could not take the throttle off the source guest");
+  S->throttle = 0;
+}
+
+static void
+send_report (struct sender *S, int ret, struct jbuf *report)
+{
+  jbuf_add (&S->rounds, "]");
+  jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%u,\"stop_reason\":",
+            ret == XM_OK ? "migrated" : ret == XM_IN_DOUBT ? "in-doubt"
+            : "failed, source resumed", S->round + 1);
+  jbuf_str (report, S->why ? S->why : "none");
+  jbuf_add (report, ",\"pages_sent\":%" PRIu64 ",\"zero_pages\":%" PRIu64
+            ",\"wire_bytes\":%" PRIu64 ",\"guest_bytes\":%" PRIu64
+            ",\"wire_over_ram\":%.4f,\"total_s\":%.3f",
+            S->pages_sent, S->zero_pages, S->wire_bytes,
+            S->npages * (uint64_t) XM_PAGE_SIZE,
+            S->npages ? S->wire_bytes / (double) (S->npages * XM_PAGE_SIZE)
+            : 0, sxm_now () - S->t0);
+  if (ret == XM_OK)
+    jbuf_add (report, ",\"downtime_ms\":%.3f,\"digest_ms\":%.3f",
+              (S->t_run - S->t_pause - S->t_digest) * 1e3, S->t_digest * 1e3);
+  if (S->o->paused_hook && S->t_hook > 0)
+    jbuf_add (report, ",\"hook_ms\":%.3f,\"prepare_ms\":%.3f",
+              S->t_hook * 1e3, S->t_prepare * 1e3);
+  jbuf_add (report, ",\"auto_converge\":%s,\"throttle_max\":%u,"
+            "\"throttled_s\":%.3f", S->sampling ? "true" : "false",
+            S->throttle_max, S->throttled_s);
+  if (S->b->guest_progress && S->t_pause > S->t0)
+    jbuf_add (report, ",\"guest_progress_rate_live\":%.0f",
+              (S->prog - S->prog0) / (S->t_pause - S->t0));
+  jbuf_add (report, ",\"verified_memory\":%s,\"tls\":%s,\"round_stats\":%s",
+            S->o->verify_memory ? "true" : "false",
+            xm_conn_is_tls (S->c) ? "true" : "false",
+            S->rounds.s ? S->rounds.s : "[]");
+}
+
 int
 xm_send (const struct xm_backend_ops *b, struct xm_source *s,
          struct xm_conn *c, const struct xm_send_opts *o, struct jbuf *report)
 {
-  struct sender S = { .b = b, .s = s, .c = c, .o = o };
-  struct xm_header hdr = { XM_STREAM_VERSION, b->id, 0, 0 };
-  struct jbuf rounds = { 0 };
-  uint8_t *dirty = NULL, *more = NULL, digest[32] = { 0 };
-  uint64_t count = 0, final_count, prog0 = 0, prog = 0;
-  uint32_t round = 0;
-  const char *why = NULL;
-  bool paused = false, committed = false;
-  double t0 = sxm_now (), t_pause = 0, t_run = 0, t_digest = 0, bw = 0;
-  double t_hook = 0, t_prepare = 0;
-  pid_t hook = -1;
+  struct sender S = { .b = b, .s = s, .c = c, .o = o, .hook = -1,
+                      .npages = b->npages (s), .t0 = sxm_now () };
   int ret = XM_FAILED;
-  size_t len;
-  struct xm_decoder ad;
-  struct xm_record r = { 0 };
 
-  S.npages = b->npages (s);
-  hdr.npages = S.npages;
-  S.rec = malloc (XM_REC_MAX);
-  S.pages = malloc ((size_t) XM_BATCH_MAX * XM_PAGE_SIZE);
-  dirty = calloc ((S.npages + 7) / 8, 1);
-  more = calloc ((S.npages + 7) / 8, 1);
-  S.next = calloc ((S.npages + 7) / 8, 1);
-  S.tmp = more;
-  jbuf_add (&rounds, "[");
-  if (!S.rec || !S.pages || !dirty || !more || !S.next) {
-    sxm_error ("out of memory");
-    goto out;
-  }
-  /* Auto-converge needs a guest it can slow down: without set_throttle
-   * the policy runs with it off. */
-  struct xm_send_opts po = *o;
-  po.converge.on = o->converge.on && b->set_throttle;
-  S.o = &po;
-  S.sampling = po.converge.on;
-  S.rate.t = sxm_now ();
-
-  if (b->log_enable (s) == -1)
-    goto out;
-  S.t_obs = sxm_now ();
-  if (b->guest_progress)
-    prog0 = prog = b->guest_progress (s);
-  len = xm_encode_header (S.rec, &hdr);
-  if (put (&S, S.rec, len) == -1)
-    goto fail_running;
-
-  /* Pre-copy: round 0 is everything, later rounds what the previous one
-   * let the guest dirty. */
-  for (;;) {
-    uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes, n;
-    double ts = sxm_now (), secs, now, rate = -1;
-
-    if (send_round_record (&S, round, round == 0 ? S.npages : count) == -1 ||
-        send_pages (&S, round == 0 ? NULL : dirty) == -1)
-      goto fail_running;
-    now = sxm_now ();
-    secs = now - ts;
-    if (secs > 0 && S.wire_bytes > w0)
-      bw = (S.wire_bytes - w0) / secs;
-    /* The next round: what the samples put behind the cursor and what
-     * the guest dirtied since the last of them. */
-    if (b->log_fetch (s, S.tmp, &n) == -1)
-      goto fail_running;
-    count = 0;
-    for (uint64_t i = 0; i < (S.npages + 7) / 8; i++) {
-      dirty[i] = S.next[i] | S.tmp[i];
-      S.next[i] = 0;
-      count += __builtin_popcount (dirty[i]);
-    }
-    /* A rate over much less than a sample's time is noise (a guest's
-     * writes come in bursts): then only the dirty set's size speaks. */
-    if (now - S.t_obs >= XM_SAMPLE_S / 2)
-      rate = n * (double) XM_PAGE_SIZE / (now - S.t_obs);
-    S.t_obs = now;
-    S.w_obs = S.wire_bytes;
-    /* Stopping now leaves the COUNT dirty pages for the pause, after
-     * ROUND + 1 live rounds.  Dirty pages that are zero go as 16-byte
-     * markers; counted full, the estimate errs on the long side. */
-    struct xm_round_stats rs = { round + 1, count, bw, rate };
-    why = xm_policy_round (&S.pol, &rs, S.o);
-    if (apply_throttle (&S, S.pol.throttle, rate, bw) == -1)
-      goto fail_running;
-    {
-      uint64_t p1 = b->guest_progress ? b->guest_progress (s) : 0;
-      round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
-                  S.wire_bytes - w0, secs, count, xm_predicted_ms (&rs),
-                  false, S.throttle,
-                  b->guest_progress && secs > 0 ? (p1 - prog) / secs : -1);
-      prog = p1;
-    }
-    if (why)
-      break;
-    round++;
-  }
-
-  /* Barrier: announce the final round and wait until the receiver has
-   * read up to it, so that no backlog sits in socket buffers (on loopback
-   * TCP, tens of megabytes) while the guest is paused. */
-  round++;
-  if (send_round_record (&S, round, count) == -1)
-    goto fail_running;
-  if (o->paused_hook && (hook = xm_hook_start (o->paused_hook, "prepare")) == -1)
-    goto fail_running;
-  xm_decoder_init_acks (&ad);
-  {
-    char want[32];
-    snprintf (want, sizeof want, "round %u", round);
-    do {
-      if (xm_read_ack (c, &ad, &r, S.rec) == -1)
-        goto fail_running;
-      if (r.u.ack.status != 0) {
-        sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
-        goto fail_running;
-      }
-    } while (strcmp (r.u.ack.msg, want) != 0);
-  }
-
-  if (hook != -1) {
-    double tp = sxm_now ();
-    if (xm_hook_wait (&hook, o->paused_hook[0]) == -1)
-      goto fail_running;
-    t_prepare = sxm_now () - tp;
-  }
-
-  /* Stop and copy. */
-  t_pause = sxm_now ();
-  if (b->guest_progress)
-    prog = b->guest_progress (s);
-  if (b->pause (s) == -1)
-    goto fail_running;
-  paused = true;
-  if (o->paused_hook && (hook = xm_hook_start (o->paused_hook, "paused")) == -1)
-    goto fail;
-  if (b->log_fetch (s, more, &final_count) == -1)
-    goto fail;
-  final_count = 0;
-  for (uint64_t i = 0; i < (S.npages + 7) / 8; i++) {
-    dirty[i] |= more[i];
-    final_count += __builtin_popcount (dirty[i]);
-  }
-  {
-    uint64_t p0 = S.pages_sent, z0 = S.zero_pages, w0 = S.wire_bytes;
-    double ts = sxm_now ();
-    void *blob = NULL;
-    size_t blen = 0;
-
-    if (send_pages (&S, dirty) == -1)
-      goto fail;
-    if (b->get_context (s, &blob, &blen) == -1)
-      goto fail;
-    if (blen > XM_CONTEXT_MAX) {
-      sxm_error ("the guest's context is %zu bytes, over the stream's "
-                 "limit of %u", blen, XM_CONTEXT_MAX);
-      free (blob);
-      goto fail;
-    }
-    len = xm_encode_context (S.rec, S.seq++, b->id, blob, blen);
-    free (blob);
-    if (put (&S, S.rec, len) == -1)
-      goto fail;
-    round_line (o, &rounds, round, S.pages_sent - p0, S.zero_pages - z0,
-                S.wire_bytes - w0, sxm_now () - ts, 0, 0, true, S.throttle,
-                -1);
-  }
-  if (o->verify_memory) {
-    double td = sxm_now ();
-    if (memory_digest (src_read, &S, S.npages, S.pages, digest) == -1)
-      goto fail;
-    t_digest = sxm_now () - td;
-  }
-  if (hook != -1) {
-    if (xm_hook_wait (&hook, o->paused_hook[0]) == -1)
-      goto fail;
-    t_hook = sxm_now () - t_pause;
-  }
-  len = xm_encode_end (S.rec, S.seq++, S.pages_sent, digest);
-  if (put (&S, S.rec, len) == -1)
-    goto fail;
-
-  /* The commit handshake: the receiver says it holds everything; only then
-   * do we give up the source for good and tell it to start. */
-  {
-    /* Round acknowledgements after the barrier's are not expected (no
-     * ROUND follows it), so the next reply is the answer to END. */
-    if (xm_read_ack (c, &ad, &r, S.rec) == -1)
-      goto fail;
-    if (r.u.ack.status != 0) {
-      sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
-      goto fail;
-    }
-    committed = true;
-    len = xm_encode_ack (S.rec, S.seq++, 0, "commit");
-    if (put (&S, S.rec, len) == -1 || xm_read_ack (c, &ad, &r, S.rec) == -1 ||
-        r.u.ack.status != 0) {
-      sxm_error ("committed, but the receiver did not confirm that the guest "
-                 "runs there%s%s; the source guest stays paused: check the "
-                 "destination before resuming or destroying it",
-                 r.u.ack.status ? ": " : "", r.u.ack.status ? r.u.ack.msg : "");
-      ret = XM_IN_DOUBT;
-      goto out;
-    }
-    t_run = sxm_now ();
-  }
-  ret = XM_OK;
-  goto out;
-
- fail:
- fail_running:
-  /* A hook still running is waited for: what it started (the disks'
-   * switchover) must be over before the caller undoes it.  Not
-   * committed: the source guest is still the guest. */
-  if (hook != -1)
-    xm_hook_wait (&hook, o->paused_hook[0]);
-  if (paused && !committed)
-    b->unpause (s);
-  b->log_disable (s);
-  ret = XM_FAILED;
-
- out:
-  /* Never leave the guest throttled: the source runs on at full speed
-   * after a failure, resumes at full speed after "in doubt", and is a
-   * discarded copy after a migration (the destination's guest was never
-   * throttled: the throttle is the host's, not part of the guest). */
-  if (S.throttle) {
-    double t_end = t_pause > 0 ? t_pause : sxm_now ();
-    S.throttled_s += t_end - S.t_throttle;
-    S.throttle_max = S.throttle;
-    if (b->set_throttle (s, 0) == -1)
-      sxm_error ("could not take the throttle off the source guest");
-    S.throttle = 0;
-  }
-  jbuf_add (&rounds, "]");
-  jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%u,\"stop_reason\":",
-            ret == XM_OK ? "migrated" : ret == XM_IN_DOUBT ? "in-doubt"
-            : "failed, source resumed", round + 1);
-  jbuf_str (report, why ? why : "none");
-  jbuf_add (report, ",\"pages_sent\":%" PRIu64 ",\"zero_pages\":%" PRIu64
-            ",\"wire_bytes\":%" PRIu64 ",\"guest_bytes\":%" PRIu64
-            ",\"wire_over_ram\":%.4f,\"total_s\":%.3f",
-            S.pages_sent, S.zero_pages, S.wire_bytes,
-            S.npages * (uint64_t) XM_PAGE_SIZE,
-            S.npages ? S.wire_bytes / (double) (S.npages * XM_PAGE_SIZE) : 0,
-            sxm_now () - t0);
-  if (ret == XM_OK)
-    jbuf_add (report, ",\"downtime_ms\":%.3f,\"digest_ms\":%.3f",
-              (t_run - t_pause - t_digest) * 1e3, t_digest * 1e3);
-  if (o->paused_hook && t_hook > 0)
-    jbuf_add (report, ",\"hook_ms\":%.3f,\"prepare_ms\":%.3f",
-              t_hook * 1e3, t_prepare * 1e3);
-  jbuf_add (report, ",\"auto_converge\":%s,\"throttle_max\":%u,"
-            "\"throttled_s\":%.3f", S.sampling ? "true" : "false",
-            S.throttle_max, S.throttled_s);
-  if (b->guest_progress && t_pause > 0 && t_pause > t0)
-    jbuf_add (report, ",\"guest_progress_rate_live\":%.0f",
-              (prog - prog0) / (t_pause - t0));
-  jbuf_add (report, ",\"verified_memory\":%s,\"tls\":%s,\"round_stats\":%s",
-            o->verify_memory ? "true" : "false",
-            xm_conn_is_tls (c) ? "true" : "false",
-            rounds.s ? rounds.s : "[]");
-  jbuf_free (&rounds);
+  jbuf_add (&S.rounds, "[");
+  if (send_start (&S) == 0 && precopy (&S) == 0 && barrier (&S) == 0 &&
+      stop_and_copy (&S) == 0)
+    ret = commit (&S);
+  if (ret == XM_FAILED)
+    give_back (&S);
+  unthrottle (&S);
+  send_report (&S, ret, report);
+  jbuf_free (&S.rounds);
   free (S.rec);
   free (S.pages);
-  free (dirty);
-  free (more);
+  free (S.dirty);
   free (S.next);
+  free (S.tmp);
   return ret;
 }
 
