@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -799,184 +800,253 @@ xm_send_ack (struct xm_conn *c, uint32_t *seq, int32_t status, const char *msg)
   return xm_write (c, buf, len);
 }
 
+/* ---- xm_receive's steps -----------------------------------------------
+ * Each returns GO_ON (the next record), REFUSE (R->why says why: the
+ * sender is told, the guest discarded), GONE (the connection broke or
+ * the sender gave up: nothing to tell) or DONE (R->ret is the outcome). */
+enum { GO_ON, REFUSE, GONE, DONE };
+
+struct receiver {
+  const struct xm_backend_ops *b;
+  struct xm_conn *c;
+  const struct xm_recv_opts *o;
+  struct xm_decoder d;
+  struct xm_header h;
+  struct xm_record r;
+  struct xm_dest *dst;
+  uint8_t *buf;                 /* one record */
+  uint8_t *tmp;                 /* pages for the digest, when asked */
+  uint64_t dpfn[XM_BATCH_MAX], zpfn[XM_BATCH_MAX];
+  uint64_t pages, zeros, rounds;
+  uint32_t aseq;                /* our ACKs' numbers */
+  bool started;
+  int ret;
+  char why[300];
+  double t0;
+};
+
+static int
+refuse (struct receiver *R, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+static int
+refuse (struct receiver *R, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (R->why, sizeof R->why, fmt, ap);
+  va_end (ap);
+  return REFUSE;
+}
+
+/* The header, then a paused guest of its size with the receiver's disks. */
+static int
+recv_start (struct receiver *R, const char *id)
+{
+  const struct xm_backend_ops *b = R->b;
+
+  if (xm_read (R->c, R->buf, XM_HEADER_SIZE, false) == -1)
+    return GONE;
+  if (xm_decode_header (&R->d, R->buf, XM_HEADER_SIZE, &R->h) == -1)
+    return refuse (R, "stream header: %s", R->d.err);
+  if (R->h.backend != (uint32_t) b->id)
+    return refuse (R, "the stream is from backend %" PRIu32 ", this "
+                   "receiver runs %s", R->h.backend, b->name);
+  if (b->create_dest (id, R->h.npages, &R->dst) == -1)
+    return refuse (R, "cannot create the destination guest");
+  if (R->o->ndisks && (!b->set_disks ||
+                       b->set_disks (R->dst, R->o->disks,
+                                     R->o->ndisks) == -1))
+    return refuse (R, "cannot give the destination guest its disks");
+  return GO_ON;
+}
+
+/* One record into R->r, every length and field checked before use. */
+static int
+recv_record (struct receiver *R)
+{
+  int64_t blen;
+
+  if (xm_read (R->c, R->buf, XM_REC_HDR_SIZE, false) == -1)
+    return GONE;
+  blen = xm_record_body_len (&R->d, R->buf);
+  if (blen < 0)
+    return refuse (R, "%s", R->d.err);
+  if (xm_read (R->c, R->buf + XM_REC_HDR_SIZE, blen, false) == -1)
+    return GONE;
+  if (xm_decode_record (&R->d, R->buf, XM_REC_HDR_SIZE + blen, &R->r) == -1)
+    return refuse (R, "%s", R->d.err);
+  return GO_ON;
+}
+
+/* Every ROUND is answered: the sender waits for the answer to the last
+ * one before it pauses the guest (the barrier). */
+static int
+on_round (struct receiver *R)
+{
+  char msg[32];
+
+  R->rounds++;
+  snprintf (msg, sizeof msg, "round %" PRIu32, R->r.u.round.round);
+  return xm_send_ack (R->c, &R->aseq, 0, msg) == -1 ? GONE : GO_ON;
+}
+
+static int
+on_pages (struct receiver *R)
+{
+  const struct xm_record *r = &R->r;
+  unsigned nd = 0, nz = 0;
+
+  for (uint32_t i = 0; i < r->u.pages.count; i++) {
+    uint64_t e = xm_pages_entry (r, i);
+    if (e & XM_PFN_ZERO)
+      R->zpfn[nz++] = e & XM_PFN_MASK;
+    else
+      R->dpfn[nd++] = e & XM_PFN_MASK;
+  }
+  if ((nd && R->b->write_pages (R->dst, R->dpfn, nd, r->u.pages.data) == -1)
+      || (nz && R->b->write_pages (R->dst, R->zpfn, nz, NULL) == -1))
+    return refuse (R, "cannot load pages into the guest");
+  R->pages += r->u.pages.count;
+  R->zeros += nz;
+  return GO_ON;
+}
+
+static int
+on_context (struct receiver *R)
+{
+  if (R->b->set_context (R->dst, R->r.u.context.blob,
+                         R->r.u.context.len) == -1)
+    return refuse (R, "the guest's context was refused");
+  return GO_ON;
+}
+
+/* END: the page count and (if sent) the digest must agree with what was
+ * loaded before we say "loaded". */
+static int
+on_end (struct receiver *R)
+{
+  static const uint8_t none[32];
+  uint8_t mine[32];
+  void *rd[2] = { (void *) R->b, R->dst };
+
+  if (R->r.u.end.pages_sent != R->pages)
+    return refuse (R, "END says %" PRIu64 " pages were sent, %" PRIu64
+                   " arrived", R->r.u.end.pages_sent, R->pages);
+  if (memcmp (R->r.u.end.digest, none, 32) != 0) {
+    if (!R->tmp &&
+        !(R->tmp = malloc ((size_t) XM_BATCH_MAX * XM_PAGE_SIZE)))
+      return refuse (R, "out of memory");
+    if (memory_digest (dst_read, rd, R->h.npages, R->tmp, mine) == -1 ||
+        memcmp (mine, R->r.u.end.digest, 32) != 0)
+      return refuse (R, "the loaded memory's sha256 differs from the "
+                     "source's at pause");
+  }
+  return xm_send_ack (R->c, &R->aseq, 0, "loaded") == -1 ? GONE : GO_ON;
+}
+
+/* The sender's commit (the decoder allows an ACK only after END): start
+ * the guest, then say "running". */
+static int
+on_commit (struct receiver *R)
+{
+  if (R->r.u.ack.status != 0) {
+    snprintf (R->why, sizeof R->why, "the sender called it off: %s",
+              R->r.u.ack.msg);
+    return GONE;
+  }
+  if (R->b->start (R->dst) == -1)
+    return refuse (R, "cannot start the guest");
+  R->started = true;
+  R->ret = XM_OK;
+  if (R->o->test_no_running) {
+    sxm_error ("XENMEM_TEST_NO_RUNNING: not confirming to the sender");
+    return DONE;
+  }
+  /* If this fails the sender is left in doubt with the source paused; the
+   * guest runs here, which is what it committed to. */
+  if (xm_send_ack (R->c, &R->aseq, 0, "running") == -1)
+    sxm_error ("could not confirm to the sender; the guest runs here");
+  return DONE;
+}
+
+static int
+on_record (struct receiver *R)
+{
+  switch (R->r.type) {
+  case XM_REC_ROUND: return on_round (R);
+  case XM_REC_PAGES: return on_pages (R);
+  case XM_REC_CONTEXT: return on_context (R);
+  case XM_REC_END: return on_end (R);
+  case XM_REC_ACK: return on_commit (R);
+  }
+  return refuse (R, "record type %" PRIu32 " unexpected", R->r.type);
+}
+
+/* The check (--check), the report, and the guest: kept for the caller,
+ * closed started (it runs: ours to keep) or discarded. */
+static void
+recv_finish (struct receiver *R, struct jbuf *report)
+{
+  const struct xm_backend_ops *b = R->b;
+  const struct xm_recv_opts *o = R->o;
+
+  if (R->ret == XM_OK && o->check_seconds > 0 && b->check_dest) {
+    jbuf_add (report, ",\"check\":{\"seconds\":%.3f", o->check_seconds);
+    if (b->check_dest (R->dst, o->check_seconds, report) == -1)
+      R->ret = XM_FAILED;
+    jbuf_add (report, ",\"ok\":%s}", R->ret == XM_OK ? "true" : "false");
+  }
+  jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%" PRIu64 ",\"pages\":%"
+            PRIu64 ",\"zero_pages\":%" PRIu64 ",\"total_s\":%.3f",
+            R->ret == XM_OK ? "running" : R->started ? "started, check failed"
+            : "discarded", R->rounds, R->pages, R->zeros, sxm_now () - R->t0);
+  if (!R->started && R->why[0] == 0 && R->ret != XM_OK)
+    snprintf (R->why, sizeof R->why, "the stream ended early");
+  if (R->why[0]) {
+    jbuf_add (report, ",\"error\":");
+    jbuf_str (report, R->why);
+  }
+  if (R->dst && b->describe_dest)
+    b->describe_dest (R->dst, report);
+  if (o->keep)
+    *o->keep = NULL;
+  if (R->dst && o->keep && R->started && R->ret == XM_OK)
+    *o->keep = R->dst;
+  else if (R->dst)
+    b->close_dest (R->dst, R->started);
+}
+
 int
 xm_receive (const struct xm_backend_ops *b, const char *id,
             struct xm_conn *c, const struct xm_recv_opts *o,
             struct jbuf *report)
 {
-  struct xm_decoder d;
-  struct xm_header h;
-  struct xm_record r;
-  struct xm_dest *dst = NULL;
-  uint8_t *buf = malloc (XM_REC_MAX), *tmp = NULL;
-  uint64_t dpfn[XM_BATCH_MAX], zpfn[XM_BATCH_MAX];
-  uint64_t pages = 0, zeros = 0, rounds = 0;
-  uint32_t aseq = 0;
-  bool started = false;
-  char why[300] = "";
-  double t0 = sxm_now ();
-  int ret = XM_FAILED;
+  struct receiver *R = calloc (1, sizeof *R);   /* ~16 KiB of pfns */
+  int st, ret;
 
-  if (!buf) {
+  if (!R || !(R->buf = malloc (XM_REC_MAX))) {
     sxm_error ("out of memory");
+    free (R);
     return XM_FAILED;
   }
-  xm_decoder_init (&d);
-  if (xm_read (c, buf, XM_HEADER_SIZE, false) == -1)
-    goto out;
-  if (xm_decode_header (&d, buf, XM_HEADER_SIZE, &h) == -1) {
-    snprintf (why, sizeof why, "stream header: %s", d.err);
-    goto refuse;
-  }
-  if (h.backend != (uint32_t) b->id) {
-    snprintf (why, sizeof why, "the stream is from backend %" PRIu32
-              ", this receiver runs %s", h.backend, b->name);
-    goto refuse;
-  }
-  if (b->create_dest (id, h.npages, &dst) == -1) {
-    snprintf (why, sizeof why, "cannot create the destination guest");
-    goto refuse;
-  }
-  if (o->ndisks && (!b->set_disks ||
-                    b->set_disks (dst, o->disks, o->ndisks) == -1)) {
-    snprintf (why, sizeof why, "cannot give the destination guest its "
-              "disks");
-    goto refuse;
-  }
+  *R = (struct receiver) { .b = b, .c = c, .o = o, .buf = R->buf,
+                           .ret = XM_FAILED, .t0 = sxm_now () };
+  xm_decoder_init (&R->d);
 
-  for (;;) {
-    int64_t blen;
-
-    if (xm_read (c, buf, XM_REC_HDR_SIZE, false) == -1)
-      goto out;
-    blen = xm_record_body_len (&d, buf);
-    if (blen < 0) {
-      snprintf (why, sizeof why, "%s", d.err);
-      goto refuse;
-    }
-    if (xm_read (c, buf + XM_REC_HDR_SIZE, blen, false) == -1)
-      goto out;
-    if (xm_decode_record (&d, buf, XM_REC_HDR_SIZE + blen, &r) == -1) {
-      snprintf (why, sizeof why, "%s", d.err);
-      goto refuse;
-    }
-    switch (r.type) {
-    case XM_REC_ROUND: {
-      /* Every ROUND is answered: the sender waits for the answer to the
-       * last one before it pauses the guest (the barrier). */
-      char msg[32];
-      rounds++;
-      snprintf (msg, sizeof msg, "round %" PRIu32, r.u.round.round);
-      if (xm_send_ack (c, &aseq, 0, msg) == -1)
-        goto out;
-      break;
-    }
-    case XM_REC_PAGES: {
-      unsigned nd = 0, nz = 0;
-      for (uint32_t i = 0; i < r.u.pages.count; i++) {
-        uint64_t e = xm_pages_entry (&r, i);
-        if (e & XM_PFN_ZERO)
-          zpfn[nz++] = e & XM_PFN_MASK;
-        else
-          dpfn[nd++] = e & XM_PFN_MASK;
-      }
-      if ((nd && b->write_pages (dst, dpfn, nd, r.u.pages.data) == -1) ||
-          (nz && b->write_pages (dst, zpfn, nz, NULL) == -1)) {
-        snprintf (why, sizeof why, "cannot load pages into the guest");
-        goto refuse;
-      }
-      pages += r.u.pages.count;
-      zeros += nz;
-      break;
-    }
-    case XM_REC_CONTEXT:
-      if (b->set_context (dst, r.u.context.blob, r.u.context.len) == -1) {
-        snprintf (why, sizeof why, "the guest's context was refused");
-        goto refuse;
-      }
-      break;
-    case XM_REC_END: {
-      static const uint8_t none[32];
-      uint8_t mine[32];
-      void *rd[2] = { (void *) b, dst };
-      if (r.u.end.pages_sent != pages) {
-        snprintf (why, sizeof why, "END says %" PRIu64 " pages were sent, %"
-                  PRIu64 " arrived", r.u.end.pages_sent, pages);
-        goto refuse;
-      }
-      if (memcmp (r.u.end.digest, none, 32) != 0) {
-        if (!tmp && !(tmp = malloc ((size_t) XM_BATCH_MAX * XM_PAGE_SIZE))) {
-          snprintf (why, sizeof why, "out of memory");
-          goto refuse;
-        }
-        if (memory_digest (dst_read, rd, h.npages, tmp, mine) == -1 ||
-            memcmp (mine, r.u.end.digest, 32) != 0) {
-          snprintf (why, sizeof why, "the loaded memory's sha256 differs from "
-                    "the source's at pause");
-          goto refuse;
-        }
-      }
-      if (xm_send_ack (c, &aseq, 0, "loaded") == -1)
-        goto out;
-      break;
-    }
-    case XM_REC_ACK:
-      /* The sender's commit (the decoder allows it only after END). */
-      if (r.u.ack.status != 0) {
-        snprintf (why, sizeof why, "the sender called it off: %s",
-                  r.u.ack.msg);
-        goto out;
-      }
-      if (b->start (dst) == -1) {
-        snprintf (why, sizeof why, "cannot start the guest");
-        goto refuse;
-      }
-      started = true;
-      if (o->test_no_running) {
-        sxm_error ("XENMEM_TEST_NO_RUNNING: not confirming to the sender");
-        ret = XM_OK;
-        goto out;
-      }
-      if (xm_send_ack (c, &aseq, 0, "running") == -1) {
-        /* The sender is left in doubt with the source paused; the guest
-         * runs here, which is what it committed to. */
-        sxm_error ("could not confirm to the sender; the guest runs here");
-      }
-      ret = XM_OK;
-      goto out;
-    }
+  st = recv_start (R, id);
+  while (st == GO_ON && (st = recv_record (R)) == GO_ON)
+    st = on_record (R);
+  if (st == REFUSE) {
+    sxm_error ("%s", R->why);
+    /* Best effort: the sender resumes its guest either way. */
+    xm_send_ack (c, &R->aseq, -EPROTO, R->why);
   }
-
- refuse:
-  sxm_error ("%s", why);
-  xm_send_ack (c, &aseq, -EPROTO, why);   /* best effort: the sender resumes */
-
- out:
-  if (ret == XM_OK && o->check_seconds > 0 && b->check_dest) {
-    jbuf_add (report, ",\"check\":{\"seconds\":%.3f", o->check_seconds);
-    if (b->check_dest (dst, o->check_seconds, report) == -1)
-      ret = XM_FAILED;
-    jbuf_add (report, ",\"ok\":%s}", ret == XM_OK ? "true" : "false");
-  }
-  jbuf_add (report, ",\"result\":\"%s\",\"rounds\":%" PRIu64 ",\"pages\":%"
-            PRIu64 ",\"zero_pages\":%" PRIu64 ",\"total_s\":%.3f",
-            ret == XM_OK ? "running" : started ? "started, check failed"
-            : "discarded", rounds, pages, zeros, sxm_now () - t0);
-  if (!started && why[0] == 0 && ret != XM_OK)
-    snprintf (why, sizeof why, "the stream ended early");
-  if (why[0]) {
-    jbuf_add (report, ",\"error\":");
-    jbuf_str (report, why);
-  }
-  if (dst && b->describe_dest)
-    b->describe_dest (dst, report);
-  if (o->keep)
-    *o->keep = NULL;
-  if (dst && o->keep && started && ret == XM_OK)
-    *o->keep = dst;
-  else if (dst)
-    b->close_dest (dst, started);
-  free (buf);
-  free (tmp);
+  recv_finish (R, report);
+  ret = R->ret;
+  free (R->buf);
+  free (R->tmp);
+  free (R);
   return ret;
 }
