@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bitmap.h"
 #include "copy/copy.h"
 #include "log.h"
 #include "mirrorctl.h"
@@ -356,10 +357,10 @@ main (int argc, char **argv)
   const char *live = NULL, *src_name, *dst_name;
   char *live_copy_uri = NULL;
   bool live_dest_zero = false;
-  struct endpoint src = { 0 }, dst = { 0 };
-  struct local_opts lo = { 0 };
-  struct conn src0 = { 0 }, dst0 = { 0 };
-  struct copy cp = { .o = &opts, .src = &src, .dst = &dst,
+  struct endpoint *src, *dst;
+  struct endpoint_opts lo = { 0 };
+  struct conn *src0, *dst0;
+  struct copy cp = { .o = &opts,
                      .lock = PTHREAD_MUTEX_INITIALIZER,
                      .finished = PTHREAD_COND_INITIALIZER };
   int c, status = EXIT_OK;
@@ -429,7 +430,7 @@ main (int argc, char **argv)
     case O_TZERO: opts.target_is_zero = true; break;
     case O_NOZD: opts.zero_detect = false; break;
     case O_NOFLUSH: opts.flush = false; break;
-    case O_INSECURE: src.insecure = dst.insecure = true; break;
+    case O_INSECURE: lo.insecure = true; break;
     case O_TIMEOUT:
       opts.timeout = strtod (optarg, &end);
       if (*end || !(opts.timeout >= 0))
@@ -526,44 +527,47 @@ main (int argc, char **argv)
     setenv ("LIBNBD_DEBUG", "1", 1);
   signal (SIGPIPE, SIG_IGN);
 
-  src.timeout = dst.timeout = opts.timeout;
+  lo.timeout = opts.timeout;
   /* Probe both ends; nothing has been written if this fails. */
-  if (endpoint_open (&src, src_name, false, false, 0, &lo, &src0) == -1)
+  src = endpoint_open (src_name, false, false, 0, &lo, &src0);
+  if (!src)
     exit (EXIT_REFUSED);
-  if (endpoint_open (&dst, dst_name, true, !verify_only, src.size, &lo,
-                     &dst0) == -1)
+  dst = endpoint_open (dst_name, true, !verify_only, src->size, &lo, &dst0);
+  if (!dst)
     exit (EXIT_REFUSED);
+  cp.src = src;
+  cp.dst = dst;
   /* Live: the copy export's block status is the source's, not the
    * destination's: it must never decide that a destination range reads
    * zeros (the mirror's dest_zero did that, above). */
   if (live)
-    dst.has_extents = false;
-  if (!verify_only && dst.readonly) {
-    fprintf (stderr, "sxm-copy: %s: destination is read-only\n", dst.name);
+    dst->has_extents = false;
+  if (!verify_only && dst->readonly) {
+    fprintf (stderr, "sxm-copy: %s: destination is read-only\n", dst->name);
     exit (EXIT_REFUSED);
   }
-  if (dst.size < src.size) {
+  if (dst->size < src->size) {
     fprintf (stderr, "sxm-copy: %s: destination is smaller (%" PRIu64
              " bytes) than the source %s (%" PRIu64 " bytes)\n",
-             dst.name, dst.size, src.name, src.size);
+             dst->name, dst->size, src->name, src->size);
     exit (EXIT_REFUSED);
   }
   if (opts.connections == 0) {
     long n = sysconf (_SC_NPROCESSORS_ONLN);
     opts.connections = n < 2 ? 2 : n > 4 ? 4 : n;
   }
-  if ((src.ops == &nbd_ops && !src.multi_conn) ||
-      (dst.ops == &nbd_ops && !dst.multi_conn)) {
+  /* (Only NBD ends may say no: local files and VHDs always allow it.) */
+  if (!src->multi_conn || !dst->multi_conn) {
     if (conn_given && opts.connections > 1)
       fprintf (stderr, "sxm-copy: %s does not allow multi-conn: using one "
-               "connection\n", !src.multi_conn ? src.name : dst.name);
+               "connection\n", !src->multi_conn ? src->name : dst->name);
     opts.connections = 1;
   }
 
-  cp.size = src.size;
-  cp.nseg = (src.size + opts.segment_size - 1) / opts.segment_size;
-  cp.done_map = calloc ((cp.nseg + 7) / 8 + 1, 1);
-  cp.counted_map = calloc ((cp.nseg + 7) / 8 + 1, 1);
+  cp.size = src->size;
+  cp.nseg = (src->size + opts.segment_size - 1) / opts.segment_size;
+  cp.done_map = calloc (bitmap_bytes (cp.nseg) + 1, 1);
+  cp.counted_map = calloc (bitmap_bytes (cp.nseg) + 1, 1);
   cp.seg_alloc = calloc (cp.nseg + 1, sizeof *cp.seg_alloc);
   if (cp.done_map == NULL || cp.seg_alloc == NULL || cp.counted_map == NULL) {
     fprintf (stderr, "sxm-copy: out of memory\n");
@@ -571,7 +575,7 @@ main (int argc, char **argv)
   }
   /* Live: the copy export reads the source, so its block status says
    * nothing about the destination; the mirror told us instead. */
-  cp.dst_zero = opts.target_is_zero || (live ? live_dest_zero : dst.zero_init);
+  cp.dst_zero = opts.target_is_zero || (live ? live_dest_zero : dst->zero_init);
   if (opts.checkpoint && !verify_only) {
     int r = checkpoint_load (opts.checkpoint, &cp);
     if (r == -1)
@@ -587,20 +591,20 @@ main (int argc, char **argv)
   signal (SIGINT, on_signal);
   signal (SIGTERM, on_signal);
   t_start = sxm_now ();
-  if (src.ops->extents (&src0, 0, src.size, count_alloc, &cp) == -1) {
+  if (src->ops->extents (src0, 0, src->size, count_alloc, &cp) == -1) {
     fprintf (stderr, "sxm-copy: %s: reading the allocation map: %s\n",
-             src.name, src.ops == &nbd_ops ? nbd_last_error () : strerror (errno));
+             src->name, src0->error[0] ? src0->error : strerror (errno));
     exit (EXIT_FAILED);
   }
   for (uint64_t i = 0; i < cp.nseg; i++)
-    if (cp.done_map[i / 8] & (0x80 >> (i % 8))) {
+    if (bitmap_get (cp.done_map, i)) {
       cp.alloc_done += cp.seg_alloc[i];
-      cp.counted_map[i / 8] |= 0x80 >> (i % 8);
+      bitmap_set (cp.counted_map, i);
     }
 
   if (!verify_only) {
     cp.mode = MODE_COPY;
-    if (copy_run (&cp, opts.connections, &src0, &dst0, monitor) == -1) {
+    if (copy_run (&cp, opts.connections, src0, dst0, monitor) == -1) {
       status = EXIT_FAILED;
       if (live)
         live_explain (live);
@@ -631,12 +635,12 @@ main (int argc, char **argv)
     vc.alloc_done = vc.bytes_read = vc.bytes_written = 0;
     vc.bytes_zeroed = vc.bytes_skipped = 0;
     vc.bytes_compared = vc.bytes_zero_checked = 0;
-    memset (vc.done_map, 0, (vc.nseg + 7) / 8);
-    memset (vc.counted_map, 0, (vc.nseg + 7) / 8);
+    memset (vc.done_map, 0, bitmap_bytes (vc.nseg));
+    memset (vc.counted_map, 0, bitmap_bytes (vc.nseg));
     pthread_mutex_init (&vc.lock, NULL);
     pthread_cond_init (&vc.finished, NULL);
     last_print = 0;
-    if (copy_run (&vc, opts.connections, &src0, &dst0, monitor) == -1)
+    if (copy_run (&vc, opts.connections, src0, dst0, monitor) == -1)
       status = EXIT_FAILED;
     else if (vc.first_diff != SEG_NONE) {
       fprintf (stderr, "sxm-copy: verify: first difference at offset %" PRIu64
@@ -651,20 +655,20 @@ main (int argc, char **argv)
                "%" PRIu64 " bytes of data read on both sides and compared, "
                "%" PRIu64 " bytes of the source's holes read as zeros on "
                "the destination, %" PRIu64 " bytes zero on both per their "
-               "maps (not read)\n", src.name, dst.name,
+               "maps (not read)\n", src->name, dst->name,
                vc.bytes_compared, vc.bytes_zero_checked, vc.bytes_skipped);
     if (verify_only)
       cp = vc;
   }
   wall = sxm_now () - t_start;
   summary (&cp, wall, status);
-  src.ops->disconnect (&src0);
-  dst.ops->disconnect (&dst0);
+  conn_free (src0);
+  conn_free (dst0);
   /* A VHD destination's metadata is written here: a failure is the
    * copy's. */
-  if (endpoint_close (&dst) == -1 && status == EXIT_OK)
+  if (endpoint_close (dst) == -1 && status == EXIT_OK)
     status = EXIT_FAILED;
-  endpoint_close (&src);
+  endpoint_close (src);
   free (cp.done_map);
   free (cp.counted_map);
   free (cp.seg_alloc);

@@ -1,7 +1,16 @@
 /* Bitmaps with the VHD bit order: bit i lives in byte i/8 under mask
  * 0x80 >> (i%8) (most significant bit first).  The VHD sector bitmap uses this
- * order, one bit per 512-byte sector.  Other users in sxm (dirty maps) use the
- * same helpers so that there is one definition of the order. */
+ * order, one bit per 512-byte sector.  Other users in sxm (the mirror's dirty
+ * map, sxm-copy's segment maps and checkpoint file) use the same helpers so
+ * that there is one definition of the order.
+ *
+ * xenmem's page bitmaps are the other order, least significant bit first
+ * (bit i%8 of byte i/8), and deliberately so: that is the layout of Xen's
+ * dirty log (an array of unsigned longs, bit i%64 of word i/64, which on
+ * little-endian x86 is the same bytes) and of the bitmaps in xenmem's
+ * stream format, so they are read and written as they come, not through
+ * these helpers.  The two orders never meet: no bitmap passes from one
+ * side to the other. */
 #ifndef SXM_BITMAP_H
 #define SXM_BITMAP_H
 
@@ -36,6 +45,22 @@ bitmap_clear (uint8_t *map, uint64_t i)
 {
   __atomic_fetch_and (&map[i >> 3], (uint8_t) ~(0x80 >> (i & 7)),
                       __ATOMIC_RELAXED);
+}
+
+/* Sets bit i; true if it was clear before (the caller counts new bits). */
+static inline bool
+bitmap_test_and_set (uint8_t *map, uint64_t i)
+{
+  uint8_t mask = 0x80 >> (i & 7);
+
+  return !(__atomic_fetch_or (&map[i >> 3], mask, __ATOMIC_RELAXED) & mask);
+}
+
+/* Bytes that hold NBITS bits. */
+static inline uint64_t
+bitmap_bytes (uint64_t nbits)
+{
+  return (nbits + 7) / 8;
 }
 
 /* Length of the run of bits equal to bit 'start', from 'start' up to (not

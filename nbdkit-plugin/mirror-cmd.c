@@ -253,9 +253,13 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
     return fail_reply (out, "out of memory");
   }
   /* (The URI is reported by status, so that a live copy's summary can
-   * name the real destination; NULL if out of memory: then it is not.) */
-  start_install (d, &di, map, exp, !json_has (req, "export"), ssize,
-                 strdup (a.uri));
+   * name the real destination; NULL if out of memory: then it is not,
+   * and the log says why.) */
+  char *uri = strdup (a.uri);
+  if (!uri)
+    nbdkit_error ("mirror: strdup of the destination URI: %m (status will "
+                  "not name it)");
+  start_install (d, &di, map, exp, !json_has (req, "export"), ssize, uri);
   nbdkit_debug ("mirror: started to %s (export '%s', %" PRIu64 " bytes)",
                 a.uri, mirror_export, mirror_size);
 

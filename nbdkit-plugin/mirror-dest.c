@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,23 +59,6 @@ mono_init (void)
   pthread_condattr_setclock (&mono_attr, CLOCK_MONOTONIC);
 }
 
-static const char *
-last_error (void)
-{
-  const char *e = nbd_get_error ();
-  return e ? e : "unknown libnbd error";
-}
-
-/* One call each, and each state final: asking "ready or processing?" in
- * two calls could answer "neither" while a reply moved the handle from
- * processing to ready in between, and the I/O thread would then stop
- * polling a live connection. */
-static bool
-conn_dead (struct dest_conn *c)
-{
-  return nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h);
-}
-
 static void *
 io_thread (void *arg)
 {
@@ -84,16 +66,13 @@ io_thread (void *arg)
 
   while (!__atomic_load_n (&c->d->stopping, __ATOMIC_ACQUIRE)) {
     struct pollfd p[2] = { { .fd = -1 }, { .fd = c->efd, .events = POLLIN } };
-    unsigned events = 0;
+    short events = 0;
 
-    if (!conn_dead (c)) {
-      unsigned dir = nbd_aio_get_direction (c->h);
+    /* (sxm_nbd_is_dead asks about final states only: a live connection
+     * is never taken for a dead one, which would stop being polled.) */
+    if (!sxm_nbd_is_dead (c->h)) {
       p[0].fd = nbd_aio_get_fd (c->h);
-      if (dir & LIBNBD_AIO_DIRECTION_READ)
-        events |= POLLIN;
-      if (dir & LIBNBD_AIO_DIRECTION_WRITE)
-        events |= POLLOUT;
-      p[0].events = events;
+      p[0].events = events = sxm_nbd_poll_events (c->h);
     }
     __atomic_store_n (&c->polled, events, __ATOMIC_SEQ_CST);
     if (poll (p, 2, -1) == -1) {
@@ -108,12 +87,8 @@ io_thread (void *arg)
     }
     /* A dead connection fails every command in flight (their callbacks
      * run inside these calls). */
-    if (p[0].fd >= 0) {
-      if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
-        nbd_aio_notify_read (c->h);
-      else if (p[0].revents & POLLOUT)
-        nbd_aio_notify_write (c->h);
-    }
+    if (p[0].fd >= 0)
+      sxm_nbd_notify (c->h, p[0].revents);
   }
   return NULL;
 }
@@ -133,12 +108,8 @@ kick (struct dest_conn *c)
 static void
 after_start (struct dest_conn *c)
 {
-  unsigned dir = nbd_aio_get_direction (c->h), want = 0;
+  unsigned want = sxm_nbd_poll_events (c->h);
 
-  if (dir & LIBNBD_AIO_DIRECTION_READ)
-    want |= POLLIN;
-  if (dir & LIBNBD_AIO_DIRECTION_WRITE)
-    want |= POLLOUT;
   if (want & ~__atomic_load_n (&c->polled, __ATOMIC_SEQ_CST))
     kick (c);
 }
@@ -148,67 +119,16 @@ connect_one (struct dest_conn *c, const char *uri, unsigned i, char *err,
              size_t errlen)
 {
   char name[32];
-  double deadline = sxm_now () + c->d->timeout;
 
   c->efd = -1;
-  c->h = nbd_create ();
-  if (!c->h) {
-    snprintf (err, errlen, "%s", last_error ());
-    return -1;
-  }
   snprintf (name, sizeof name, "mirror-dest-%u", i);
-  if (sxm_nbd_prepare (c->h, name, uri) == -1 ||
-      nbd_aio_connect_uri (c->h, uri) == -1) {
-    snprintf (err, errlen, "%s", last_error ());
+  c->h = sxm_nbd_connect (name, uri, c->d->timeout, err, errlen);
+  if (!c->h)
     return -1;
-  }
-  while (nbd_aio_is_connecting (c->h)) {
-    double left = deadline - sxm_now ();
-    if (left <= 0) {
-      snprintf (err, errlen, "no answer within %.0f s", c->d->timeout);
-      return -1;
-    }
-    if (nbd_poll (c->h, (int) (left * 1000) + 1) == -1) {
-      snprintf (err, errlen, "%s", last_error ());
-      return -1;
-    }
-  }
-  if (!nbd_aio_is_ready (c->h)) {
-    snprintf (err, errlen, "%s", last_error ());
-    return -1;
-  }
   c->efd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (c->efd == -1) {
     snprintf (err, errlen, "eventfd: %s", strerror (errno));
     return -1;
-  }
-  return 0;
-}
-
-struct zero_scan {
-  uint64_t pos, end;
-  bool all_zero;
-};
-
-static int
-zero_scan_cb (void *opaque, const char *ctx, uint64_t offset,
-              uint32_t *entries, size_t nr, int *error)
-{
-  struct zero_scan *z = opaque;
-
-  if (strcmp (ctx, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
-    return 0;
-  /* Advance over the zero extents only: pos stops at the first extent
-   * that is not zero, so that the caller learns how long the zero run
-   * from its offset is, not merely whether the whole range is zero. */
-  for (size_t i = 0; i + 1 < nr && z->pos < z->end && z->all_zero; i += 2) {
-    if (entries[i] == 0)
-      break;
-    if (!(entries[i + 1] & LIBNBD_STATE_ZERO)) {
-      z->all_zero = false;
-      break;
-    }
-    z->pos += entries[i];
   }
   return 0;
 }
@@ -218,7 +138,7 @@ dest_open (const char *uri, unsigned nconns, double timeout,
            struct dest_info *info, char *err, size_t errlen)
 {
   struct dest *d;
-  int64_t size;
+  struct sxm_nbd_info ni;
   unsigned i;
 
   pthread_once (&mono_once, mono_init);
@@ -236,19 +156,15 @@ dest_open (const char *uri, unsigned nconns, double timeout,
   d->c[0].d = d;
   if (connect_one (&d->c[0], uri, 0, err, errlen) == -1)
     goto fail;
-  size = nbd_get_size (d->c[0].h);
-  if (size < 0) {
-    snprintf (err, errlen, "%s", last_error ());
+  if (sxm_nbd_probe (d->c[0].h, &ni) == -1) {
+    snprintf (err, errlen, "%s", sxm_nbd_error ());
     goto fail;
   }
-  d->info.size = size;
-  d->info.readonly = nbd_is_read_only (d->c[0].h) == 1;
-  d->info.can_flush = nbd_can_flush (d->c[0].h) == 1;
-  d->info.can_fua = nbd_can_fua (d->c[0].h) == 1;
-  d->info.can_zero = nbd_can_zero (d->c[0].h) == 1;
-  d->info.multi_conn = nbd_can_multi_conn (d->c[0].h) == 1;
-  d->info.has_extents =
-    nbd_can_meta_context (d->c[0].h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  d->info = (struct dest_info) {
+    .size = ni.size, .readonly = ni.readonly, .can_flush = ni.can_flush,
+    .can_fua = ni.can_fua, .can_zero = ni.can_zero,
+    .multi_conn = ni.multi_conn, .has_extents = ni.has_extents,
+  };
   /* Without multi-conn, a flush on one connection need not cover writes
    * made on another: use one connection. */
   if (!d->info.multi_conn)
@@ -285,19 +201,7 @@ dest_close (struct dest *d)
       kick (c);
       pthread_join (c->thread, NULL);
     }
-    if (c->h) {
-      if (nbd_aio_is_ready (c->h)) {
-        /* Polite NBD_CMD_DISC, bounded: a stalled server gets no wait. */
-        if (nbd_aio_disconnect (c->h, 0) == 0) {
-          double end = sxm_now () + 1;
-          while (!nbd_aio_is_closed (c->h) && !nbd_aio_is_dead (c->h) &&
-                 sxm_now () < end)
-            if (nbd_poll (c->h, 100) == -1)
-              break;
-        }
-      }
-      nbd_close (c->h);
-    }
+    sxm_nbd_close (c->h);
     if (c->efd >= 0)
       close (c->efd);
   }
@@ -356,9 +260,10 @@ started (struct dest_req *r, int64_t cookie)
   /* Said here, where libnbd's own message is still at hand: the caller
    * reports only the errno. */
   nbdkit_error ("mirror: destination: a request could not be started: %s",
-                last_error ());
-  e = nbd_get_errno ();
-  if (conn_dead (r->conn) || e == 0 || e == EINVAL)
+                sxm_nbd_error ());
+  /* Every refusal is taken for a lost connection. */
+  e = sxm_nbd_errno (r->conn->h, ENOTCONN);
+  if (e == EINVAL)
     e = ENOTCONN;
   req_destroy (r);
   return e;
@@ -434,10 +339,8 @@ dest_wait (struct dest *d, struct dest_req *r)
           !r->done) {
         /* Shut the connection down: libnbd then fails every command in
          * flight on it, this one included, and we wait for that. */
-        int fd = nbd_aio_get_fd (r->conn->h);
         timed_out = true;
-        if (fd >= 0)
-          shutdown (fd, SHUT_RDWR);
+        sxm_nbd_abandon (r->conn->h);
         kick (r->conn);
       }
     }
@@ -520,34 +423,59 @@ dest_is_zero (struct dest *d, uint64_t off, uint64_t len)
   return e < 0 ? e : zlen >= len;
 }
 
+/* A zero-prefix scan: the walk's extents up to the first that is not
+ * zero, so that the caller learns how long the zero run from its offset
+ * is, not merely whether the whole range is zero. */
+struct zero_scan {
+  struct dest *d;
+  struct sxm_nbd_walk w;
+  uint64_t zero_end;
+};
+
+static int
+zero_run (void *opaque, uint64_t off, uint64_t len, bool zero)
+{
+  struct zero_scan *z = opaque;
+
+  if (!zero)
+    return 1;
+  z->zero_end = off + len;
+  return 0;
+}
+
+/* One block status request of the scan, on any connection. */
+static int
+zero_scan_req (uint64_t len, uint64_t off, void *arg)
+{
+  struct zero_scan *z = arg;
+  struct dest_req r;
+  struct dest_conn *c = pick (z->d);
+  int e;
+
+  req_init (&r, c);
+  e = started (&r, nbd_aio_block_status (c->h, len, off,
+                                         sxm_nbd_walk_callback (&z->w),
+                                         COMPLETION (&r), 0));
+  return e ? e : dest_wait (z->d, &r);
+}
+
 int
 dest_zero_prefix (struct dest *d, uint64_t off, uint64_t len, uint64_t *zlen)
 {
-  struct zero_scan z = { .pos = off, .end = off + len, .all_zero = true };
+  struct zero_scan z = {
+    .d = d, .zero_end = off,
+    .w = { .pos = off, .end = off + len, .fn = zero_run },
+  };
+  int e;
 
   *zlen = 0;
   if (!d->info.has_extents)
     return 0;
-  while (z.pos < z.end && z.all_zero) {
-    struct dest_req r;
-    struct dest_conn *c = pick (d);
-    uint64_t before = z.pos, n = z.end - z.pos;
-    int e;
-    if (n > (1u << 30))
-      n = 1u << 30;
-    req_init (&r, c);
-    e = started (&r, nbd_aio_block_status (c->h, n, z.pos,
-                                           (nbd_extent_callback) {
-                                             .callback = zero_scan_cb,
-                                             .user_data = &z },
-                                           COMPLETION (&r), 0));
-    if (e == 0)
-      e = dest_wait (d, &r);
-    if (e)
-      return -e;
-    if (z.pos == before)
-      break;
-  }
-  *zlen = (z.pos < z.end ? z.pos : z.end) - off;
+  z.w.opaque = &z;
+  /* A server that reports nothing ends the zero run there. */
+  e = sxm_nbd_walk (&z.w, zero_scan_req, &z);
+  if (e && !z.w.stalled)
+    return -e;
+  *zlen = z.zero_end - off;
   return 0;
 }

@@ -183,11 +183,9 @@ mirror_mark_dirty (uint64_t start, uint64_t end)
 {
   uint64_t n = 0;
 
-  for (uint64_t g = start / mirror_gran; g * mirror_gran < end; g++) {
-    uint8_t mask = 0x80 >> (g & 7);
-    if (!(__atomic_fetch_or (&dirty[g >> 3], mask, __ATOMIC_RELAXED) & mask))
+  for (uint64_t g = start / mirror_gran; g * mirror_gran < end; g++)
+    if (bitmap_test_and_set (dirty, g))
       n++;
-  }
   mirror_stat_add (&mirror_stats.dirty_gran, n);
 }
 

@@ -222,6 +222,7 @@ sr_acquire (const char *name)
       goto out;
     }
   if (asprintf (&path, "%s/%s.vhd", sr_dir, name) == -1) {
+    nbdkit_error ("export \"%s\": asprintf: %m", name);
     path = NULL;
     goto out;
   }
@@ -232,8 +233,10 @@ sr_acquire (const char *name)
     goto out;
   }
   im = calloc (1, sizeof *im);
-  if (!im)
+  if (!im) {
+    nbdkit_error ("export \"%s\": calloc: %m", name);
     goto out;
+  }
   im->chain = vhd_open_chain_rw (path, size_rule);
   if (!im->chain) {
     free (im);

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bitmap.h"
 #include "copy.h"
 #include "endian.h"
 #include "fullio.h"
@@ -50,14 +51,14 @@ fnv1a (const uint8_t *p, size_t n)
 static size_t
 ckpt_len (size_t names, uint64_t nseg)
 {
-  return CKPT_HDR + names + (nseg + 7) / 8 + 8;
+  return CKPT_HDR + names + bitmap_bytes (nseg) + 8;
 }
 
 int
 checkpoint_save (const char *path, struct copy *cp)
 {
   size_t sl = strlen (cp->src->name), dl = strlen (cp->dst->name);
-  size_t maplen = (cp->nseg + 7) / 8;
+  size_t maplen = bitmap_bytes (cp->nseg);
   size_t len = ckpt_len (sl + dl, cp->nseg);
   uint8_t *b = calloc (1, len);
   char *tmp = NULL, *dircopy = NULL;
@@ -202,7 +203,7 @@ checkpoint_load (const char *path, struct copy *cp)
              (char *) b + CKPT_HDR + sl, CKPT_HDR);
     goto out;
   }
-  memcpy (cp->done_map, b + CKPT_HDR + sl + dl, (cp->nseg + 7) / 8);
+  memcpy (cp->done_map, b + CKPT_HDR + sl + dl, bitmap_bytes (cp->nseg));
   cp->dst_zero = (be32_load (b + 12) & CKPT_FLAG_DST_ZERO) != 0;
   rc = 1;
  out:

@@ -65,7 +65,7 @@ struct seg {
 struct worker {
   struct copy *cp;
   unsigned idx;
-  struct conn src, dst;
+  struct conn *src, *dst;
   bool own_conns;               /* connected by us (not the probe conns) */
   pthread_t tid;
   struct req *done_head, *done_tail;
@@ -222,8 +222,7 @@ op_fail (struct worker *w, struct op *op, struct req *r, int err)
   if (r && (err == ESHUTDOWN || err == ENOTCONN || err == ECONNRESET ||
             err == EPIPE || err == ETIMEDOUT))
     r->conn->broken = true;     /* e.g. a server shutting down (NBD_ESHUTDOWN) */
-  if (r && r->conn == &w->dst &&
-      (r->conn->broken || r->conn->ep->ops->is_dead (r->conn)))
+  if (r && r->conn == w->dst && (r->conn->broken || conn_is_dead (r->conn)))
     w->dst_lost = true;
   w->failing = true;
   if (permanent (err))
@@ -307,11 +306,11 @@ plan_zeros (struct worker *w, struct seg *s, uint64_t off, uint64_t len)
   }
   if (!cp->dst->has_extents)
     return seg_add_pieces (s, kind, off, len, piece);
-  if (cp->dst->ops->extents (&w->dst, off, len, collect_extent, &d) == -1) {
+  if (cp->dst->ops->extents (w->dst, off, len, collect_extent, &d) == -1) {
     int err = errno;
     free (d.e);
     errno = err;
-    w->map_failed = &w->dst;
+    w->map_failed = w->dst;
     return -2;
   }
   for (size_t i = 0; i < d.n && r == 0; i++) {
@@ -337,12 +336,12 @@ plan_segment (struct worker *w, struct seg *s)
   s->outstanding = 0;
   s->skipped = 0;
   s->failed = false;
-  if (cp->src->ops->extents (&w->src, s->start, s->end - s->start,
+  if (cp->src->ops->extents (w->src, s->start, s->end - s->start,
                              collect_extent, &l) == -1) {
     int err = errno;
     free (l.e);
     errno = err;
-    w->map_failed = &w->src;
+    w->map_failed = w->src;
     return -2;
   }
   for (size_t i = 0; i < l.n && r == 0; i++) {
@@ -411,8 +410,7 @@ next_segment (struct worker *w)
     if (errno == ESHUTDOWN || errno == ENOTCONN || errno == ECONNRESET ||
         errno == EPIPE || errno == ETIMEDOUT)
       w->map_failed->broken = true;
-    if (w->map_failed == &w->dst &&
-        (w->dst.broken || w->dst.ep->ops->is_dead (&w->dst)))
+    if (w->map_failed == w->dst && (w->dst->broken || conn_is_dead (w->dst)))
       w->dst_lost = true;
     s->failed = true;
     w->failing = true;
@@ -479,30 +477,30 @@ start_op (struct worker *w, struct op *op)
   switch (op->kind) {
   case OP_COPY:
     op->buf = w->free_bufs[--w->nfree];
-    start_req (w, op, &w->src, RQ_READ, op->off, op->len, op->buf, false);
+    start_req (w, op, w->src, RQ_READ, op->off, op->len, op->buf, false);
     break;
   case OP_ZERO:
     if (cp->dst->can_zero)
-      start_req (w, op, &w->dst, RQ_ZERO, op->off, op->len, NULL,
+      start_req (w, op, w->dst, RQ_ZERO, op->off, op->len, NULL,
                  cp->dst->can_fast_zero && !cp->dst->fast_zero_failed);
     else {
       /* No efficient zeroing: write zeros, a request at a time. */
       for (uint64_t o = 0; o < op->len; o += cp->o->request_size) {
         uint64_t n = op->len - o < cp->o->request_size ? op->len - o
                                                         : cp->o->request_size;
-        start_req (w, op, &w->dst, RQ_WRITE, op->off + o, n, zero_buf, false);
+        start_req (w, op, w->dst, RQ_WRITE, op->off + o, n, zero_buf, false);
       }
     }
     break;
   case OP_CMP:
     op->buf = w->free_bufs[--w->nfree];
-    start_req (w, op, &w->src, RQ_READ, op->off, op->len, op->buf, false);
-    start_req (w, op, &w->dst, RQ_READ, op->off, op->len,
+    start_req (w, op, w->src, RQ_READ, op->off, op->len, op->buf, false);
+    start_req (w, op, w->dst, RQ_READ, op->off, op->len,
                op->buf + cp->o->request_size, false);
     break;
   case OP_CHKZERO:
     op->buf = w->free_bufs[--w->nfree];
-    start_req (w, op, &w->dst, RQ_READ, op->off, op->len, op->buf, false);
+    start_req (w, op, w->dst, RQ_READ, op->off, op->len, op->buf, false);
     break;
   }
 }
@@ -529,7 +527,7 @@ copy_read_done (struct worker *w, struct op *op)
   stat_add (&cp->bytes_read, op->len);
   if (!cp->o->zero_detect) {
     stat_add (&cp->bytes_written, op->len);
-    start_req (w, op, &w->dst, RQ_WRITE, op->off, op->len, op->buf, false);
+    start_req (w, op, w->dst, RQ_WRITE, op->off, op->len, op->buf, false);
     return;
   }
   while (pos < op->len) {
@@ -546,19 +544,19 @@ copy_read_done (struct worker *w, struct op *op)
     n = end - pos;
     if (!zero) {
       stat_add (&cp->bytes_written, n);
-      start_req (w, op, &w->dst, RQ_WRITE, op->off + pos, n, op->buf + pos,
+      start_req (w, op, w->dst, RQ_WRITE, op->off + pos, n, op->buf + pos,
                  false);
     }
     else if (cp->dst_zero)
       stat_add (&cp->bytes_skipped, n);
     else if (cp->dst->can_zero) {
       stat_add (&cp->bytes_zeroed, n);
-      start_req (w, op, &w->dst, RQ_ZERO, op->off + pos, n, NULL,
+      start_req (w, op, w->dst, RQ_ZERO, op->off + pos, n, NULL,
                  cp->dst->can_fast_zero && !cp->dst->fast_zero_failed);
     }
     else {
       stat_add (&cp->bytes_written, n);
-      start_req (w, op, &w->dst, RQ_WRITE, op->off + pos, n, op->buf + pos,
+      start_req (w, op, w->dst, RQ_WRITE, op->off + pos, n, op->buf + pos,
                  false);
     }
     pos = end;
@@ -615,7 +613,7 @@ handle_done (struct worker *w, struct req *r)
       (r->err == ENOTSUP || r->err == EOPNOTSUPP)) {
     /* Fast zeroing refused: zero the slow way, and stop asking. */
     cp->dst->fast_zero_failed = true;
-    start_req (w, op, &w->dst, RQ_ZERO, r->off, r->len, NULL, false);
+    start_req (w, op, w->dst, RQ_ZERO, r->off, r->len, NULL, false);
   }
   else if (r->err)
     op_fail (w, op, r, r->err);
@@ -686,10 +684,11 @@ wait_io (struct worker *w)
     timeout = w->rate_wait < 0.1 ? (int) (w->rate_wait * 1000) + 1 : 100;
     w->rate_wait = 0;
   }
-  if (w->src.ep->ops->poll_setup (&w->src, &fds[n]))
-    cs[n++] = &w->src;
-  if (w->dst.ep->ops->poll_setup (&w->dst, &fds[n]))
-    cs[n++] = &w->dst;
+  for (int i = 0; i < 2; i++) {
+    struct conn *c = i == 0 ? w->src : w->dst;
+    if (c->ep->ops->poll_setup && c->ep->ops->poll_setup (c, &fds[n]))
+      cs[n++] = c;
+  }
   if (n == 0) {
     /* Nothing to poll: pacing, or requests on a connection that died and
      * whose completions libnbd has yet to deliver. */
@@ -713,7 +712,7 @@ wait_io (struct worker *w)
         snprintf (w->errmsg, sizeof w->errmsg, "%s: no reply for %.0f s",
                   cs[i]->ep->name, w->cp->o->timeout);
       cs[i]->ep->ops->abandon (cs[i]);
-      if (cs[i] == &w->dst)
+      if (cs[i] == w->dst)
         w->dst_lost = true;
     }
     w->failing = true;
@@ -766,7 +765,7 @@ start_flush (struct worker *w)
   w->flush_covers = w->npending;
   w->dirty = false;
   w->last_flush = sxm_now ();
-  start_req (w, NULL, &w->dst, RQ_FLUSH, 0, 0, NULL, false);
+  start_req (w, NULL, w->dst, RQ_FLUSH, 0, 0, NULL, false);
 }
 
 /* After an error, with nothing in flight: reconnect and re-plan.
@@ -792,17 +791,18 @@ recover (struct worker *w)
     if (aborted (cp))
       return false;
     bool ok = true;
-    for (struct conn *c = &w->src; ok && c <= &w->dst; c++) {
-      if (!c->broken && !c->ep->ops->is_dead (c))
+    for (int i = 0; ok && i < 2; i++) {
+      struct conn *c = i == 0 ? w->src : w->dst;
+      if (!c->broken && !conn_is_dead (c))
         continue;
-      if (c == &w->dst)
+      if (c == w->dst)
         w->dst_lost = true;
-      c->ep->ops->disconnect (c);
+      conn_disconnect (c);
       c->broken = false;
-      if (c->ep->ops->connect (c) == -1) {
+      if (conn_connect (c) == -1) {
         c->broken = true;
         snprintf (w->errmsg, sizeof w->errmsg, "%s: cannot reconnect: %s",
-                  c->ep->name, c->connect_error);
+                  c->ep->name, c->error);
         ok = false;
       }
     }
@@ -925,24 +925,29 @@ worker_init (struct worker *w, struct copy *cp, unsigned idx,
   w->cp = cp;
   w->idx = idx;
   if (idx == 0) {
-    w->src = *src0;
-    w->dst = *dst0;
+    w->src = src0;
+    w->dst = dst0;
   }
   else {
+    struct conn *failed = NULL;
     w->own_conns = true;
-    w->src.ep = cp->src;
-    w->dst.ep = cp->dst;
-    if (cp->src->ops->connect (&w->src) == -1 ||
-        cp->dst->ops->connect (&w->dst) == -1) {
-      struct conn *c = w->src.nbd || cp->src->ops != &nbd_ops ? &w->dst
-                                                              : &w->src;
+    w->src = conn_new (cp->src);
+    w->dst = conn_new (cp->dst);
+    if (!w->src || !w->dst) {
+      fprintf (stderr, "sxm-copy: out of memory\n");
+      return -1;
+    }
+    if (conn_connect (w->src) == -1)
+      failed = w->src;
+    else if (conn_connect (w->dst) == -1)
+      failed = w->dst;
+    if (failed) {
       fprintf (stderr, "sxm-copy: %s: cannot open connection %u: %s\n",
-               c->ep->name, idx + 1, c->connect_error);
-      cp->src->ops->disconnect (&w->src);
+               failed->ep->name, idx + 1, failed->error);
       return -1;
     }
   }
-  w->src.w = w->dst.w = w;
+  w->src->w = w->dst->w = w;
   if (posix_memalign ((void **) &w->bufmem, 4096, bufsize * n) != 0 ||
       (w->free_bufs = malloc (n * sizeof *w->free_bufs)) == NULL) {
     fprintf (stderr, "sxm-copy: out of memory for %u buffers of %zu bytes\n",
@@ -956,7 +961,7 @@ worker_init (struct worker *w, struct copy *cp, unsigned idx,
 }
 
 static void
-worker_fini (struct worker *w, struct conn *src0, struct conn *dst0)
+worker_fini (struct worker *w)
 {
   struct seg *s, *next;
 
@@ -970,16 +975,10 @@ worker_fini (struct worker *w, struct conn *src0, struct conn *dst0)
     free (s->ops);
     free (s);
   }
+  /* (Worker 0 borrowed the probe connections: they are the caller's.) */
   if (w->own_conns) {
-    if (w->src.ep)
-      w->src.ep->ops->disconnect (&w->src);
-    if (w->dst.ep)
-      w->dst.ep->ops->disconnect (&w->dst);
-  }
-  else if (w->cp) {
-    /* Worker 0 borrowed the probe connections (perhaps reconnected). */
-    *src0 = w->src;
-    *dst0 = w->dst;
+    conn_free (w->src);
+    conn_free (w->dst);
   }
   free (w->bufmem);
   free (w->free_bufs);
@@ -1044,7 +1043,7 @@ copy_run (struct copy *cp, unsigned nworkers, struct conn *src0,
     rc = -1;
  out:
   for (unsigned i = 0; i < nworkers; i++)
-    worker_fini (&ws[i], src0, dst0);
+    worker_fini (&ws[i]);
   free (ws);
   return rc;
 }
