@@ -9,41 +9,40 @@
 #include "nbdconnect.h"
 #include "vbd.h"
 
+/* A disk server that accepts but never answers must not hold a guest's
+ * start (or a receiver's) for ever. */
+#define VBD_CONNECT_TIMEOUT 30
+
 struct xm_vbd *
 xm_vbd_open (const char *uri)
 {
   struct xm_vbd *v = calloc (1, sizeof *v);
-  int64_t size;
+  struct sxm_nbd_info info;
+  char err[256];
 
   if (!v || !(v->uri = strdup (uri))) {
     sxm_error ("disk %s: out of memory", uri);
     free (v);
     return NULL;
   }
-  v->nbd = nbd_create ();
+  v->nbd = sxm_nbd_connect ("xenmem-vbd", uri, VBD_CONNECT_TIMEOUT, err,
+                            sizeof err);
   if (!v->nbd) {
-    sxm_error ("disk %s: cannot create a libnbd handle: %s", uri,
-               nbd_get_error ());
+    sxm_error ("disk %s: cannot connect: %s", uri, err);
     goto fail;
   }
-  if (sxm_nbd_prepare (v->nbd, "xenmem-vbd", uri) == -1 ||
-      nbd_connect_uri (v->nbd, uri) == -1) {
-    sxm_error ("disk %s: cannot connect: %s", uri, nbd_get_error ());
-    goto fail;
-  }
-  size = nbd_get_size (v->nbd);
-  if (size == -1) {
-    sxm_error ("disk %s: cannot get its size: %s", uri, nbd_get_error ());
+  if (sxm_nbd_probe (v->nbd, &info) == -1) {
+    sxm_error ("disk %s: cannot get its size: %s", uri, sxm_nbd_error ());
     goto fail;
   }
   /* The guest writes to it: a read-only export would fail every record
    * long after the migration started, so refuse it now. */
-  if (nbd_is_read_only (v->nbd) == 1) {
+  if (info.readonly) {
     sxm_error ("disk %s: the export is read-only; a guest disk must be "
                "writable", uri);
     goto fail;
   }
-  v->size = size;
+  v->size = info.size;
   return v;
 
  fail:
@@ -56,12 +55,8 @@ xm_vbd_close (struct xm_vbd *v)
 {
   if (!v)
     return;
-  if (v->nbd) {
-    /* A clean NBD_CMD_DISC; the server has every acknowledged write. */
-    if (nbd_aio_is_ready (v->nbd))
-      nbd_shutdown (v->nbd, 0);
-    nbd_close (v->nbd);
-  }
+  /* A clean NBD_CMD_DISC; the server has every acknowledged write. */
+  sxm_nbd_close (v->nbd);
   free (v->uri);
   free (v);
 }
