@@ -7,15 +7,11 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
-if [ -n "${SXM_ASAN:-}" ]; then
-  echo "1..0 # SKIP the package is built without the sanitizer; nothing to add under check-asan"
-  exit 0
-fi
-for c in dpkg-buildpackage lintian git; do
-  command -v "$c" >/dev/null || { echo "1..0 # SKIP $c not installed (scripts/install-deps)"; exit 0; }
-done
+[ -z "${SXM_ASAN:-}" ] ||
+  skip_all "the package is built without the sanitizer; nothing to add under check-asan"
+requires dpkg-buildpackage lintian git
 git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1 ||
-  { echo "1..0 # SKIP not a git checkout (make deb builds from the files git knows)"; exit 0; }
+  skip_all "not a git checkout (make deb builds from the files git knows)"
 
 version=$(sed -n 's/^VERSION *:= *//p' "$ROOT/Makefile")
 deb="$ROOT/sxm_${version}_amd64.deb"
@@ -38,9 +34,9 @@ plugindir=$(pkg-config --variable=plugindir nbdkit)
 filterdir=$(pkg-config --variable=filterdir nbdkit)
 pl="$x$plugindir/nbdkit-vhd-plugin.so" fl="$x$filterdir/nbdkit-mirror-filter.so"
 [ -f "$pl" ] && [ -f "$fl" ]; ok $? "plugin and filter in nbdkit's own directories ($plugindir, $filterdir)"
-nbdkit "$pl" --dump-plugin | grep -q "^vhd_version=$version$"
+"${NBDKIT[@]}" "$pl" --dump-plugin | grep -q "^vhd_version=$version$"
 ok $? "the packaged plugin loads (vhd_version=$version)"
-nbdkit --filter="$fl" null --dump-plugin >/dev/null 2>&1
+"${NBDKIT[@]}" --filter="$fl" null --dump-plugin >/dev/null 2>&1
 ok $? "the packaged filter loads"
 for t in sxm-copy sxm-vhd sxm-mirror xenmem; do
   "$x/usr/bin/$t" --version 2>&1 | grep -q "$version"; ok $? "packaged $t runs"
@@ -54,7 +50,7 @@ done
 ok 0 "man pages packaged"
 
 "$x/usr/bin/sxm-vhd" create "$scratch/d.vhd" 5M >/dev/null
-nbdkit -U - "$pl" "$scratch/d.vhd" --run 'nbdinfo --size "$uri"' >"$scratch/size" 2>&1
+"${NBDKIT[@]}" -U - "$pl" "$scratch/d.vhd" --run 'nbdinfo --size "$uri"' >"$scratch/size" 2>&1
 [ "$(cat "$scratch/size")" = $((5 * 1024 * 1024)) ]
 ok $? "the packaged plugin serves a VHD the packaged sxm-vhd made ($(cat "$scratch/size") bytes)"
 done_testing

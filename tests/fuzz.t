@@ -5,9 +5,7 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
-if [ ! -x "$ROOT/tests/fuzz/fuzz-vhd-open" ]; then
-  echo "1..0 # SKIP fuzz harnesses not built (needs clang)"; exit 0
-fi
+[ -x "$ROOT/tests/fuzz/fuzz-vhd-open" ] || skip_all "fuzz harnesses not built (needs clang)"
 
 # smoke NAME RUNS SEEDS [libFuzzer options...]: NAME for RUNS executions
 # from the seeds in SEEDS, with a private corpus.

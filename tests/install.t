@@ -14,7 +14,7 @@ for t in sxm-vhd sxm-copy sxm-mirror xenmem sxm; do
 done
 "$dest/opt/sxm/bin/sxm-copy" --version | grep -q '^sxm-copy '; ok $? "installed sxm-copy runs"
 "$dest/opt/sxm/bin/sxm" --help | grep -q "^usage: sxm receive"; ok $? "installed sxm runs"
-env $(nbdkit_env) nbdkit "$dest$plugindir/nbdkit-vhd-plugin.so" --dump-plugin | grep -q '^vhd_types='
+"${NBDKIT[@]}" "$dest$plugindir/nbdkit-vhd-plugin.so" --dump-plugin | grep -q '^vhd_types='
 ok $? "installed plugin loads in nbdkit"
 for m in nbdkit-vhd-plugin nbdkit-mirror-filter sxm-vhd sxm-copy sxm-mirror xenmem sxm; do
   f="$dest/opt/sxm/share/man/man1/$m.1"

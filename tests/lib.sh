@@ -34,25 +34,49 @@ done_testing() {
   [ "$_tap_failed" -eq 0 ]
 }
 
-# Under make check-asan the plugin is instrumented and nbdkit is not.
-nbdkit_env() {
-  if [ -n "${SXM_ASAN:-}" ]; then
-    echo "LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1"
-  fi
+# skip_all WHY...: the whole file is not run here: TAP's "1..0 # SKIP WHY"
+# (sxmtest.py's tap.skip_all).  Before any test.
+skip_all() {
+  echo "1..0 # SKIP $*"
+  exit 0
 }
 
-# start_nbdkit PLUGIN ARGS...: sets $uri.
+# requires CMD...: skip the whole file unless every CMD is installed
+# (sxmtest.py's tap.requires skips single cases the same way).
+requires() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null || skip_all "$c not installed (scripts/install-deps)"
+  done
+}
+
+# Every nbdkit a shell test runs is "${NBDKIT[@]}" ARGS...: under make
+# check-asan the plugin is instrumented and nbdkit is not, so nbdkit runs
+# with the sanitizer runtime preloaded (sxmtest.py's nbdkit_env).  A
+# command, not a function, so that $! of one started with & is nbdkit.
+NBDKIT=(nbdkit)
+if [ -n "${SXM_ASAN:-}" ]; then
+  NBDKIT=(env "LD_PRELOAD=$(gcc -print-file-name=libasan.so)"
+          ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 nbdkit)
+fi
+
+# start_nbdkit [OPTIONS] PLUGIN ARGS...: nbdkit on a unix socket in the
+# background, returning once it accepts connections; sets $uri and
+# $nbdkit_pid.  Ready means its pidfile (-P) is written: nbdkit writes it
+# only once it listens, while the socket file exists a moment before
+# (sxmtest.py's nbdkit_ready).
 start_nbdkit() {
-  local sock="$scratch/nbd.sock"
-  rm -f "$sock"
-  env $(nbdkit_env) nbdkit -f -U "$sock" --exit-with-parent "$@" \
+  local sock="$scratch/nbd.sock" pidfile="$scratch/nbd.pid"
+  rm -f "$sock" "$pidfile"
+  "${NBDKIT[@]}" -f -U "$sock" -P "$pidfile" --exit-with-parent "$@" \
     >"$scratch/nbdkit.log" 2>&1 &
   nbdkit_pid=$!
   for _ in $(seq 1500); do
-    [ -S "$sock" ] && break
+    [ -s "$pidfile" ] && break
     kill -0 "$nbdkit_pid" 2>/dev/null || { cat "$scratch/nbdkit.log" >&2; return 1; }
     sleep 0.02
   done
+  [ -s "$pidfile" ] || { echo "nbdkit did not start in 30 s" >&2; return 1; }
   uri="nbd+unix:///?socket=$sock"
 }
 

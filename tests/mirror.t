@@ -8,7 +8,8 @@
 # abort leaving the source untouched, TLS to the destination, and the
 # failure policy (destination killed or stalled: the guest carries on and
 # the mirror is broken; strict mode: the guest sees the error).
-# Races are tests/mirror-race.t's job.
+# Races are tests/mirror-race.t's job.  One function a section: run_test
+# runs each even when one before it failed or raised.
 import contextlib
 import hashlib
 import os
@@ -20,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sxmtest import (qemu_vhd, GiB, MiB, PLUGIN, nbdkit, nbdkit_start_fails,  # noqa: E402
-                     run_test, sh, tap)
+                     run_test, sh, tap, tmpfs)
 from mirrortest import (FILTER, SXM_MIRROR, SXM_VHD, Server, connect, ctl,  # noqa: E402
                         ctl_raw, first_difference, live_copy)
 
@@ -58,9 +59,8 @@ def sparse(path, size):
     return path
 
 
-def main(scratch):
-    S = scratch
-    # --- configuration ----------------------------------------------------
+def configuration(S):
+    """Configuration refusals."""
     img = sparse(os.path.join(S, "cfg.img"), MiB)
     rc, err = nbdkit_start_fails("file", img, plugin="--filter=" + FILTER)
     tap.ok(rc != 0 and "mirror-control" in err,
@@ -81,7 +81,10 @@ def main(scratch):
     tap.ok(rc != 0 and "not a socket" in err and os.path.exists(notsock),
            "a regular file at the control path is refused, not removed", err)
 
-    # --- idle, protocol, mirrored requests -------------------------------
+
+def idle_protocol_requests(S):
+    """Idle pass-through, the control protocol and its refusals, each kind
+    of mirrored request, switchover, ready, resume, complete, abort."""
     size = 12 * MiB + 512                   # odd end: a partial last granule
     src = sparse(os.path.join(S, "src.img"), size)
     cs = os.path.join(S, "ctl.sock")
@@ -256,7 +259,9 @@ def main(scratch):
                "abort while mirroring: idle, source untouched", r)
         h.shutdown()
 
-    # --- a destination with old data; stale copiers; a named export -------
+
+def old_data_stale_copiers(S):
+    """A destination with old data; stale copiers; a named export."""
     cs3 = os.path.join(S, "ctl3.sock")
     size3 = 16 * MiB
     with Server(S, "size=16M", plugin="memory", name="odst") as dst, \
@@ -316,7 +321,9 @@ def main(scratch):
         for x in (stale, d, o, g):
             x.shutdown()
 
-    # --- above 4 GiB ------------------------------------------------------
+
+def above_4gib(S):
+    """Writes above 4 GiB."""
     with mirror_pair(S, "big", 5 * GiB) as (s, dst, cs2):
         h = connect(s.uri)
         h.pwrite(b"\x5a" * MiB, 4 * GiB + 3 * MiB)      # before the mirror
@@ -336,13 +343,15 @@ def main(scratch):
         ctl(cs2, "abort")
         h.shutdown()
 
-    # --- TLS to the destination -------------------------------------------
+
+def tls_destination(S):
+    """TLS to the destination."""
     psk = os.path.join(S, "keys.psk")
     bad = os.path.join(S, "bad.psk")
     sh("psktool", "-u", "alice", "-p", psk)
     sh("psktool", "-u", "alice", "-p", bad)
     src3 = sparse(os.path.join(S, "src3.img"), 4 * MiB)
-    cs3 = os.path.join(S, "ctl3.sock")
+    cs3 = os.path.join(S, "ctlt.sock")
     with Server(S, "size=4M", "--tls=require", "--tls-psk=" + psk,
                 plugin="memory", name="tdst") as dst, \
          Server(S, src3, "mirror-control=" + cs3, plugin="file",
@@ -371,9 +380,10 @@ def main(scratch):
         ctl(cs3, "abort")
         h.shutdown()
 
-    # --- the destination fails -------------------------------------------
-    # A live copy's summary names the two real ends, not the copy export
-    # twice; status reports the destination it was started with.
+
+def live_copy_summary(S):
+    """A live copy's summary names the two real ends, not the copy export
+    twice; status reports the destination it was started with."""
     with mirror_pair(S, "live", 16 * MiB) as (s, dst, csl):
         h = connect(s.uri)
         h.pwrite(b"\x42" * MiB, 3 * MiB)
@@ -390,64 +400,73 @@ def main(scratch):
         ctl(csl, "abort")
         h.shutdown()
 
-    for strict in (False, True):
-        tag = "strict" if strict else "default"
-        srcf = sparse(os.path.join(S, f"fsrc-{tag}.img"), 64 * MiB)
-        csf = os.path.join(S, f"ctlf-{tag}.sock")
-        extra = ["mirror-on-error=fail"] if strict else []
-        with Server(S, "size=64M", plugin="memory", name="fdst") as dst, \
-             Server(S, srcf, "mirror-control=" + csf, *extra, plugin="file",
-                    filters=[FILTER], name="fsrc") as s:
-            h = connect(s.uri)
-            for i in range(16):
-                h.pwrite(bytes([i + 1]) * MiB, i * 4 * MiB)
-            ctl(csf, "start", dest=dst.uri)
-            h.pwrite(b"before" * 100, 100)
-            # A slow live copy, killed under it.
-            cp = subprocess.Popen(
-                [os.path.join(os.path.dirname(SXM_MIRROR), "sxm-copy"), "-q",
-                 "--rate=4M", "--request-size=256K", f"--live={csf}", s.uri],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(0.7)
-            dst.kill(9)
-            err = None
-            try:
-                h.pwrite(b"after" * 100, 5 * MiB + 3)
-            except Exception as e:
-                err = str(e)
-            st = ctl(csf, "status")
-            if not strict:
-                tap.ok(err is None, "destination killed: the guest's write "
-                       "succeeds", err)
-                with open(srcf, "rb") as f:
-                    f.seek(5 * MiB + 3)
-                    tap.ok(f.read(500) == b"after" * 100,
-                           "and it is on the source")
-            else:
-                tap.ok(err is not None and "Input/output" in err,
-                       "strict: destination killed: the guest's write fails",
-                       err)
-            tap.ok(st["state"] == "broken" and "destination" in st["reason"],
-                   f"{tag}: status says broken and why", st)
-            out, cerr = cp.communicate(timeout=120)
-            tap.ok(cp.returncode != 0 and "broken" in cerr,
-                   f"{tag}: the live copy fails and says the mirror broke",
-                   cerr)
-            err2 = None
-            try:
-                h.pwrite(b"later", 0)
-            except Exception as e:
-                err2 = str(e)
-            tap.ok((err2 is None) != strict,
-                   f"{tag}: later writes {'fail' if strict else 'succeed'} "
-                   "while broken", err2)
-            r = ctl(csf, "abort")
-            h.pwrite(b"fine", 0)
-            tap.ok(r["ok"] and r["was"] == "broken",
-                   f"{tag}: abort after a break: idle, writes pass", r)
-            h.shutdown()
 
-    # A destination that stops answering: bounded by the timeout.
+def destination_killed(S, strict=False):
+    """The destination killed under a live copy: the guest carries on
+    (or, STRICT, sees the error), the mirror is broken."""
+    tag = "strict" if strict else "default"
+    srcf = sparse(os.path.join(S, f"fsrc-{tag}.img"), 64 * MiB)
+    csf = os.path.join(S, f"ctlf-{tag}.sock")
+    extra = ["mirror-on-error=fail"] if strict else []
+    with Server(S, "size=64M", plugin="memory", name="fdst") as dst, \
+         Server(S, srcf, "mirror-control=" + csf, *extra, plugin="file",
+                filters=[FILTER], name="fsrc") as s:
+        h = connect(s.uri)
+        for i in range(16):
+            h.pwrite(bytes([i + 1]) * MiB, i * 4 * MiB)
+        ctl(csf, "start", dest=dst.uri)
+        h.pwrite(b"before" * 100, 100)
+        # A slow live copy, killed under it.
+        cp = subprocess.Popen(
+            [os.path.join(os.path.dirname(SXM_MIRROR), "sxm-copy"), "-q",
+             "--rate=4M", "--request-size=256K", f"--live={csf}", s.uri],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.7)
+        dst.kill(9)
+        err = None
+        try:
+            h.pwrite(b"after" * 100, 5 * MiB + 3)
+        except Exception as e:
+            err = str(e)
+        st = ctl(csf, "status")
+        if not strict:
+            tap.ok(err is None, "destination killed: the guest's write "
+                   "succeeds", err)
+            with open(srcf, "rb") as f:
+                f.seek(5 * MiB + 3)
+                tap.ok(f.read(500) == b"after" * 100,
+                       "and it is on the source")
+        else:
+            tap.ok(err is not None and "Input/output" in err,
+                   "strict: destination killed: the guest's write fails",
+                   err)
+        tap.ok(st["state"] == "broken" and "destination" in st["reason"],
+               f"{tag}: status says broken and why", st)
+        out, cerr = cp.communicate(timeout=120)
+        tap.ok(cp.returncode != 0 and "broken" in cerr,
+               f"{tag}: the live copy fails and says the mirror broke",
+               cerr)
+        err2 = None
+        try:
+            h.pwrite(b"later", 0)
+        except Exception as e:
+            err2 = str(e)
+        tap.ok((err2 is None) != strict,
+               f"{tag}: later writes {'fail' if strict else 'succeed'} "
+               "while broken", err2)
+        r = ctl(csf, "abort")
+        h.pwrite(b"fine", 0)
+        tap.ok(r["ok"] and r["was"] == "broken",
+               f"{tag}: abort after a break: idle, writes pass", r)
+        h.shutdown()
+
+
+def destination_killed_strict(S):
+    destination_killed(S, strict=True)
+
+
+def destination_stalled(S):
+    """A destination that stops answering: bounded by the timeout."""
     srcs = sparse(os.path.join(S, "ssrc.img"), 8 * MiB)
     css = os.path.join(S, "ctls.sock")
     with Server(S, "size=8M", plugin="memory", name="sdst") as dst, \
@@ -475,7 +494,9 @@ def main(scratch):
         h.shutdown()
         tap.ok("AddressSanitizer" not in s.logtext(), "no sanitizer report")
 
-    # VHD source and destination, for the plugin's own paths.
+
+def vhd_to_vhd(S):
+    """VHD source and destination, for the plugin's own paths."""
     sv = os.path.join(S, "s.vhd")
     dv = os.path.join(S, "d.vhd")
     sh(SXM_VHD, "create", sv, "64M")
@@ -502,22 +523,21 @@ def main(scratch):
     tap.ok(p.returncode == 0, "qemu-img compare: the VHDs are identical",
            p.stdout + p.stderr)
 
-    # --- the destination's file system fills up ----------------------------
+
+def destination_full(S):
+    """The destination's file system fills up: the guest carries on."""
     mnt = os.path.join(S, "mnt")
-    os.mkdir(mnt)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        tap.ok(True, "# SKIP cannot mount a tmpfs for the ENOSPC case")
-        return
-    try:
+    with tmpfs(mnt, "4m") as mounted:
+        if not tap.requires(mounted, "cannot mount a tmpfs for the ENOSPC "
+                            "case", count=3):
+            return
         full = sparse(os.path.join(mnt, "full.img"), 32 * MiB)
         srcf = sparse(os.path.join(S, "srcf.img"), 32 * MiB)
         csf = os.path.join(S, "ctlf.sock")
         with Server(S, full, plugin="file", name="fdst") as dst, \
              Server(S, srcf, "mirror-control=" + csf, plugin="file",
                     filters=[FILTER], name="fsrc") as s:
-            r = ctl(csf, "start", dest=dst.uri)
+            ctl(csf, "start", dest=dst.uri)
             h = connect(s.uri)
             data = os.urandom(MiB)
             errors = 0
@@ -541,8 +561,9 @@ def main(scratch):
                    p.stderr)
             ctl(csf, "abort")
             h.shutdown()
-    finally:
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
 
 
-run_test(main)
+run_test(configuration, idle_protocol_requests, old_data_stale_copiers,
+         above_4gib, tls_destination, live_copy_summary,
+         destination_killed, destination_killed_strict,
+         destination_stalled, vhd_to_vhd, destination_full)

@@ -7,10 +7,11 @@ import os
 import random
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
-from sxmtest import ROOT, MiB
+from sxmtest import ROOT, MiB, nbdkit_logtext, start_nbdkit, stop_nbdkit
 
 FILTER = os.path.join(ROOT, "nbdkit-plugin", "nbdkit-mirror-filter.so")
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
@@ -200,28 +201,14 @@ class Server:
     """nbdkit on a unix socket, for tests that kill or stop it."""
 
     def __init__(self, scratch, *args, plugin, filters=(), name="srv"):
-        import tempfile
-        from sxmtest import nbdkit_env, nbdkit_ready
         self.sock = tempfile.mktemp(prefix=name + ".", suffix=".sock",
                                     dir=scratch)
-        pidfile = self.sock + ".pid"
-        cmd = ["nbdkit", "-f", "-U", self.sock, "-P", pidfile,
-               "--exit-with-parent"]
-        cmd += ["--filter=" + f for f in filters]
-        cmd += [plugin, *args]
-        self.logpath = self.sock + ".log"
-        self.log = open(self.logpath, "w+")
-        self.proc = subprocess.Popen(cmd, stdout=self.log,
-                                     stderr=subprocess.STDOUT,
-                                     env=nbdkit_env())
-        if not nbdkit_ready(pidfile, self.proc):
-            raise RuntimeError(f"nbdkit exited: {self.logtext()}")
+        self.proc = start_nbdkit(self.sock, *args, plugin=plugin,
+                                 filters=filters)
         self.uri = f"nbd+unix:///?socket={self.sock}"
 
     def logtext(self):
-        self.log.flush()
-        with open(self.logpath) as f:
-            return f.read()
+        return nbdkit_logtext(self.proc)
 
     def kill(self, sig=9):
         self.proc.send_signal(sig)
@@ -245,15 +232,7 @@ class Server:
                 time.sleep(0.005)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(18)           # SIGCONT, in case it is stopped
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_nbdkit(self.proc)
 
     def __enter__(self):
         return self

@@ -13,14 +13,14 @@ qemu-io -f vpc -c 'write -P 0x33 0 8M' -c 'write -P 0x44 40M 3M' "$vhd" >/dev/nu
 qemu-img convert -f vpc -O raw "$vhd" "$scratch/ref.raw"
 set +e
 
-dump=$(env $(nbdkit_env) nbdkit "$PLUGIN" --dump-plugin)
+dump=$("${NBDKIT[@]}" "$PLUGIN" --dump-plugin)
 for key in vhd_version vhd_types vhd_block_status vhd_max_chain vhd_write; do
   grep -q "^$key=" <<<"$dump"; ok $? "--dump-plugin prints $key"
 done
 grep -q '^vhd_types=fixed,dynamic,differencing$' <<<"$dump"; ok $? "dump lists the three types"
 grep -q '^thread_model=parallel$' <<<"$dump"; ok $? "thread model is parallel"
 
-help=$(env $(nbdkit_env) nbdkit "$PLUGIN" --help)
+help=$("${NBDKIT[@]}" "$PLUGIN" --help)
 grep -q 'size_from=current|chs|qemu' <<<"$help"; ok $? "--help documents size_from"
 
 sum_before=$(sha256sum "$vhd")

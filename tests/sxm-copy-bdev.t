@@ -6,9 +6,8 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
-if [ "$(id -u)" != 0 ] || ! losetup -f >/dev/null 2>&1; then
-  echo "1..0 # SKIP needs root and a free loop device"; exit 0
-fi
+[ "$(id -u)" = 0 ] && losetup -f >/dev/null 2>&1 ||
+  skip_all "needs root and a free loop device"
 loops=()
 cleanup_loops() { for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null; done; }
 trap 'cleanup_loops; cleanup' EXIT

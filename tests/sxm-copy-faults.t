@@ -7,6 +7,7 @@
 # a slow destination (delay filter); a stalled one (SIGSTOP: --timeout);
 # a full one (ENOSPC on a small tmpfs: immediate, clean failure).
 
+import functools
 import json
 import os
 import random
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import time
 
-from sxmtest import tap, run_test, sh, nbdkit_env, nbdkit_ready, ROOT, MiB, GiB
+from sxmtest import tap, run_test, sh, start_nbdkit, tmpfs, ROOT, MiB, GiB
 
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
 
@@ -22,25 +23,17 @@ SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
 class Server:
     """An nbdkit we can kill and restart on the same socket."""
 
-    def __init__(self, scratch, name, *args, filters=()):
+    def __init__(self, scratch, name, plugin, *args, filters=()):
         self.sock = os.path.join(scratch, name + ".sock")
-        self.pidfile = self.sock + ".pid"
-        self.cmd = ["nbdkit", "-f", "-U", self.sock, "-P", self.pidfile,
-                    "--exit-with-parent"]
-        self.cmd += ["--filter=" + f for f in filters] + list(args)
+        self.launch = functools.partial(
+            start_nbdkit, self.sock, *args, plugin=plugin, filters=filters,
+            log=os.path.join(scratch, name + ".log"))
         self.uri = f"nbd+unix:///?socket={self.sock}"
-        self.log = open(os.path.join(scratch, name + ".log"), "a")
         self.p = None
 
     def start(self):
-        for f in (self.sock, self.pidfile):
-            if os.path.exists(f):
-                os.unlink(f)
-        self.p = subprocess.Popen(self.cmd, stdout=self.log, stderr=self.log,
-                                  env=nbdkit_env())
-        if nbdkit_ready(self.pidfile, self.p):
-            return self
-        raise RuntimeError("nbdkit did not start: " + " ".join(self.cmd))
+        self.p = self.launch()
+        return self
 
     def kill(self):
         if self.p:
@@ -279,25 +272,23 @@ def more_faults(scratch, src, size, alloc):
 
     # --- ENOSPC: a 40 MiB tmpfs for 96 MiB of data --------------------------
     mnt = os.path.join(scratch, "mnt")
-    os.mkdir(mnt)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", mnt],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        tap.ok(True, "# SKIP cannot mount a tmpfs for the ENOSPC case")
-        return
-    try:
-        full = os.path.join(mnt, "full.raw")
-        ck = os.path.join(scratch, "enospc.ckpt")
-        t0 = time.time()
-        rc, js, err = finish(copy_bg("--checkpoint", ck, src, full))
-        took = time.time() - t0
-        tap.ok(rc == 1 and "No space left on device" in err and
-               js["retries"] == 0 and took < 10,
-               f"destination full: exit 1 at once ({took:.1f} s, no retries), "
-               "says ENOSPC", err)
-        tap.ok(os.path.exists(ck), "… and the checkpoint is left for a resume")
-    finally:
-        subprocess.run(["umount", "-l", mnt])
+    with tmpfs(mnt, "40m") as mounted:
+        if tap.requires(mounted, "cannot mount a tmpfs for the ENOSPC case",
+                        count=2):
+            enospc(scratch, src, mnt)
+
+
+def enospc(scratch, src, mnt):
+    full = os.path.join(mnt, "full.raw")
+    ck = os.path.join(scratch, "enospc.ckpt")
+    t0 = time.time()
+    rc, js, err = finish(copy_bg("--checkpoint", ck, src, full))
+    took = time.time() - t0
+    tap.ok(rc == 1 and "No space left on device" in err and
+           js["retries"] == 0 and took < 10,
+           f"destination full: exit 1 at once ({took:.1f} s, no retries), "
+           "says ENOSPC", err)
+    tap.ok(os.path.exists(ck), "… and the checkpoint is left for a resume")
 
 
 run_test(main)

@@ -15,7 +15,8 @@ import re
 import subprocess
 import time
 
-from sxmtest import (qemu_vhd, tap, run_test, nbdkit, sh, files_equal, ROOT, MiB, GiB)
+from sxmtest import (qemu_vhd, tap, run_test, nbdkit, start_nbdkit, stop_nbdkit,
+                     sh, files_equal, ROOT, MiB, GiB)
 import vhdgen
 
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
@@ -317,21 +318,15 @@ def main(scratch):
 
     # --- plaintext TCP: loopback only, unless --insecure -------------------
     port = 10809 + os.getpid() % 1000
-    tcp = subprocess.Popen(["nbdkit", "-f", "-r", "-i", "127.0.0.1", "-p",
-                            str(port), "--exit-with-parent", "file", zsrc])
+    tcp = start_nbdkit(None, "-r", "-i", "127.0.0.1", "-p", str(port), zsrc,
+                       plugin="file", pidfile=os.path.join(scratch, "tcp.pid"))
     try:
         out = os.path.join(scratch, "tcp.raw")
-        rc, err = 1, ""
-        for _ in range(100):          # until nbdkit listens
-            rc, _, err = copy(f"nbd://127.0.0.1:{port}/", out)
-            if rc != 4:
-                break
-            time.sleep(0.05)
+        rc, _, err = copy(f"nbd://127.0.0.1:{port}/", out)
         tap.ok(rc == 0 and files_equal(zsrc, out)[0],
                "plaintext nbd:// to 127.0.0.1: allowed", err)
     finally:
-        tcp.terminate()
-        tcp.wait()
+        stop_nbdkit(tcp)
     far = "nbd://192.0.2.7:10809/disk"
     rc, _, err = copy(far, os.path.join(scratch, "far.raw"))
     tap.ok(rc == 4 and "--insecure" in err and "not loopback" in err,

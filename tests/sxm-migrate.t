@@ -29,8 +29,8 @@ import time
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sxmtest import (qemu_vhd, ROOT, MiB, PLUGIN, run_test, tap, nbdkit, nbdkit_env,  # noqa: E402
-                     nbdkit_ready, free_ports, wait_log,
+from sxmtest import (qemu_vhd, ROOT, MiB, run_test, tap, nbdkit, nbdkit_env,  # noqa: E402
+                     start_nbdkit, stop_nbdkit, tmpfs, free_ports, wait_log,
                      communicate_or_kill)
 from mirrortest import FILTER, SXM_VHD, ctl, connect  # noqa: E402
 
@@ -105,14 +105,10 @@ class Source:
         self.sock = os.path.join(d, name + ".sock")
         self.ctl = os.path.join(d, name + ".ctl")
         self.uri = "nbd+unix:///?socket=" + quote(self.sock, safe="/")
-        self.log = open(os.path.join(d, name + ".log"), "w")
-        pidfile = self.sock + ".pid"
-        self.proc = subprocess.Popen(
-            ["nbdkit", "-f", "-U", self.sock, "-P", pidfile,
-             "--exit-with-parent", "--filter=" + FILTER, PLUGIN, self.vhd,
-             "mirror-control=" + self.ctl, "mirror-uri=" + self.uri],
-            stdout=self.log, stderr=subprocess.STDOUT, env=nbdkit_env())
-        assert nbdkit_ready(pidfile, self.proc), "source nbdkit exited"
+        self.proc = start_nbdkit(
+            self.sock, self.vhd, "mirror-control=" + self.ctl,
+            "mirror-uri=" + self.uri, filters=[FILTER],
+            log=os.path.join(d, name + ".log"))
         deadline = time.time() + 30
         while not os.path.exists(self.ctl):
             assert self.proc.poll() is None, "source nbdkit exited"
@@ -132,16 +128,7 @@ class Source:
         return ctl(self.ctl, "status").get("state")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                # With the ASan runtime preloaded nbdkit can hang in exit(),
-                # after the plugin closed (and flushed) its images.
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_nbdkit(self.proc, timeout=10)
 
 
 class Receiver:
@@ -301,7 +288,7 @@ def progress_checks(mprog, rprog, summary):
            f"round events: {len(rounds)}, numbered, the paused one last, "
            "as many as the summary's rounds", rounds)
     thr = [e.get("throttle") for e in rounds]
-    tap.ok(all(isinstance(t, int) for t in thr) and
+    tap.ok(thr and all(isinstance(t, int) for t in thr) and
            max(thr) == summary.get("memory", {}).get("throttle_max") and
            20 <= max(thr) <= 90,
            f"round events carry the auto-converge throttle ({thr}), up to "
@@ -589,7 +576,6 @@ def main(scratch):
     src.proc.wait()
     rc, err, rrc = f.finish()
     w.finish()
-    src.log.close()
     with nbdkit(S, "-r", src.vhd) as uri:
         bad = w.check(uri)
     tap.ok(rc == 1 and rrc == 1 and rcv.new_files() == [] and
@@ -693,13 +679,9 @@ def main(scratch):
 
     # --- 5. SR full: refused before starting, and ENOSPC during the copy ---
     mnt = os.path.join(S, "small")
-    os.makedirs(mnt)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", mnt],
-                      capture_output=True).returncode != 0:
-        tap.ok(True, "# SKIP SR full: cannot mount a small tmpfs here")
-        tap.ok(True, "# SKIP SR full during the copy")
-    else:
-        try:
+    with tmpfs(mnt, "24M") as mounted:
+        if tap.requires(mounted, "SR full: cannot mount a small tmpfs here",
+                        count=2):
             # 40 MiB of data for an SR with 24 MiB: refused up front.
             rcv = Receiver(os.path.join(mnt, "sr"))
             rc, out, err = migrate(rcv.token_file, [src.ctl])
@@ -732,8 +714,6 @@ def main(scratch):
                    "SR fills up during the copy: exit 1, rolled back, the "
                    "guest's writes unharmed, destination clean",
                    f"rc={rc} st={st} {w.failed} {bad[:3]} rrc={rrc}\n{err}\n{rcv.err}")
-        finally:
-            subprocess.run(["umount", "-l", mnt], capture_output=True)
     src.stop()
 
     # --- 6. hostile names everywhere, offline too ----------------------------

@@ -20,6 +20,7 @@
 # up): the guest keeps running where it was, with its disk and every
 # record intact; the other side keeps no VHD and no disk service.
 # Seeds: none needed (the guest's records are self-describing).
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from urllib.parse import unquote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sxmtest import (ROOT, MiB, GiB, run_test, tap, nbdkit_env,  # noqa: E402
-                     free_ports, wait_log, communicate_or_kill)
+                     tmpfs, free_ports, wait_log, communicate_or_kill)
 from mirrortest import SXM_VHD, connect  # noqa: E402
 
 SXM = os.path.join(ROOT, "scripts", "sxm")
@@ -237,13 +238,12 @@ def fault_case(S, tag, direction, fault):
         src, dst = b, a
     before_vhds = dst.vhds()
     before_svc = sorted(d["name"] for d in dst.services())
-    mnt = None
+    mounts = contextlib.ExitStack()
     if fault == "sr-full":
         mnt = os.path.join(dst.d, "small")
-        os.makedirs(mnt)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs",
-                           mnt], capture_output=True).returncode != 0:
-            tap.ok(True, f"# SKIP {tag}: cannot mount a small tmpfs here")
+        if not tap.requires(mounts.enter_context(tmpfs(mnt, "40M")),
+                            f"{tag}: cannot mount a small tmpfs here",
+                            count=2):
             monitor(mon, "quit")
             return
         dst.sr = os.path.join(mnt, "sr")
@@ -310,8 +310,7 @@ def fault_case(S, tag, direction, fault):
                f"{dst.vhds()} vs {before_vhds}\n{after_svc} vs {before_svc}")
     finally:
         monitor(mon, "quit")
-        if mnt:
-            subprocess.run(["umount", "-l", mnt], capture_output=True)
+        mounts.close()
 
 
 def main(S):

@@ -27,6 +27,7 @@ class TAP:
     def __init__(self):
         self.n = 0
         self.failed = 0
+        self.skipped_all = None
         atexit.register(self._finish)
 
     def ok(self, cond, desc, diag=None):
@@ -53,11 +54,41 @@ class TAP:
         self.n += 1
         print(f"ok {self.n} # SKIP {why}", flush=True)
 
+    def requires(self, cond, why, count=1):
+        """Whether COND holds; if not, COUNT tests are skipped saying WHY
+        (lib.sh's requires does the same for a whole bash test).  COND: a
+        truth value, a program's name or path (installed: shutil.which),
+        or a command line as a list (runs and exits 0).  The caller runs
+        the case only when this is true:
+
+            with tmpfs(mnt, "4m") as mounted:
+                if tap.requires(mounted, "cannot mount a tmpfs"):
+                    ...the ENOSPC case..."""
+        if isinstance(cond, str):
+            cond = shutil.which(cond) is not None
+        elif isinstance(cond, (list, tuple)):
+            cond = subprocess.run(cond, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL).returncode == 0
+        if not cond:
+            for _ in range(count):
+                self.skip(why)
+        return bool(cond)
+
+    def skip_all(self, why):
+        """The whole file is not run here: TAP's "1..0 # SKIP why", before
+        any test.  Exits (run_test still cleans up)."""
+        assert self.n == 0, "skip_all after tests ran"
+        self.skipped_all = why
+        sys.exit(0)
+
     def diag(self, msg):
         for line in str(msg).splitlines():
             print(f"# {line}", flush=True)
 
     def _finish(self):
+        if self.skipped_all is not None:
+            print(f"1..0 # SKIP {self.skipped_all}", flush=True)
+            return
         print(f"1..{self.n}", flush=True)
         if self.failed:
             os._exit(1)
@@ -92,18 +123,24 @@ def stop_disk_services(top):
                 pass
 
 
-def run_test(main):
-    """Run MAIN(scratch_dir); an exception is a failed test, not a crash.
-    sxm's run directory (SXM_RUNDIR, inherited by every sxm the test
-    starts) is scratch/run, never the host's /run/sxm; disk services
-    left there are stopped at the end."""
+def run_test(*parts):
+    """Run each PART(scratch_dir) in turn; an exception is a failed test,
+    not a crash, and the parts after it still run (a file split into one
+    function a section: one failure hides none of the rest).  sxm's run
+    directory (SXM_RUNDIR, inherited by every sxm the test starts) is
+    scratch/run, never the host's /run/sxm; disk services left there are
+    stopped at the end."""
     scratch = tempfile.mkdtemp(prefix=os.path.basename(sys.argv[0]) + ".",
                                dir=os.environ.get("TMPDIR", "/var/tmp"))
     os.environ["SXM_RUNDIR"] = os.path.join(scratch, "run")
     try:
-        main(scratch)
-    except Exception:
-        tap.ok(False, "test script raised", traceback.format_exc())
+        for part in parts:
+            try:
+                part(scratch)
+            except Exception:
+                what = (f"section {part.__name__}" if len(parts) > 1
+                        else "test script")
+                tap.ok(False, f"{what} raised", traceback.format_exc())
     finally:
         stop_disk_services(scratch)
         if tap.failed and os.environ.get("SXM_KEEP"):
@@ -142,6 +179,76 @@ def nbdkit_ready(pidfile, proc, timeout=30):
     return True
 
 
+def start_nbdkit(sock, *args, plugin=PLUGIN, filters=(), log=None,
+                 pidfile=None, env=None, **popen):
+    """Start nbdkit in the foreground serving PLUGIN ARGS through FILTERS
+    on the unix socket SOCK, and return its Popen once it accepts
+    connections (its pidfile written: nbdkit_ready).  Every test starts
+    its nbdkit servers here.
+
+    SOCK None: ARGS say where it listens (-i, -p) and PIDFILE must be
+    given; otherwise the pidfile is SOCK.pid.  nbdkit's output is appended
+    to LOG (SOCK.log, or PIDFILE.log), so a server restarted on the same
+    socket keeps one log; the Popen's .logpath names it.  A socket or
+    pidfile left by an earlier server (killed -9) is removed first.  ENV:
+    variables set on top of nbdkit_env(); POPEN: more Popen arguments.
+    The caller stops it: stop_nbdkit, or kill() for a crash."""
+    pidfile = pidfile or sock + ".pid"
+    log = log or (sock or pidfile) + ".log"
+    for f in (sock, pidfile):
+        if f and os.path.lexists(f):
+            os.unlink(f)
+    cmd = ["nbdkit", "-f", "-P", pidfile, "--exit-with-parent"]
+    if sock:
+        cmd += ["-U", sock]
+    cmd += ["--filter=" + f for f in filters] + [plugin, *args]
+    with open(log, "a") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                             env=dict(nbdkit_env(), **(env or {})), **popen)
+    p.logpath = log
+    try:
+        ready = nbdkit_ready(pidfile, p)
+    except RuntimeError:
+        p.kill()
+        p.wait()
+        raise
+    if not ready:
+        raise RuntimeError(f"nbdkit exited {p.returncode}: {' '.join(cmd)}\n"
+                           f"{nbdkit_logtext(p)}")
+    return p
+
+
+def nbdkit_logtext(p):
+    """What an nbdkit start_nbdkit started has written so far."""
+    with open(p.logpath, errors="replace") as f:
+        return f.read()
+
+
+def stop_nbdkit(p, timeout=30):
+    """Stop an nbdkit start_nbdkit started and return its log.  SIGCONT
+    first (a test may have stopped it), SIGTERM, then SIGKILL after
+    TIMEOUT s (with the ASan runtime preloaded nbdkit can hang in exit(),
+    after the plugin closed its images).  A server that had exited before
+    is said in the log returned; a sanitizer report in the log is a
+    failed test."""
+    early = p.poll()
+    if early is None:
+        p.send_signal(signal.SIGCONT)
+        p.terminate()
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    out = nbdkit_logtext(p)
+    if early is not None:
+        out += (f"\nsxmtest: error: this nbdkit had exited "
+                f"({early}) before the test stopped it\n")
+    if "ERROR: AddressSanitizer" in out or "runtime error:" in out:
+        tap.ok(False, "sanitizer report from nbdkit", out)
+    return out
+
+
 # The log of each nbdkit that nbdkit() started, by URI, once it stopped:
 # a failing test can show what the server said (nbdkit_log_errors).
 NBDKIT_LOGS = {}
@@ -158,36 +265,21 @@ def nbdkit_log_errors(uri, limit=20):
 def nbdkit(scratch, *args, plugin=PLUGIN, filters=()):
     """Start nbdkit on a unix socket; yield its NBD URI; stop it."""
     sock = tempfile.mktemp(prefix="nbd.", suffix=".sock", dir=scratch)
-    pidfile = sock + ".pid"
-    cmd = ["nbdkit", "-f", "-U", sock, "-P", pidfile, "--exit-with-parent"]
-    for f in filters:
-        cmd.append("--filter=" + f)
-    cmd += [plugin, *args]
-    log = open(sock + ".log", "w+")
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                         env=nbdkit_env())
+    uri = f"nbd+unix:///?socket={sock}"
+    p = start_nbdkit(sock, *args, plugin=plugin, filters=filters)
     try:
-        if not nbdkit_ready(pidfile, p):
-            log.seek(0)
-            raise RuntimeError(f"nbdkit exited {p.returncode}: {log.read()}")
-        yield f"nbd+unix:///?socket={sock}"
+        yield uri
     finally:
-        early = p.poll()
-        p.terminate()
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.seek(0)
-        out = log.read()
-        log.close()
-        if early is not None:
-            out += (f"\nsxmtest: error: this nbdkit had exited "
-                    f"({early}) before the test stopped it\n")
-        NBDKIT_LOGS[f"nbd+unix:///?socket={sock}"] = out
-        if "ERROR: AddressSanitizer" in out or "runtime error:" in out:
-            tap.ok(False, "sanitizer report from nbdkit", out)
+        NBDKIT_LOGS[uri] = stop_nbdkit(p)
+
+
+def nbdkit_run(*args, run, plugin=PLUGIN, **kw):
+    """nbdkit -U - PLUGIN ARGS --run RUN (a private socket, $uri in RUN),
+    with nbdkit_env(): the CompletedProcess, output captured as text.  KW:
+    more subprocess.run arguments (timeout)."""
+    return subprocess.run(["nbdkit", "-U", "-", plugin, *args, "--run", run],
+                          capture_output=True, text=True, env=nbdkit_env(),
+                          **kw)
 
 
 def nbdkit_start_fails(*args, plugin=PLUGIN):
@@ -198,17 +290,33 @@ def nbdkit_start_fails(*args, plugin=PLUGIN):
     p11-kit's destructor; nbdkit's own file plugin hangs the same way with a
     missing file).  Under SXM_ASAN only, an error printed followed by that
     hang counts as a refusal."""
-    cmd = ["nbdkit", "-U", "-", plugin, *args, "--run", "true"]
     asan = bool(os.environ.get("SXM_ASAN"))
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True,
-                           timeout=10 if asan else 60, env=nbdkit_env())
+        p = nbdkit_run(*args, run="true", plugin=plugin,
+                       timeout=10 if asan else 60)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         if asan and "error:" in err:
             return 1, err
         raise
     return p.returncode, p.stderr
+
+
+@contextlib.contextmanager
+def tmpfs(path, size):
+    """A tmpfs of SIZE ("24m") mounted at PATH (made if missing) for the
+    block, for a full-file-system case; yields whether it could be mounted
+    (not as a non-root user, nor where tmpfs mounts are refused: the case
+    is then skipped, tap.requires).  Unmounted (lazily) at the end."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}",
+                              "tmpfs", path],
+                             capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", path], capture_output=True)
 
 
 def sh(*cmd, **kw):

@@ -7,12 +7,8 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
-if ! command -v valgrind >/dev/null; then
-  echo "1..0 # SKIP valgrind not installed"; exit 0
-fi
-if [ -n "${SXM_ASAN:-}" ]; then
-  echo "1..0 # SKIP binaries are ASan-instrumented (valgrind cannot run them)"; exit 0
-fi
+requires valgrind
+[ -z "${SXM_ASAN:-}" ] || skip_all "binaries are ASan-instrumented (valgrind cannot run them)"
 vg() { valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect "$@"; }
 
 /usr/bin/python3 - "$scratch" <<'PY'

@@ -13,8 +13,8 @@ import subprocess
 
 import nbd
 
-from sxmtest import (tap, run_test, nbdkit, nbdkit_start_fails, nbdkit_env,
-                     nbd_connect, PLUGIN, sh, MiB, GiB)
+from sxmtest import (tap, run_test, nbdkit, nbdkit_start_fails, nbdkit_run,
+                     nbd_connect, sh, MiB, GiB)
 import vhdgen
 
 SECTOR = 512
@@ -264,9 +264,7 @@ def main(d):
         elif region == "locator":
             vhdgen.fix_checksum(q, HDR, 1024, 36)
         try:
-            r = subprocess.run(["nbdkit", "-U", "-", PLUGIN, q, "--run",
-                                "nbdcopy $uri null:"], capture_output=True,
-                               text=True, timeout=60, env=nbdkit_env())
+            r = nbdkit_run(q, run="nbdcopy $uri null:", timeout=60)
         except subprocess.TimeoutExpired:
             crashes.append((i, region, "hang"))
             continue

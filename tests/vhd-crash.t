@@ -16,25 +16,12 @@ import time
 
 import nbd
 
-from sxmtest import (tap, run_test, nbdkit_env, nbdkit_ready, nbd_connect, sh, PLUGIN,
-                     ROOT, MiB)
+from sxmtest import (tap, run_test, start_nbdkit, stop_nbdkit, nbdkit_run,
+                     nbd_connect, sh, ROOT, MiB)
 
 TOOL = os.path.join(ROOT, "client", "sxm-vhd")
 SIZE = 48 * MiB
 ROUNDS = 24
-
-
-def start(sock, path, *args):
-    pidfile = sock + ".pid"
-    if os.path.exists(pidfile):
-        os.unlink(pidfile)
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "-P", pidfile,
-                          "--exit-with-parent", PLUGIN, path, *args],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env=nbdkit_env())
-    if not nbdkit_ready(pidfile, p):
-        raise RuntimeError(p.stderr.read().decode())
-    return p
 
 
 def main(d):
@@ -43,7 +30,7 @@ def main(d):
     base = os.path.join(d, "base.vhd")
     sh(TOOL, "create", "--block-size=512K", base, str(SIZE))
     sock = os.path.join(d, "s.sock")
-    p = start(sock, base)
+    p = start_nbdkit(sock, base)
     h = nbd_connect(f"nbd+unix:///?socket={sock}")
     base_data = bytearray(SIZE)
     for i in range(0, SIZE, 3 * MiB):
@@ -52,8 +39,7 @@ def main(d):
         base_data[i:i + MiB] = chunk
     h.flush()
     h.shutdown()
-    p.terminate()
-    p.wait()
+    stop_nbdkit(p)
     os.unlink(sock)
 
     failures = []
@@ -70,7 +56,7 @@ def main(d):
         flushed = bytes(model)
         after_flush = []            # writes issued after the last flush
         lock = threading.Lock()
-        srv = start(sock, img)
+        srv = start_nbdkit(sock, img)
         stop = threading.Event()
 
         def client():
@@ -113,9 +99,7 @@ def main(d):
             failures.append((rnd, f"check exit {r.returncode}", r.stdout + r.stderr))
             continue
         out = img + ".raw"
-        r = subprocess.run(["nbdkit", "-U", "-", "-r", PLUGIN, img, "--run",
-                            f"nbdcopy $uri {out}"], capture_output=True,
-                           text=True, env=nbdkit_env())
+        r = nbdkit_run("-r", img, run=f"nbdcopy $uri {out}")
         if r.returncode != 0:
             failures.append((rnd, "cannot be read", r.stderr))
             continue

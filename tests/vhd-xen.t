@@ -29,6 +29,7 @@ import vhdgen
 SXM_VHD = os.path.join(ROOT, "client", "sxm-vhd")
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
 VHD_UTIL = os.environ.get("VHD_UTIL") or shutil.which("vhd-util")
+NO_VHD_UTIL = "blktap's vhd-util not installed"
 EPOCH = 946684800
 
 
@@ -39,9 +40,8 @@ def check_xen(path):
 
 
 def vhd_util(path):
-    """blktap's verdict: (valid, output), or None without vhd-util."""
-    if not VHD_UTIL:
-        return None
+    """blktap's verdict: (valid, output); only where it is installed
+    (tap.requires(VHD_UTIL, ...))."""
     p = subprocess.run([VHD_UTIL, "check", "-n", path], capture_output=True,
                        text=True)
     return p.returncode == 0, p.stdout + p.stderr
@@ -54,10 +54,8 @@ def verdicts(path, label, want_rc, msg):
     rc, out = check_xen(path)
     tap.ok(rc == want_rc and msg in out,
            f"{label}: check --xen exit {want_rc}, '{msg}'", out)
-    v = vhd_util(path)
-    if v is None:
-        tap.skip(f"{label}: blktap's vhd-util not installed")
-    else:
+    if tap.requires(VHD_UTIL, f"{label}: {NO_VHD_UTIL}"):
+        v = vhd_util(path)
         tap.ok(v[0] == (want_rc == 0), f"{label}: vhd-util agrees", v[1])
 
 
@@ -171,10 +169,8 @@ def main(d):
         tap.eq(readers_size(path), (size, size, size),
                f"{label}: plugin, libvhdi and qemu (force_size_calc="
                "current_size) read the current size")
-        v = vhd_util(path)
-        if v is None:
-            tap.skip(f"{label}: blktap's vhd-util not installed")
-        else:
+        if tap.requires(VHD_UTIL, f"{label}: {NO_VHD_UTIL}"):
+            v = vhd_util(path)
             tap.ok(v[0], f"{label}: blktap's vhd-util check: valid", v[1])
 
     # --- crafted images, one broken rule each ------------------------------
@@ -254,10 +250,8 @@ def main(d):
            readers_size(old) == (100 * MiB,) * 3,
            "repair rewrites the geometry (both footers): accepted, clean, "
            "the same data at the same size", r.stdout + r.stderr + out)
-    v = vhd_util(old)
-    if v is None:
-        tap.skip("repaired image: blktap's vhd-util not installed")
-    else:
+    if tap.requires(VHD_UTIL, f"repaired image: {NO_VHD_UTIL}"):
+        v = vhd_util(old)
         tap.ok(v[0], "repaired image: blktap's vhd-util check: valid", v[1])
 
     # Differencing: the parent name must be each locator's file name, and
@@ -282,10 +276,8 @@ def main(d):
     tap.ok(rc == 7 and "ASCII" in out,
            "a parent path that is not ASCII: sound for us, refused by "
            "blktap (exit 7, says why)", out)
-    v = vhd_util(p("uni-kid.vhd"))
-    if v is None:
-        tap.skip("non-ASCII parent: blktap's vhd-util not installed")
-    else:
+    if tap.requires(VHD_UTIL, f"non-ASCII parent: {NO_VHD_UTIL}"):
+        v = vhd_util(p("uni-kid.vhd"))
         tap.ok(not v[0], "non-ASCII parent: vhd-util refuses it too", v[1])
 
     # A blktap-style batmap (creator "tap", version 1.3): good, bad
