@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 
-from sxmtest import tap, run_test, sh, start_nbdkit, tmpfs, ROOT, MiB, GiB
+from sxmtest import make_raw, tap, run_test, sh, start_nbdkit, tmpfs, ROOT, MiB, GiB
 
 SXM_COPY = os.path.join(ROOT, "client", "sxm-copy")
 
@@ -68,14 +68,6 @@ def files_equal(a, b):
     p = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", a, b],
                        capture_output=True, text=True)
     return p.returncode == 0, (p.stdout + p.stderr).strip()
-
-
-def make_raw(path, size, pieces):
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for off, data in pieces:
-            f.seek(off)
-            f.write(data)
 
 
 def main(scratch):

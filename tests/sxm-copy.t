@@ -15,7 +15,7 @@ import re
 import subprocess
 import time
 
-from sxmtest import (qemu_vhd, tap, run_test, nbdkit, start_nbdkit, stop_nbdkit,
+from sxmtest import (make_raw, qemu_vhd, tap, run_test, nbdkit, start_nbdkit, stop_nbdkit,
                      sh, files_equal, ROOT, MiB, GiB)
 import vhdgen
 
@@ -46,15 +46,6 @@ def qemu_compare(a, b, fa="raw", fb="raw"):
                         *(["-F", fb] if fb else []), a, b],
                        capture_output=True, text=True)
     return p.returncode == 0, (p.stdout + p.stderr).strip()
-
-
-def make_raw(path, size, pieces):
-    """A sparse raw file with PIECES = [(offset, bytes)] written."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for off, data in pieces:
-            f.seek(off)
-            f.write(data)
 
 
 def allocated(path):

@@ -389,6 +389,15 @@ def nbd_map(uri):
     return runs
 
 
+def make_raw(path, size, pieces):
+    """A sparse raw file with PIECES = [(offset, bytes)] written."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, data in pieces:
+            f.seek(off)
+            f.write(data)
+
+
 def files_equal(a, b):
     """(True, None), or (False, why) naming the first differing byte."""
     p = subprocess.run(["cmp", a, b], capture_output=True, text=True)

@@ -360,40 +360,38 @@ wait_fd (struct xm_conn *c, short events)
   }
 }
 
+/* One recv (OUT false) or send (OUT true) of what the socket takes now,
+ * waiting (bounded: wait_fd) while it takes nothing.  MSG_NOSIGNAL: a
+ * peer that went away is an error to report, not a SIGPIPE that kills
+ * the sender with the guest paused. */
 static ssize_t
-raw_recv (struct xm_conn *c, void *buf, size_t len)
+raw_io (struct xm_conn *c, void *buf, size_t len, bool out)
 {
   c->timed_out = false;         /* a stale flag would misname an error */
   for (;;) {
-    ssize_t r = recv (c->fd, buf, len, 0);
+    ssize_t r = out ? send (c->fd, buf, len, MSG_NOSIGNAL)
+      : recv (c->fd, buf, len, 0);
     if (r >= 0)
       return r;
     if (errno == EINTR)
       continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       return -1;
-    if (wait_fd (c, POLLIN) == -1)
+    if (wait_fd (c, out ? POLLOUT : POLLIN) == -1)
       return -1;
   }
 }
 
-/* MSG_NOSIGNAL: a peer that went away is an error to report, not a
- * SIGPIPE that kills the sender with the guest paused. */
+static ssize_t
+raw_recv (struct xm_conn *c, void *buf, size_t len)
+{
+  return raw_io (c, buf, len, false);
+}
+
 static ssize_t
 raw_send (struct xm_conn *c, const void *buf, size_t len)
 {
-  c->timed_out = false;
-  for (;;) {
-    ssize_t r = send (c->fd, buf, len, MSG_NOSIGNAL);
-    if (r >= 0)
-      return r;
-    if (errno == EINTR)
-      continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      return -1;
-    if (wait_fd (c, POLLOUT) == -1)
-      return -1;
-  }
+  return raw_io (c, (void *) buf, len, true);
 }
 
 /* gnutls transport functions over the above: errors go back through
