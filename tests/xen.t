@@ -3,9 +3,11 @@
 # Debian dom0 image, cached in /var/tmp/sxm-xen-rig; ~4 min to build,
 # then reused) under QEMU/TCG and runs tests/xen/scenario.sh in its dom0:
 # a live PVH guest migrated to localhost by `xl migrate` and by xenmem's
-# xen backend, side by side, plus a receiver killed mid-stream.  The
+# xen backend, side by side, plus a receiver killed mid-stream, a guest
+# with disks moved by sxm, and auto-converge (a fast-dirtying guest
+# throttled through its scheduler cap).  The
 # scenario's TAP is passed through; its other output becomes comments.
-# Takes ~6 min warm on 2 cores (the Xen boot and the guest's under TCG).
+# Takes ~8-9 min warm on 2 cores (the Xen boot and the guests' under TCG).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ -n "${SXM_ASAN:-}" ]; then
@@ -28,6 +30,9 @@ if ! "$ROOT/tests/xen/build-rig" >"$log" 2>&1; then
 fi
 sed 's/^/# /' "$log" | tail -n 3
 cp "$ROOT/xenmem/xenmem" "$ROOT/tests/xen/downtime-probe" "$share/"
+# The scenario's options: SXM_XEN_AC_COMPARE=1 adds auto-converge's
+# comparison migration (--no-auto-converge, ~40 s).
+echo "SXM_XEN_AC_COMPARE=${SXM_XEN_AC_COMPARE:-}" >"$share/scenario.env"
 # sxm as it runs from a source tree (scripts/sxm finds its tools beside it).
 mkdir -p "$share/sxm/scripts" "$share/sxm/client" "$share/sxm/xenmem" "$share/sxm/nbdkit-plugin"
 cp "$ROOT/scripts/sxm" "$ROOT/scripts/block-sxm" "$share/sxm/scripts/"

@@ -156,6 +156,7 @@ struct xsend {
   /* policy */
   double round_t, bw, round_s;
   long round_pages;
+  uint64_t round_relayed;       /* relayed when the round started */
   unsigned rounds;
   struct xm_send_opts po;       /* *o, auto-converge off if it cannot be */
   struct xm_policy pol;         /* xm_policy_round's, between rounds */
@@ -215,7 +216,7 @@ relay_out (void *arg)
       X->relay_failed = true;
       break;
     }
-    X->relayed += n;
+    __atomic_store_n (&X->relayed, X->relayed + n, __ATOMIC_RELAXED);
   }
   if (X->relay_failed) {
     close (X->rfd);
@@ -314,7 +315,16 @@ policy (struct precopy_stats st, void *data)
 
   if (st.dirty_count < 0) {     /* a round just ended */
     double secs = now - X->round_t;
-    X->bw = secs > 0 ? X->round_pages * (double) XM_PAGE_SIZE / secs : 0;
+    /* Round 0's "pages" are the whole p2m, holes included (a PVH guest's
+     * reaches past the MMIO hole at 4 GiB: 20 times its RAM for the rig's
+     * 192 MiB guest), which libxc skips: its bandwidth is what went to
+     * the relay meanwhile (at most the pipe and one read behind, nothing
+     * beside a round of RAM).  A later round sends every page it counts. */
+    double bytes = X->rounds == 0 ?
+      (double) (__atomic_load_n (&X->relayed, __ATOMIC_RELAXED) -
+                X->round_relayed) :
+      X->round_pages * (double) XM_PAGE_SIZE;
+    X->bw = secs > 0 ? bytes / secs : 0;
     if (!X->o->quiet)
       fprintf (stderr, "xenmem: round %u: %ld pages in %.3f s (%.1f MiB/s)\n",
                X->rounds, X->round_pages, secs, X->bw / 1048576);
@@ -357,6 +367,7 @@ policy (struct precopy_stats st, void *data)
     }
   }
   X->round_t = now;
+  X->round_relayed = __atomic_load_n (&X->relayed, __ATOMIC_RELAXED);
   X->round_pages = st.dirty_count;
   return X->why ? XGS_POLICY_STOP_AND_COPY : XGS_POLICY_CONTINUE_PRECOPY;
 }
@@ -379,6 +390,13 @@ suspend_cb (void *data)
     X->t_prepare = sxm_now () - tp;
   }
   X->t_suspend = sxm_now ();
+  /* The guest suspends itself (its PV control driver): a guest capped at
+   * 1% of a CPU would take that long to do it, inside the downtime.  The
+   * throttle's work is done once pre-copy is: its own cap back first. */
+  if (X->throttle) {
+    X->throttled_s += X->t_suspend - X->t_throttle;
+    xen_throttle (X, 0);
+  }
   if (libxl_domain_suspend_only (X->e.ctx, X->domid, NULL) != 0) {
     sxm_error ("xen: domain %u did not suspend (libxl_domain_suspend_only "
                "failed; does the guest run Xen's PV control driver?)",
@@ -570,11 +588,11 @@ xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
   X.nvcpus = info.nr_online_vcpus ? info.nr_online_vcpus : 1;
   xrc = xc_domain_save (X.e.xch, p[1], X.domid, XCFLAGS_LIVE, &cb,
                         XC_STREAM_PLAIN, -1);
-  /* Whatever happened, the domain (suspended, or running on after a
-   * failure) gets its own cap back before anything else. */
+  /* Whatever happened (the suspend callback gives the cap back before it
+   * suspends; a save that failed before it did not), the domain gets its
+   * own cap back before anything else. */
   if (X.throttle) {
-    X.throttled_s += (X.t_suspend > 0 ? X.t_suspend : sxm_now ())
-      - X.t_throttle;
+    X.throttled_s += sxm_now () - X.t_throttle;
     xen_throttle (&X, 0);
   }
   if (xrc != 0 || X.hook_failed) {

@@ -5,6 +5,10 @@
 # send/receive --backend=xen`; then a xenmem migration whose receiver is
 # killed mid-stream.  A probe (downtime-probe) measures each blackout from
 # outside, the same way for both tools; a table puts them side by side.
+# Then (8-15) a guest with disks moved by sxm, and (16-18) auto-converge:
+# a guest dirtying memory faster than the link (sxmdirty=N) migrated by
+# xenmem, throttled through its scheduler cap, which is put back, also
+# when the receiver is killed while the throttle is on.
 #
 # Under TCG's nested SVM a guest now and then triple-faults on its own
 # (seen at boot, idle, mid-migration and just after one, with xl as with
@@ -13,6 +17,7 @@
 # again on a fresh guest, up to three times, and says so.  A phase that
 # fails without one fails.
 S=/mnt/share
+[ -f $S/scenario.env ] && . $S/scenario.env      # tests/xen.t's options
 X=$S/xenmem
 L=/var/log/xen/console
 # The newest heartbeat line of any guest console ("heartbeat N mem ok"):
@@ -56,7 +61,7 @@ guest() {
   cat /tmp/create.log; return 1
 }
 
-echo "1..15"
+echo "1..18"
 if guest && [ "$(memok)" = ok ]; then
   echo "ok 1 - PVH guest boots and counts ($(last))"
 else
@@ -430,6 +435,136 @@ fi
 [ $ok4 = yes ] || cat /tmp/ballast.log 2>/dev/null | sed 's/^/#   /'
 echo "# blackout (probe, ms): xl migrate (memory only) $xl_gap, the disk guest ${xld_gap:-?}; xenmem (memory only) $xm_gap; sxm disk+memory A->B ${l1:-}; B->A ${l2:-}"
 echo "sxm-xen-disk-result xl_downtime_ms=$xl_gap xl_disk_guest_downtime_ms=${xld_gap:-} sxm_ab=\"${l1:-}\" sxm_ba=\"${l2:-}\""
+# --- auto-converge: a guest dirtying memory faster than the link ------------
+# A guest that rewrites HOT MiB of tmpfs as fast as its vCPU lets it
+# (guest-init's sxmdirty=N; a config of its own, GCFG), moved by xenmem
+# over a link limited by --rate to a quarter of its dirty rate (4 to 8
+# MiB/s: TCG's own link is about that).  xenmem's policy throttles it
+# through its credit2 cap (backend-xen.c, xen_throttle) until the
+# predicted downtime meets the target, and puts the original cap back
+# before it asks the guest to suspend (or, if the save fails first, after
+# xc_domain_save): on every path; the destination's domain has its
+# own cap, never the throttle's.  Then the same with the receiver killed
+# while the throttle is on.  SXM_XEN_AC_COMPARE=1 (tests/xen.t passes it
+# on) adds the same migration with --no-auto-converge, for the table.
+xl destroy rigguest 2>/dev/null
+HOT=8 HOTMEM=96         # (under ~76 MiB the kernel does not even load)
+sed -e "s/^extra = \"\(.*\)\"/extra = \"\1 sxmdirty=$HOT\"/" -e "s/^memory = .*/memory = $HOTMEM/" \
+  $S/guest.cfg >/tmp/ghot.cfg
+export GCFG=/tmp/ghot.cfg
+SCHED=$(xl info | awk '$1 == "xen_scheduler" { print $3 }')
+cap_of() { xl sched-$SCHED -d "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+# "heartbeat N mem M hot MIB UPTIME" lines (guest-init): the MiB/s the
+# guest rewrote, by its own clock, from its first heartbeat to its last.
+hot_rate() {
+  cat $L/guest-*.log 2>/dev/null | grep -a -o 'heartbeat [0-9]* mem [A-Za-z]* hot [0-9]* [0-9.]*' |
+    sort -k2 -n | awk 'NR == 1 { m = $6; t = $7 } END { if ($7 > t) printf "%.1f", ($6 - m) / ($7 - t); else print 0 }'
+}
+# ac_send JSON [SEND OPTIONS]: xenmem moves the running rigguest over
+# --rate=$RATE; sets AC_RC, AC_RRC, AC_S, AC_GAP (probe), AC_SRC, AC_DST.
+ac_send() {
+  j=$1; shift
+  AC_SRC=$(xl domid rigguest); rm -f "$j" /tmp/acr.json
+  probe_start
+  $X receive --backend=xen --json=/tmp/acr.json --timeout=120 unix:/tmp/xa.sock 2>/tmp/acr.err &
+  rp=$!
+  sleep 0.3
+  t0=$(date +%s.%N)
+  $X send --backend=xen --domid="$AC_SRC" --rate=$RATE --json="$j" --timeout=120 "$@" \
+    unix:/tmp/xa.sock 2>/tmp/acs.err
+  AC_RC=$?
+  wait $rp; AC_RRC=$?
+  AC_S=$(secs "$t0" "$(date +%s.%N)")
+  AC_GAP=$(probe_stop)
+  AC_DST=$(xl domid rigguest 2>/dev/null)
+}
+ac_row() {      # ac_row LABEL JSON TOTAL_S PROBE_MS: a line of the table
+  printf '# %-18s %6s %8s %8s %9s %9s %11s %8s  %s\n' "$1" "$(field rounds $2)" \
+    "$(field throttle_max $2)" "$3" "$4" "$(field downtime_ms $2)" "$(field wire_bytes $2)" \
+    "$(field wire_over_ram $2)" "$(field stop_reason $2)"
+}
+T_AC=$(date +%s)
+for try in 1 2 3; do
+  ac_ok=no cap_ok=no
+  guest || break
+  HOT_RATE=$(hot_rate)
+  RATE=$(awk -v r="$HOT_RATE" 'BEGIN { k = int(r * 1024 / 4); if (k < 4096) k = 4096; if (k > 8192) k = 8192; print k "k" }')
+  cap0=$(cap_of rigguest); tf0=$(tf)
+  ac_send /tmp/ac.json
+  [ "$AC_RC$AC_RRC" = 00 ] && [ "$(field stop_reason /tmp/ac.json)" = "predicted downtime under the target" ] &&
+    [ "$(field throttle_max /tmp/ac.json)" -gt 0 ] 2>/dev/null && [ "$(field cap_restored /tmp/ac.json)" = true ] &&
+    ac_ok=yes
+  cap1=$(cap_of rigguest)
+  [ -n "$AC_DST" ] && [ "$AC_DST" != "$AC_SRC" ] && [ -n "$cap1" ] && [ "$cap1" = "$cap0" ] && [ "$(ndom)" = 1 ] &&
+    counts_on "after the throttled migration" && cap_ok=yes
+  [ "$ac_ok$cap_ok" != yesyes ] && [ "$(tf)" -gt "$tf0" ] && { echo "# auto-converge try $try: a guest triple-faulted (TCG); again"; xl destroy rigguest 2>/dev/null; xl destroy rigguest--migratedaway 2>/dev/null; continue; }
+  break
+done
+echo "# $SCHED scheduler; the guest rewrites $HOT MiB at ${HOT_RATE:-?} MiB/s (of $HOTMEM MiB); link --rate=${RATE:-?}"
+grep -v 'pages dirty' /tmp/acs.err | sed 's/^/#   send: /' | tail -n 24
+sed 's/^/#   recv: /' /tmp/acr.err | tail -n 3
+cut -c1-600 /tmp/ac.json 2>/dev/null | sed 's/^/#   /'
+if [ $ac_ok = yes ]; then
+  echo "ok 16 - auto-converge on Xen: a guest dirtying ${HOT_RATE} MiB/s over --rate=$RATE migrates (exit 0 both sides), stop: predicted downtime under the target, throttle up to $(field throttle_max /tmp/ac.json)%, cap_restored"
+else
+  echo "not ok 16 - auto-converge on Xen (send ${AC_RC:-?}, receive ${AC_RRC:-?}, stop $(field stop_reason /tmp/ac.json), throttle_max $(field throttle_max /tmp/ac.json), cap_restored $(field cap_restored /tmp/ac.json))"
+fi
+if [ $cap_ok = yes ]; then
+  echo "ok 17 - the guest counts on in the new domain $AC_DST, memory intact, its $SCHED cap its own ($cap1, was $cap0), not the throttle's"
+else
+  echo "not ok 17 - after the throttled migration (domain ${AC_SRC:-?} -> ${AC_DST:-none}, cap ${cap1:-?}, was ${cap0:-?})"; xl list | sed 's/^/#   /'
+fi
+AC_ON_S=$AC_S AC_ON_GAP=$AC_GAP
+rm -f /tmp/acn.json
+if [ -n "${SXM_XEN_AC_COMPARE:-}" ] && guest; then
+  ac_send /tmp/acn.json --no-auto-converge
+  echo "# --no-auto-converge: send $AC_RC, receive $AC_RRC"
+fi
+
+# The receiver killed while the throttle is on: the source domain runs
+# on, with its own cap back (90 here, so that "no cap" would show).  A
+# tiny --downtime-ms keeps pre-copy going until the kill.
+for try in 1 2 3; do
+  t_ok=no
+  guest || break
+  src=$(xl domid rigguest); tf0=$(tf)
+  xl sched-$SCHED -d rigguest -c 90; capk0=$(cap_of rigguest)
+  xl destroy rigguest--incoming 2>/dev/null
+  $X receive --backend=xen --timeout=60 unix:/tmp/xt.sock 2>/tmp/recvt.err &
+  rp=$!
+  sleep 0.3
+  $X send --backend=xen --domid="$src" --rate=$RATE --downtime-ms=0.001 --json=/tmp/sendt.json \
+    --timeout=60 unix:/tmp/xt.sock 2>/tmp/sendt.err &
+  sp=$!
+  for i in $(seq 1800); do
+    grep -q '^xenmem: throttle' /tmp/sendt.err && break
+    kill -0 $sp 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -9 $rp 2>/dev/null
+  wait $sp; trc=$?
+  wait $rp 2>/dev/null
+  capt=$(sed -n "s/^xenmem: throttle [0-9]*%: domain [0-9]*'s cap \([0-9]*\)$/\1/p" /tmp/sendt.err | head -n 1)
+  capk=$(cap_of rigguest)
+  [ -n "$capt" ] && [ "$trc" = 1 ] && [ "$(xl domid rigguest 2>/dev/null)" = "$src" ] &&
+    [ -n "$capk" ] && [ "$capk" = "$capk0" ] && counts_on "after the failed throttled migration" && t_ok=yes
+  xl destroy rigguest--incoming 2>/dev/null
+  [ $t_ok = no ] && [ "$(tf)" -gt "$tf0" ] && { echo "# throttled-failure try $try: a guest triple-faulted (TCG); again"; xl destroy rigguest 2>/dev/null; continue; }
+  break
+done
+grep -v 'pages dirty' /tmp/sendt.err | sed 's/^/#   send: /' | tail -n 9
+echo "#   report: auto_converge $(field auto_converge /tmp/sendt.json), throttle_max $(field throttle_max /tmp/sendt.json), cap $(field cap /tmp/sendt.json), cap_restored $(field cap_restored /tmp/sendt.json)"
+if [ $t_ok = yes ]; then
+  echo "ok 18 - receiver killed while the throttle is on (cap $capk0 -> $capt): send exits 1, source domain $src runs on, its cap back to $capk"
+else
+  echo "not ok 18 - receiver killed while throttled (send exit ${trc:-?}, domain $(xl domid rigguest 2>/dev/null) (was ${src:-?}), cap ${capk:-?} (throttled ${capt:-never}), want ${capk0:-?})"
+fi
+xl destroy rigguest 2>/dev/null
+echo "# auto-converge, guest dirtying ${HOT_RATE:-?} MiB/s over --rate=${RATE:-?} (leg $(( $(date +%s) - T_AC )) s):"
+printf '# %-18s %6s %8s %8s %9s %9s %11s %8s  %s\n' "" rounds throttle total_s probe_ms own_ms wire_bytes wire/RAM stop
+ac_row "auto-converge" /tmp/ac.json "$AC_ON_S" "$AC_ON_GAP"
+[ -f /tmp/acn.json ] && ac_row "no-auto-converge" /tmp/acn.json "$AC_S" "$AC_GAP"
+echo "sxm-xen-ac-result dirty_mib_s=${HOT_RATE:-} rate=${RATE:-} rounds=$(field rounds /tmp/ac.json) throttle_max=$(field throttle_max /tmp/ac.json) downtime_ms=$(field downtime_ms /tmp/ac.json) wire_over_ram=$(field wire_over_ram /tmp/ac.json) leg_s=$(( $(date +%s) - T_AC ))"
 echo "# triple faults in this run (TCG): $(xl dmesg | grep -c 'Triple fault')"
 xl destroy rigguest 2>/dev/null
 for f in $SXM_RUNDIR/*.info; do [ -e "$f" ] && $SXM detach --force "$(basename "$f" .info)"; done
