@@ -12,9 +12,17 @@
 #                 file on a new sparse file) and a finished sxm-copy --live
 #                 (copy "done"): steady-state mirroring
 #      qemu-nbd   qemu-nbd -f raw -t (its defaults), a second anchor
+#      qsd        qemu-storage-daemon exporting the file over NBD
+#      qsd-mirror the same with QEMU's active mirror running to the same
+#                 kind of destination (nbdkit file on a new sparse file):
+#                 blockdev-mirror sync=full copy-mode=write-blocking,
+#                 measured after BLOCK_JOB_READY; afterwards the job is
+#                 cancelled (completing in sync) and the destination must
+#                 equal the source, or the script fails
 #    Each run starts its own servers; configurations rotate every round.
 #    Prints clat p50/p99 (µs), IOPS and the ratios to "absent" (goals:
-#    idle p50 <= 1.05x, mirroring p50 <= 1.3x).
+#    idle p50 <= 1.05x, mirroring p50 <= 1.3x), and ours against QEMU's
+#    active mirror (goals: p50 <= 0.5x, p99 <= 1x).
 # 2. Live copy under a guest write load vs the offline copy.  Source: a
 #    4 GiB raw file with 1 GiB allocated (64 x 16 MiB runs of random data,
 #    one every 64 MiB), served by nbdkit file with the filter for the whole
@@ -39,7 +47,7 @@ FILTER="$ROOT/nbdkit-plugin/nbdkit-mirror-filter.so"
 SXM_COPY="$ROOT/client/sxm-copy"
 SXM_MIRROR="$ROOT/client/sxm-mirror"
 LIVE_IOPS=2000
-for t in fio nbdkit qemu-nbd qemu-img python3 bc; do
+for t in fio nbdkit qemu-nbd qemu-img qemu-storage-daemon python3 bc; do
   command -v "$t" >/dev/null || { echo "bench/mirror.sh: needs $t" >&2; exit 1; }
 done
 for f in "$FILTER" "$SXM_COPY" "$SXM_MIRROR"; do
@@ -103,6 +111,72 @@ serve_dst() {  # serve_dst SIZE: a new sparse file -> $dst_pid, $dst_uri
 }
 stop_servers() { stop_pid "$src_pid"; src_pid=; stop_pid "$dst_pid"; dst_pid=; }
 
+# serve_qsd FILE [DEST_SOCKET]: qemu-storage-daemon exporting FILE (node
+# "src", export "src") -> $src_pid, $src_uri; with DEST_SOCKET also an NBD
+# client node "dst" to it, for blockdev-mirror; QMP on $work/qmp.sock.
+serve_qsd() {
+  local sock="$work/src.sock"; rm -f "$sock" "$work/qmp.sock"
+  qemu-storage-daemon \
+    --blockdev driver=file,node-name=src-file,filename="$1",cache.direct=off \
+    --blockdev driver=raw,node-name=src,file=src-file \
+    ${2:+--blockdev driver=nbd,node-name=dst,server.type=unix,server.path="$2"} \
+    --nbd-server addr.type=unix,addr.path="$sock" \
+    --export type=nbd,id=exp,node-name=src,name=src,writable=on \
+    --chardev socket,id=qmp,path="$work/qmp.sock",server=on,wait=off \
+    --monitor chardev=qmp >"$work/qsd.log" 2>&1 & src_pid=$!
+  wait_sock "$sock"; wait_sock "$work/qmp.sock"
+  src_uri="nbd+unix:///src?socket=$sock"
+}
+# qmp mirror|cancel: QEMU's active mirror from "src" to "dst" (returns at
+# BLOCK_JOB_READY), or its cancel (returns at BLOCK_JOB_COMPLETED: a
+# ready mirror cancelled completes with the target in sync).
+qmp() {
+  python3 - "$work/qmp.sock" "$1" <<'PY' || die "QMP $1: see $work/qsd.log"
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+events = []
+def recv(deadline):
+    s.settimeout(max(0.1, deadline - time.time()))
+    line = f.readline()
+    if not line:
+        sys.exit("QMP closed")
+    return json.loads(line)
+def cmd(name, **args):
+    f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+    f.flush()
+    while True:
+        r = recv(time.time() + 30)
+        if "error" in r:
+            sys.exit(f"{name}: {r['error']}")
+        if "return" in r:
+            return r["return"]
+        events.append(r)
+def wait_event(name, secs=600):
+    deadline = time.time() + secs
+    while not any(e.get("event") == name for e in events):
+        if time.time() > deadline:
+            sys.exit(f"no {name} within {secs} s")
+        events.append(recv(deadline))
+recv(time.time() + 30)                          # the greeting
+cmd("qmp_capabilities")
+if sys.argv[2] == "mirror":
+    cmd("blockdev-mirror", **{"job-id": "m", "device": "src", "target": "dst",
+                              "sync": "full", "copy-mode": "write-blocking"})
+    wait_event("BLOCK_JOB_READY")
+else:
+    jobs = cmd("query-block-jobs")
+    if not (jobs and jobs[0].get("ready") and jobs[0].get("status") == "ready"):
+        sys.exit(f"the mirror job is not ready: {jobs}")
+    cmd("block-job-cancel", device="m")
+    wait_event("BLOCK_JOB_COMPLETED")
+    done = [e for e in events if e.get("event") == "BLOCK_JOB_COMPLETED"][0]
+    if done["data"].get("error"):
+        sys.exit(f"the mirror job failed: {done}")
+PY
+}
+
 # fio_guest URI JSON-OUT ARGS...: fio's nbd engine, 4 KiB random writes,
 # iodepth 1, no verify; extra ARGS decide size, time and rate.  A function
 # that ends in exec, so "fio_guest ... &" gives fio's own pid.
@@ -139,6 +213,11 @@ lat_run() {   # lat_run CONFIG -> appends "p50 p99 iops N" to $work/lat.CONFIG
     absent) serve_src absent "$lat_img" ;;
     idle) serve_src filter "$lat_img" ;;
     qemu) serve_src qemu "$lat_img" ;;
+    qsd) serve_qsd "$lat_img" ;;
+    qsd-mirror)
+      serve_dst 1G
+      serve_qsd "$lat_img" "$work/dst.sock"
+      qmp mirror ;;
     mirroring)
       serve_src filter "$lat_img"
       serve_dst 1G
@@ -160,13 +239,20 @@ lat_run() {   # lat_run CONFIG -> appends "p50 p99 iops N" to $work/lat.CONFIG
       die "no mirrored writes, or destination errors: $st"
     mirror abort >/dev/null
   fi
+  if [ "$c" = qsd-mirror ]; then
+    # Soundness: QEMU's mirror really mirrored the guest's writes.
+    qmp cancel
+    stop_servers
+    qemu-img compare -q -f raw -F raw "$lat_img" "$work/dst.raw" ||
+      die "QEMU's active mirror: the destination differs from the source"
+  fi
   stop_servers
 }
 
-configs=(absent idle mirroring qemu)
+configs=(absent idle mirroring qemu qsd qsd-mirror)
 for r in $(seq "$REPS"); do
-  for i in 0 1 2 3; do
-    c=${configs[$(( (i + r) % 4 ))]}
+  for i in 0 1 2 3 4 5; do
+    c=${configs[$(( (i + r) % 6 ))]}
     printf '  [%4ds] round %d/%d: %s\n' $SECONDS "$r" "$REPS" "$c"
     lat_run "$c"
   done
@@ -264,18 +350,25 @@ printf '%d runs x %d s each, medians (µs)\n' "$REPS" "$RUNTIME"
 printf '  %-20s %7s %15s %7s %15s %6s %8s %8s %8s\n' source p50 "(range)" p99 "(range)" IOPS samples \
   "p50/abs" "p99/abs"
 a50=$(col "$work/lat.absent" 1); a99=$(col "$work/lat.absent" 2)
-for c in absent idle mirroring qemu; do
+for c in absent idle mirroring qemu qsd qsd-mirror; do
   f="$work/lat.$c"
   p50=$(col "$f" 1); p99=$(col "$f" 2); iops=$(col "$f" 3); n=$(col "$f" 4)
   case $c in
     absent) label="filter absent" ;; idle) label="filter idle" ;;
     mirroring) label="mirroring (steady)" ;; qemu) label="qemu-nbd -f raw" ;;
+    qsd) label="qemu-storage-daemon" ;; qsd-mirror) label="qsd active mirror" ;;
   esac
   printf '  %-20s %7.1f %15s %7.1f %15s %6.0f %8.0f %8.3f %8.3f\n' "$label" "$p50" "$(range "$f" 1)" \
     "$p99" "$(range "$f" 2)" "$iops" "$n" "$(ratio "$p50" "$a50")" "$(ratio "$p99" "$a99")"
 done
 printf '  goals: idle p50 <= 1.05 x absent (is %.3f), mirroring p50 <= 1.3 x absent (is %.3f)\n' \
   "$(ratio "$(col "$work/lat.idle" 1)" "$a50")" "$(ratio "$(col "$work/lat.mirroring" 1)" "$a50")"
+m50=$(col "$work/lat.mirroring" 1); m99=$(col "$work/lat.mirroring" 2)
+q50=$(col "$work/lat.qsd-mirror" 1); q99=$(col "$work/lat.qsd-mirror" 2)
+printf '  QEMU'"'"'s active mirror costs %.2f x its own unmirrored export (p50), ours %.2f x ours\n' \
+  "$(ratio "$q50" "$(col "$work/lat.qsd" 1)")" "$(ratio "$m50" "$a50")"
+printf '  ours against QEMU'"'"'s active mirror: p50 %.3f x (goal <= 0.5), p99 %.3f x (goal <= 1)\n' \
+  "$(ratio "$m50" "$q50")" "$(ratio "$m99" "$q99")"
 
 off=$(col "$work/offline.t" 1); live=$(col "$work/live.t" 1)
 echo
