@@ -37,6 +37,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,6 +173,23 @@ struct xsend {
   pid_t hook;
   bool hook_failed, suspended;
   double t_suspend, t_suspended, t_prepare;
+  /* the domain (xsend_check_domain) */
+  xc_dominfo_t info;
+  libxl_domain_config cfg;
+  char *json, *name, *away;     /* its configuration; NAME--migratedaway */
+  struct xm_preflight *pf;
+  uint64_t npages;
+  /* the stream: one record's buffer, the pipe's write end (libxc's side;
+   * the relay reads RFD), the relay thread, the reply channel */
+  uint8_t *rec;
+  int wfd;
+  pthread_t relay;
+  bool relay_started;
+  struct xm_decoder ad;
+  struct xm_record r;
+  /* where it stands, and the times the report gives */
+  bool end_sent, committed, renamed, checked;
+  double t0, t_saved, t_loaded, t_run, t_hook;
 };
 
 static int
@@ -429,335 +447,377 @@ postcopy_cb (void *data)
   return 1;
 }
 
-/* The table's migrate_send (backend.h): ID is the domid. */
+/* ---- xen_send's steps --------------------------------------------------
+ * Each returns 0, or an enum xm_exit after reporting why: XM_CANNOT while
+ * nothing has moved, XM_FAILED once it has (xen_send gives the domain
+ * back), and xsend_commit its outcome. */
+
+/* ID names a running PVH domain libxl knows; its configuration (as JSON:
+ * the destination builds the new domain from it) and the preflight. */
 static int
-xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
-          struct jbuf *report)
+xsend_check_domain (struct xsend *X, const char *id)
 {
-  struct xsend X = { .o = o, .po = *o, .c = c, .rfd = -1, .hook = -1 };
+  char *end;
+  unsigned long d;
+
+  errno = 0;
+  d = strtoul (id ? id : "", &end, 10);
+  if (!id || !*id || *end || errno || d == 0 || d >= DOMID_FIRST_RESERVED) {
+    sxm_error ("xen: '%s' is not a guest domain id", id ? id : "");
+    return XM_CANNOT;
+  }
+  X->domid = d;
+  if (xen_env_open (&X->e) == -1)
+    return XM_CANNOT;
+  if (xc_domain_getinfo (X->e.xch, X->domid, 1, &X->info) != 1 ||
+      X->info.domid != X->domid) {
+    sxm_error ("xen: domain %u does not exist", X->domid);
+    return XM_CANNOT;
+  }
+  if (!X->info.hvm) {
+    sxm_error ("xen: domain %u is a PV guest: its log-dirty mode needs "
+               "shadow paging, which this Xen build may lack, and xenmem "
+               "moves PVH guests only", X->domid);
+    return XM_CANNOT;
+  }
+  if (X->info.shutdown || X->info.dying || X->info.paused) {
+    sxm_error ("xen: domain %u is not running (paused, shut down or dying)",
+               X->domid);
+    return XM_CANNOT;
+  }
+  if (libxl_retrieve_domain_configuration (X->e.ctx, X->domid, &X->cfg,
+                                           NULL) != 0 ||
+      !(X->json = libxl_domain_config_to_json (X->e.ctx, &X->cfg))) {
+    sxm_error ("xen: cannot read domain %u's configuration from libxl (was "
+               "it created by xl/libxl?)", X->domid);
+    return XM_CANNOT;
+  }
+  if (X->cfg.c_info.type != LIBXL_DOMAIN_TYPE_PVH) {
+    sxm_error ("xen: domain %u is not a PVH guest; xenmem's xen backend "
+               "moves PVH guests only (HVM guests have a device model whose "
+               "state it does not carry, PV guests need shadow paging)",
+               X->domid);
+    return XM_CANNOT;
+  }
+  /* What the destination checks before anything moves (and what this
+   * side refuses itself: unmapped disks, unmovable devices). */
+  if (xm_xen_preflight_build (X->e.xch, X->e.ctx, X->domid, &X->cfg, X->o,
+                              X->pf) == -1)
+    return XM_CANNOT;
+  if (strlen (X->json) > XM_XENDATA_MAX || !X->cfg.c_info.name ||
+      !(X->name = strdup (X->cfg.c_info.name)) ||
+      asprintf (&X->away, "%s--migratedaway", X->cfg.c_info.name) < 0) {
+    X->away = NULL;
+    sxm_error ("xen: domain %u's configuration is unusable (no name, or "
+               "over %u bytes)", X->domid, XM_XENDATA_MAX);
+    return XM_CANNOT;
+  }
+  X->npages = X->info.max_memkb / 4 ? X->info.max_memkb / 4 : 1;
+  X->nvcpus = X->info.nr_online_vcpus ? X->info.nr_online_vcpus : 1;
+  return 0;
+}
+
+/* Header, configuration and preflight, then the destination's word on
+ * them: nothing has moved yet, so a refusal leaves the guest as it was
+ * (XM_CANNOT).  A broken connection: XM_FAILED (the guest still runs). */
+static int
+xsend_offer (struct xsend *X)
+{
+  struct xm_header hdr = { XM_STREAM_VERSION, XM_BACKEND_XEN, X->npages,
+                           X->o->check_only ? XM_HDR_CHECK_ONLY : 0 };
+  uint8_t *pb = malloc (xm_preflight_size (X->pf));
+  size_t plen;
+  int r;
+
+  if (!pb) {
+    sxm_error ("out of memory");
+    return XM_FAILED;
+  }
+  plen = xm_preflight_encode (X->pf, pb);
+  X->rate.t = sxm_now ();
+  r = xsend_put (X, X->rec, xm_encode_header (X->rec, &hdr)) == -1 ||
+    xsend_put (X, X->rec, xm_encode_xendata (X->rec, X->seq++, XM_XEN_CONFIG,
+                                             X->json, strlen (X->json))) == -1
+    || xsend_put (X, X->rec, xm_encode_xendata (X->rec, X->seq++,
+                                                XM_XEN_PREFLIGHT, pb,
+                                                plen)) == -1;
+  free (pb);
+  if (r)
+    return XM_FAILED;
+  xm_decoder_init_acks (&X->ad);
+  if (xm_read_ack (X->c, &X->ad, &X->r, X->rec) == -1)
+    return XM_FAILED;
+  if (X->r.u.ack.status != 0) {
+    sxm_error ("the destination refused the guest before anything moved: %s",
+               X->r.u.ack.msg);
+    return XM_CANNOT;
+  }
+  return 0;
+}
+
+/* Close the pipe's write end (the relay sees EOF) and wait for the
+ * relay. */
+static void
+xsend_end_relay (struct xsend *X)
+{
+  if (X->wfd != -1)
+    close (X->wfd);
+  X->wfd = -1;
+  if (X->relay_started)
+    pthread_join (X->relay, NULL);
+  X->relay_started = false;
+}
+
+/* libxl's migration stream v2 into a pipe the relay thread carries to the
+ * socket: libxl's header and the LIBXC_CONTEXT record (its body is libxc's
+ * own stream, self-delimiting: length 0), xc_domain_save's stream under
+ * our policy and suspend callback, libxl's END; then, once the hook's
+ * paused phase succeeded, our END. */
+static int
+xsend_save (struct xsend *X)
+{
   struct save_callbacks cb = { .suspend = suspend_cb,
                                .precopy_policy = policy,
                                .postcopy = postcopy_cb,
                                .switch_qemu_logdirty = qemu_logdirty_cb,
-                               .data = &X };
-  libxl_domain_config cfg;
-  xc_dominfo_t info;
-  struct xm_header hdr = { XM_STREAM_VERSION, XM_BACKEND_XEN, 1,
-                           o->check_only ? XM_HDR_CHECK_ONLY : 0 };
-  struct xm_decoder ad;
-  struct xm_record r;
-  struct xm_preflight *pf = calloc (1, sizeof *pf);   /* ~20 KiB */
-  pthread_t relay;
-  bool relay_started = false, committed = false, renamed = false;
-  bool end_sent = false, checked = false;
-  char *json = NULL, *name = NULL, *away = NULL, *end;
-  uint8_t *rec = malloc (XM_REC_HDR_SIZE + 8 + XM_XENDATA_MAX + 8);
+                               .data = X };
   uint8_t head[24], digest[32] = { 0 };
-  int p[2] = { -1, -1 }, ret = XM_FAILED, xrc;
-  double t0 = sxm_now (), t_run = 0, t_hook = 0, t_saved = 0, t_loaded = 0;
-  unsigned long d;
-  size_t len;
+  int p[2], xrc;
 
-  jbuf_add (&X.rstats, "[");
-  libxl_domain_config_init (&cfg);
-  errno = 0;
-  d = strtoul (id ? id : "", &end, 10);
-  if (!rec || !pf) {
-    sxm_error ("out of memory");
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (!id || !*id || *end || errno || d == 0 || d >= DOMID_FIRST_RESERVED) {
-    sxm_error ("xen: '%s' is not a guest domain id", id ? id : "");
-    ret = XM_CANNOT;
-    goto out;
-  }
-  X.domid = d;
-  if (xen_env_open (&X.e) == -1) {
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (xc_domain_getinfo (X.e.xch, X.domid, 1, &info) != 1 ||
-      info.domid != X.domid) {
-    sxm_error ("xen: domain %u does not exist", X.domid);
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (!info.hvm) {
-    sxm_error ("xen: domain %u is a PV guest: its log-dirty mode needs "
-               "shadow paging, which this Xen build may lack, and xenmem "
-               "moves PVH guests only", X.domid);
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (info.shutdown || info.dying || info.paused) {
-    sxm_error ("xen: domain %u is not running (paused, shut down or dying)",
-               X.domid);
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (libxl_retrieve_domain_configuration (X.e.ctx, X.domid, &cfg, NULL) != 0 ||
-      !(json = libxl_domain_config_to_json (X.e.ctx, &cfg))) {
-    sxm_error ("xen: cannot read domain %u's configuration from libxl (was "
-               "it created by xl/libxl?)", X.domid);
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (cfg.c_info.type != LIBXL_DOMAIN_TYPE_PVH) {
-    sxm_error ("xen: domain %u is not a PVH guest; xenmem's xen backend "
-               "moves PVH guests only (HVM guests have a device model whose "
-               "state it does not carry, PV guests need shadow paging)",
-               X.domid);
-    ret = XM_CANNOT;
-    goto out;
-  }
-  /* What the destination checks before anything moves (and what this
-   * side refuses itself: unmapped disks, unmovable devices). */
-  if (xm_xen_preflight_build (X.e.xch, X.e.ctx, X.domid, &cfg, o, pf) == -1) {
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (strlen (json) > XM_XENDATA_MAX || !cfg.c_info.name ||
-      asprintf (&away, "%s--migratedaway", cfg.c_info.name) < 0) {
-    sxm_error ("xen: domain %u's configuration is unusable (no name, or "
-               "over %u bytes)", X.domid, XM_XENDATA_MAX);
-    ret = XM_CANNOT;
-    goto out;
-  }
-  name = strdup (cfg.c_info.name);
-  hdr.npages = info.max_memkb / 4 ? info.max_memkb / 4 : 1;
-
-  /* Header and configuration, then the relay takes over the socket. */
-  len = xm_encode_header (rec, &hdr);
-  X.rate.t = sxm_now ();
-  if (xsend_put (&X, rec, len) == -1)
-    goto out;
-  len = xm_encode_xendata (rec, X.seq++, XM_XEN_CONFIG, json, strlen (json));
-  if (xsend_put (&X, rec, len) == -1)
-    goto out;
-  {
-    uint8_t *pb = malloc (xm_preflight_size (pf));
-    if (!pb) {
-      sxm_error ("out of memory");
-      goto out;
-    }
-    len = xm_encode_xendata (rec, X.seq++, XM_XEN_PREFLIGHT, pb,
-                             xm_preflight_encode (pf, pb));
-    free (pb);
-    if (xsend_put (&X, rec, len) == -1)
-      goto out;
-  }
-  /* The destination's word on the preflight: nothing has moved yet, so a
-   * refusal leaves the guest as it was (exit 4). */
-  xm_decoder_init_acks (&ad);
-  if (xm_read_ack (c, &ad, &r, rec) == -1)
-    goto out;
-  if (r.u.ack.status != 0) {
-    sxm_error ("the destination refused the guest before anything moved: %s",
-               r.u.ack.msg);
-    ret = XM_CANNOT;
-    goto out;
-  }
-  if (o->check_only) {
-    X.why = "check only: the destination would take the guest";
-    checked = true;
-    ret = XM_OK;
-    goto out;
-  }
   if (pipe2 (p, O_CLOEXEC) == -1) {
     sxm_error ("pipe: %m");
-    goto out;
+    return XM_FAILED;
   }
   fcntl (p[0], F_SETPIPE_SZ, 1 << 20);
-  X.rfd = p[0];
-  if ((errno = pthread_create (&relay, NULL, relay_out, &X)) != 0) {
+  X->rfd = p[0];
+  X->wfd = p[1];
+  if ((errno = pthread_create (&X->relay, NULL, relay_out, X)) != 0) {
     sxm_error ("pthread_create: %m");
-    goto out;
+    return XM_FAILED;
   }
-  relay_started = true;
+  X->relay_started = true;
 
-  /* libxl's header and the LIBXC_CONTEXT record (its body is libxc's own
-   * stream, self-delimiting: length 0), libxc's stream, libxl's END. */
   for (int i = 0; i < 8; i++)
     head[i] = LIBXL_IDENT >> (56 - 8 * i);
   memset (head + 8, 0, 8);
   head[11] = LIBXL_VERSION2;
   libxl_record (head + 16, LIBXL_REC_LIBXC_CONTEXT, 0);
-  if (full_write (p[1], head, 24) == -1)
-    goto fail;
-  X.nvcpus = info.nr_online_vcpus ? info.nr_online_vcpus : 1;
-  xrc = xc_domain_save (X.e.xch, p[1], X.domid, XCFLAGS_LIVE, &cb,
+  if (full_write (X->wfd, head, 24) == -1)
+    return XM_FAILED;
+  xrc = xc_domain_save (X->e.xch, X->wfd, X->domid, XCFLAGS_LIVE, &cb,
                         XC_STREAM_PLAIN, -1);
   /* Whatever happened (the suspend callback gives the cap back before it
    * suspends; a save that failed before it did not), the domain gets its
    * own cap back before anything else. */
-  if (X.throttle) {
-    X.throttled_s += sxm_now () - X.t_throttle;
-    xen_throttle (&X, 0);
+  if (X->throttle) {
+    X->throttled_s += sxm_now () - X->t_throttle;
+    xen_throttle (X, 0);
   }
-  if (xrc != 0 || X.hook_failed) {
-    if (!X.hook_failed)
-      sxm_error ("xen: xc_domain_save of domain %u failed%s", X.domid,
-                 X.relay_failed ? " (the stream to the receiver broke)" : "");
-    goto fail;
+  if (xrc != 0 || X->hook_failed) {
+    if (!X->hook_failed)
+      sxm_error ("xen: xc_domain_save of domain %u failed%s", X->domid,
+                 X->relay_failed ? " (the stream to the receiver broke)" : "");
+    return XM_FAILED;
   }
   libxl_record (head, LIBXL_REC_END, 0);
-  if (full_write (p[1], head, 8) == -1)
-    goto fail;
-  close (p[1]);
-  p[1] = -1;
-  pthread_join (relay, NULL);
-  relay_started = false;
-  t_saved = sxm_now ();
-  if (X.relay_failed)
-    goto fail;
-  if (X.hook != -1) {
-    if (xm_hook_wait (&X.hook, o->paused_hook[0]) == -1)
-      goto fail;
-    t_hook = sxm_now () - X.t_suspend;
+  if (full_write (X->wfd, head, 8) == -1)
+    return XM_FAILED;
+  xsend_end_relay (X);
+  X->t_saved = sxm_now ();
+  if (X->relay_failed)
+    return XM_FAILED;
+  if (X->hook != -1) {
+    if (xm_hook_wait (&X->hook, X->o->paused_hook[0]) == -1)
+      return XM_FAILED;
+    X->t_hook = sxm_now () - X->t_suspend;
   }
-  len = xm_encode_end (rec, X.seq++, X.relayed, digest);
-  if (xsend_put (&X, rec, len) == -1)
-    goto fail;
-  end_sent = true;
+  if (xsend_put (X, X->rec, xm_encode_end (X->rec, X->seq++, X->relayed,
+                                           digest)) == -1)
+    return XM_FAILED;
+  X->end_sent = true;
+  return 0;
+}
 
-  /* Commit handshake.  The name moves to the destination with the guest
-   * (xl does the same): the source becomes NAME--migratedaway first. */
-  if (xm_read_ack (c, &ad, &r, rec) == -1)
-    goto fail;
-  if (r.u.ack.status != 0) {
-    sxm_error ("the receiver refused the guest: %s", r.u.ack.msg);
-    goto fail;
+/* The commit handshake.  The name moves to the destination with the guest
+ * (xl does the same): the source becomes NAME--migratedaway first. */
+static int
+xsend_commit (struct xsend *X)
+{
+  if (xm_read_ack (X->c, &X->ad, &X->r, X->rec) == -1)
+    return XM_FAILED;
+  if (X->r.u.ack.status != 0) {
+    sxm_error ("the receiver refused the guest: %s", X->r.u.ack.msg);
+    return XM_FAILED;
   }
-  t_loaded = sxm_now ();
-  committed = true;
-  len = xm_encode_ack (rec, X.seq++, 0, "commit");
-  if (xsend_put (&X, rec, len) == -1)
-    goto doubt;
-  /* The name goes to the destination with the guest (as with xl): the
-   * source gives it up now, while the destination starts the guest
-   * (which does not wait for the name: renames are xenstore transactions,
-   * slow enough to be worth keeping out of the blackout). */
-  if (libxl_domain_rename (X.e.ctx, X.domid, name, away) == 0)
-    renamed = true;
-  else
-    sxm_error ("xen: cannot rename domain %u to %s; the destination keeps "
-               "the name %s--incoming", X.domid, away, name);
-  if (xm_read_ack (c, &ad, &r, rec) == -1 || r.u.ack.status != 0) {
-  doubt:
-    sxm_error ("committed, but the receiver did not confirm that the guest "
-               "runs there; the source domain %u stays suspended as %s: check "
-               "the destination before resuming (xl) or destroying it",
-               X.domid, renamed ? away : name);
-    ret = XM_IN_DOUBT;
-    goto out;
-  }
-  t_run = sxm_now ();
-  if (libxl_domain_destroy (X.e.ctx, X.domid, NULL) != 0)
-    sxm_error ("xen: the guest runs on the destination, but destroying the "
-               "source domain %u (%s) failed: destroy it with xl", X.domid,
-               away);
-  ret = XM_OK;
-  goto out;
-
- fail:
-  if (p[1] != -1) {
-    close (p[1]);
-    p[1] = -1;
-  }
-  if (relay_started) {
-    pthread_join (relay, NULL);
-    relay_started = false;
-  }
-  if (X.hook != -1)
-    xm_hook_wait (&X.hook, o->paused_hook[0]);
-  if (X.suspended && !committed) {
-    if (libxl_domain_resume (X.e.ctx, X.domid, 1, NULL) != 0)
-      sxm_error ("xen: could not resume domain %u: resume it with xl",
-                 X.domid);
-  }
-  /* After END the receiver waits for a word: tell it to drop the domain
-   * (before END, the stream breaking off says the same). */
-  if (end_sent) {
-    len = xm_encode_ack (rec, X.seq++, -ECANCELED, "the sender gave up");
-    xsend_put (&X, rec, len);
-  }
-  ret = XM_FAILED;
-
- out:
-  if (p[1] != -1)
-    close (p[1]);
-  if (relay_started)
-    pthread_join (relay, NULL);
-  if (X.rfd != -1)
-    close (X.rfd);
-  jbuf_add (&X.rstats, "]");
-  /* A failed migration leaves the source domain running -- unless the
-   * guest itself did not survive (it crashed, or was destroyed or shut
-   * down while it migrated): then say that, not "resumed". */
-  if (ret == XM_FAILED && X.e.xch) {
-    xc_dominfo_t info;
-    const char *fate = NULL;
-    if (xc_domain_getinfo (X.e.xch, X.domid, 1, &info) != 1 ||
-        info.domid != X.domid)
-      fate = "no longer exists";
-    else if (info.crashed)
-      fate = "crashed";
-    else if (info.dying)
-      fate = "is dying";
-    else if (info.shutdown)
-      fate = "is shut down";
-    if (fate) {
-      sxm_error ("xen: migration failed, and source domain %u %s (see xl "
-                 "dmesg): it does not run on", X.domid, fate);
-      jbuf_add (report, ",\"source\":\"%s\"", fate);
-    }
+  X->t_loaded = sxm_now ();
+  X->committed = true;
+  if (xsend_put (X, X->rec, xm_encode_ack (X->rec, X->seq++, 0,
+                                           "commit")) == 0) {
+    /* The destination starts the guest meanwhile (it does not wait for
+     * the name: renames are xenstore transactions, slow enough to be
+     * worth keeping out of the blackout). */
+    if (libxl_domain_rename (X->e.ctx, X->domid, X->name, X->away) == 0)
+      X->renamed = true;
     else
-      sxm_error ("xen: migration failed; source domain %u runs on",
-                 X.domid);
+      sxm_error ("xen: cannot rename domain %u to %s; the destination keeps "
+                 "the name %s--incoming", X->domid, X->away, X->name);
+    if (xm_read_ack (X->c, &X->ad, &X->r, X->rec) == 0 &&
+        X->r.u.ack.status == 0) {
+      X->t_run = sxm_now ();
+      if (libxl_domain_destroy (X->e.ctx, X->domid, NULL) != 0)
+        sxm_error ("xen: the guest runs on the destination, but destroying "
+                   "the source domain %u (%s) failed: destroy it with xl",
+                   X->domid, X->away);
+      return XM_OK;
+    }
   }
+  sxm_error ("committed, but the receiver did not confirm that the guest "
+             "runs there; the source domain %u stays suspended as %s: check "
+             "the destination before resuming (xl) or destroying it",
+             X->domid, X->renamed ? X->away : X->name);
+  return XM_IN_DOUBT;
+}
+
+/* A send that failed before the commit: the relay ended, the hook waited
+ * for, the source domain resumed, and (after END) the receiver told to
+ * drop its domain -- before END, the stream breaking off says the same. */
+static void
+xsend_give_back (struct xsend *X)
+{
+  xsend_end_relay (X);
+  if (X->hook != -1)
+    xm_hook_wait (&X->hook, X->o->paused_hook[0]);
+  if (X->suspended && !X->committed &&
+      libxl_domain_resume (X->e.ctx, X->domid, 1, NULL) != 0)
+    sxm_error ("xen: could not resume domain %u: resume it with xl",
+               X->domid);
+  if (X->end_sent)
+    xsend_put (X, X->rec, xm_encode_ack (X->rec, X->seq++, -ECANCELED,
+                                         "the sender gave up"));
+}
+
+/* A failed migration leaves the source domain running -- unless the guest
+ * itself did not survive (it crashed, or was destroyed or shut down while
+ * it migrated): then say that, not "resumed". */
+static void
+xsend_say_fate (struct xsend *X, struct jbuf *report)
+{
+  xc_dominfo_t info;
+  const char *fate = NULL;
+
+  if (xc_domain_getinfo (X->e.xch, X->domid, 1, &info) != 1 ||
+      info.domid != X->domid)
+    fate = "no longer exists";
+  else if (info.crashed)
+    fate = "crashed";
+  else if (info.dying)
+    fate = "is dying";
+  else if (info.shutdown)
+    fate = "is shut down";
+  if (fate) {
+    sxm_error ("xen: migration failed, and source domain %u %s (see xl "
+               "dmesg): it does not run on", X->domid, fate);
+    jbuf_add (report, ",\"source\":\"%s\"", fate);
+  }
+  else
+    sxm_error ("xen: migration failed; source domain %u runs on", X->domid);
+}
+
+static void
+xsend_report (struct xsend *X, int ret, struct jbuf *report)
+{
+  uint64_t ram = X->npages * (uint64_t) XM_PAGE_SIZE;
+
+  jbuf_add (&X->rstats, "]");
   jbuf_add (report, ",\"result\":\"%s\",\"domid\":%u,\"rounds\":%u,"
-            "\"stop_reason\":", checked ? "ready" : ret == XM_OK ? "migrated"
-            : ret == XM_IN_DOUBT
-            ? "in-doubt" : ret == XM_CANNOT ? "not started"
-            : "failed", X.domid, checked ? 0 : X.rounds + 1);
-  jbuf_str (report, X.why ? X.why : "none");
+            "\"stop_reason\":", X->checked ? "ready" : ret == XM_OK
+            ? "migrated" : ret == XM_IN_DOUBT ? "in-doubt" : ret == XM_CANNOT
+            ? "not started" : "failed", X->domid,
+            X->checked ? 0 : X->rounds + 1);
+  jbuf_str (report, X->why ? X->why : "none");
   jbuf_add (report, ",\"stream_bytes\":%" PRIu64 ",\"wire_bytes\":%" PRIu64
             ",\"guest_bytes\":%" PRIu64 ",\"wire_over_ram\":%.4f,"
-            "\"total_s\":%.3f", X.relayed, X.wire_bytes,
-            hdr.npages * (uint64_t) XM_PAGE_SIZE,
-            X.wire_bytes / (double) (hdr.npages * (uint64_t) XM_PAGE_SIZE),
-            sxm_now () - t0);
+            "\"total_s\":%.3f", X->relayed, X->wire_bytes, ram,
+            ram ? X->wire_bytes / (double) ram : 0, sxm_now () - X->t0);
   /* downtime_ms: from the suspend request to "running" (the guest still
-   * runs while it processes the request: suspend_ms); then the last
-   * pages and state (final_ms), the destination finishing its restore
+   * runs while it processes the request: suspend_ms); then the last pages
+   * and state (final_ms), the destination finishing its restore
    * (restore_ms), the commit round trip and unpause (commit_ms). */
-  if (ret == XM_OK && !checked)
+  if (ret == XM_OK && !X->checked)
     jbuf_add (report, ",\"downtime_ms\":%.3f,\"suspend_ms\":%.3f,"
               "\"final_ms\":%.3f,\"restore_ms\":%.3f,\"commit_ms\":%.3f",
-              (t_run - X.t_suspend) * 1e3, (X.t_suspended - X.t_suspend) * 1e3,
-              (t_saved - X.t_suspended) * 1e3, (t_loaded - t_saved) * 1e3,
-              (t_run - t_loaded) * 1e3);
-  if (o->paused_hook && t_hook > 0)
+              (X->t_run - X->t_suspend) * 1e3,
+              (X->t_suspended - X->t_suspend) * 1e3,
+              (X->t_saved - X->t_suspended) * 1e3,
+              (X->t_loaded - X->t_saved) * 1e3,
+              (X->t_run - X->t_loaded) * 1e3);
+  if (X->o->paused_hook && X->t_hook > 0)
     jbuf_add (report, ",\"hook_ms\":%.3f,\"prepare_ms\":%.3f",
-              t_hook * 1e3, X.t_prepare * 1e3);
+              X->t_hook * 1e3, X->t_prepare * 1e3);
   jbuf_add (report, ",\"auto_converge\":%s,\"throttle_max\":%u,"
-            "\"throttled_s\":%.3f", X.po.converge.on ? "true" : "false",
-            X.throttle_max, X.throttled_s);
-  if (X.have_cap)
-    jbuf_add (report, ",\"cap\":%d,\"cap_restored\":%s", X.orig_cap,
-              X.throttle ? "false" : "true");
+            "\"throttled_s\":%.3f", X->po.converge.on ? "true" : "false",
+            X->throttle_max, X->throttled_s);
+  if (X->have_cap)
+    jbuf_add (report, ",\"cap\":%d,\"cap_restored\":%s", X->orig_cap,
+              X->throttle ? "false" : "true");
   jbuf_add (report, ",\"tls\":%s,\"round_stats\":%s",
-            xm_conn_is_tls (c) ? "true" : "false",
-            X.rstats.s ? X.rstats.s : "[]");
-  jbuf_free (&X.rstats);
-  libxl_domain_config_dispose (&cfg);
-  free (json);
-  free (name);
-  free (away);
-  free (rec);
-  free (pf);
-  xen_env_close (&X.e);
+            xm_conn_is_tls (X->c) ? "true" : "false",
+            X->rstats.s ? X->rstats.s : "[]");
+}
+
+/* The table's migrate_send (backend.h): ID is the domid. */
+static int
+xen_send (const char *id, struct xm_conn *c, const struct xm_send_opts *o,
+          struct jbuf *report)
+{
+  struct xsend *X = calloc (1, sizeof *X);
+  int ret;
+
+  if (!X || !(X->pf = calloc (1, sizeof *X->pf)) ||     /* ~20 KiB */
+      !(X->rec = malloc (XM_REC_HDR_SIZE + 8 + XM_XENDATA_MAX + 8))) {
+    sxm_error ("out of memory");
+    if (X)
+      free (X->pf);
+    free (X);
+    return XM_CANNOT;
+  }
+  X->o = o;
+  X->po = *o;
+  X->c = c;
+  X->rfd = X->wfd = -1;
+  X->hook = -1;
+  X->t0 = sxm_now ();
+  jbuf_add (&X->rstats, "[");
+  libxl_domain_config_init (&X->cfg);
+
+  if ((ret = xsend_check_domain (X, id)) == 0 &&
+      (ret = xsend_offer (X)) == 0) {
+    if (o->check_only) {
+      X->why = "check only: the destination would take the guest";
+      X->checked = true;
+      ret = XM_OK;
+    }
+    else if ((ret = xsend_save (X)) == 0)
+      ret = xsend_commit (X);
+  }
+  if (ret == XM_FAILED)
+    xsend_give_back (X);
+  xsend_end_relay (X);
+  if (X->rfd != -1)
+    close (X->rfd);
+  if (ret == XM_FAILED && X->e.xch)
+    xsend_say_fate (X, report);
+  xsend_report (X, ret, report);
+
+  jbuf_free (&X->rstats);
+  libxl_domain_config_dispose (&X->cfg);
+  free (X->json);
+  free (X->name);
+  free (X->away);
+  free (X->rec);
+  free (X->pf);
+  xen_env_close (&X->e);
+  free (X);
   return ret;
 }
 
@@ -851,257 +911,313 @@ read_record (struct xm_conn *c, struct xm_decoder *d, uint8_t *buf,
   return 1;
 }
 
+/* ---- xen_receive's steps -----------------------------------------------
+ * Each returns RX_ON, RX_REFUSE (X->why says why: the sender is told;
+ * X->ret may already say XM_CANNOT), RX_GONE (the stream broke or the
+ * sender gave up: nothing to tell) or RX_DONE (X->ret is the outcome). */
+enum { RX_ON, RX_REFUSE, RX_GONE, RX_DONE };
+
+struct xreceiver {
+  struct xen_env e;
+  struct xm_conn *c;
+  const struct xm_recv_opts *o;
+  struct xm_decoder d;
+  struct xm_header h;
+  struct xm_record r;
+  struct xrecv R;               /* the relay thread's */
+  struct xm_preflight *pf;
+  libxl_domain_config cfg;
+  libxl_domain_restore_params params;
+  uint8_t *buf;                 /* one record */
+  uint32_t domid, aseq;
+  char *name, *incoming;        /* NAME, and NAME--incoming until the commit */
+  int ret;
+  bool started;
+  char why[300];
+  double t0, t_restore, t_restored;
+};
+
+static int
+xrefuse (struct xreceiver *X, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+static int
+xrefuse (struct xreceiver *X, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (X->why, sizeof X->why, fmt, ap);
+  va_end (ap);
+  return RX_REFUSE;
+}
+
+/* The next record of the sender's stream into X->r. */
+static int
+xrecv_record (struct xreceiver *X)
+{
+  int rr = read_record (X->c, &X->d, X->buf, &X->r, X->why, sizeof X->why);
+  return rr == 1 ? RX_ON : rr == 0 ? RX_GONE : RX_REFUSE;
+}
+
+/* The header, then the domain's configuration (libxl JSON). */
+static int
+xrecv_config (struct xreceiver *X)
+{
+  int st, jr;
+  char *json;
+
+  if (xen_env_open (&X->e) == -1)
+    return xrefuse (X, "no Xen here");
+  if (xm_read (X->c, X->buf, XM_HEADER_SIZE, false) != 1)
+    return RX_GONE;
+  if (xm_decode_header (&X->d, X->buf, XM_HEADER_SIZE, &X->h) == -1)
+    return xrefuse (X, "stream header: %s", X->d.err);
+  if (X->h.backend != XM_BACKEND_XEN)
+    return xrefuse (X, "the stream is from backend %" PRIu32 ", this "
+                    "receiver runs xen", X->h.backend);
+  if ((st = xrecv_record (X)) != RX_ON)
+    return st;
+  if (X->r.type != XM_REC_XENDATA || X->r.u.xendata.kind != XM_XEN_CONFIG)
+    return xrefuse (X, "the stream does not begin with the domain's "
+                    "configuration");
+  json = strndup ((const char *) X->r.u.xendata.data, X->r.u.xendata.len);
+  jr = json ? libxl_domain_config_from_json (X->e.ctx, &X->cfg, json) : -1;
+  free (json);
+  if (jr != 0 || !X->cfg.c_info.name)
+    return xrefuse (X, "the domain's configuration is not valid libxl "
+                    "JSON");
+  return RX_ON;
+}
+
+/* The preflight (Xen version, disk map, memory, CPU): a refusal here is
+ * the sender's exit 4, nothing has moved.  Then the new domain's
+ * temporary name (on the same host the source still holds the name). */
+static int
+xrecv_preflight (struct xreceiver *X)
+{
+  uint32_t other;
+  int st;
+
+  if ((st = xrecv_record (X)) != RX_ON)
+    return st;
+  if (X->r.type != XM_REC_XENDATA || X->r.u.xendata.kind != XM_XEN_PREFLIGHT)
+    return xrefuse (X, "the configuration is not followed by the "
+                    "preflight");
+  if (!(X->pf = malloc (sizeof *X->pf)))
+    return xrefuse (X, "out of memory");
+  if (xm_preflight_decode (X->r.u.xendata.data, X->r.u.xendata.len, X->pf,
+                           X->why, sizeof X->why) == -1)
+    return RX_REFUSE;
+  if (xm_xen_preflight_check (X->e.xch, X->e.ctx, &X->cfg, X->pf, X->o,
+                              X->why, sizeof X->why) == -1) {
+    X->ret = XM_CANNOT;
+    return RX_REFUSE;
+  }
+  if (!(X->name = strdup (X->cfg.c_info.name)) ||
+      asprintf (&X->incoming, "%s--incoming", X->name) < 0) {
+    X->incoming = NULL;
+    return xrefuse (X, "out of memory");
+  }
+  /* A receiver killed -9 leaves its half-built domain behind; say so
+   * rather than let libxl fail on the name. */
+  if (libxl_name_to_domid (X->e.ctx, X->incoming, &other) == 0) {
+    X->ret = XM_CANNOT;
+    return xrefuse (X, "a domain named %s already exists (domid %u, left by "
+                    "an earlier receive that was killed?): destroy it (xl "
+                    "destroy %s) and try again", X->incoming, other,
+                    X->incoming);
+  }
+  free (X->cfg.c_info.name);
+  X->cfg.c_info.name = strdup (X->incoming);
+  X->cfg.c_info.domid = DOMID_INVALID;
+  X->params.checkpointed_stream = LIBXL_CHECKPOINTED_STREAM_NONE;
+  X->params.stream_version = 2;
+  return RX_ON;
+}
+
+/* libxl builds the domain, paused, from the stream the relay thread feeds
+ * it through a pipe; "loaded" once it did and END's count agreed. */
+static int
+xrecv_restore (struct xreceiver *X)
+{
+  pthread_t relay;
+  int p[2], lrc;
+
+  for (int i = 0; i < X->cfg.num_disks; i++)
+    if (!X->o->quiet)
+      fprintf (stderr, "xenmem: disk %s -> phy:%s\n", X->cfg.disks[i].vdev,
+               X->cfg.disks[i].pdev_path);
+  if (pipe2 (p, O_CLOEXEC) == -1)
+    return xrefuse (X, "pipe: %s", strerror (errno));
+  fcntl (p[1], F_SETPIPE_SZ, 1 << 20);
+  X->R.wfd = p[1];
+  if ((errno = pthread_create (&relay, NULL, relay_in, &X->R)) != 0) {
+    close (p[0]);
+    close (X->R.wfd);
+    return xrefuse (X, "pthread_create: %s", strerror (errno));
+  }
+  lrc = libxl_domain_create_restore (X->e.ctx, &X->cfg, &X->domid, p[0], -1,
+                                     &X->params, NULL, NULL);
+  /* Whatever happened, the relay must not block on a pipe nobody reads. */
+  close (p[0]);
+  X->t_restored = sxm_now ();
+  pthread_join (relay, NULL);
+  X->t_restore = sxm_now () - X->t0;
+  if (lrc != 0) {
+    X->domid = DOMID_INVALID;   /* libxl destroyed what it had built */
+    return xrefuse (X, "libxl could not restore the domain%s%.200s",
+                    X->R.why[0] ? ": " : "", X->R.why);
+  }
+  if (!X->R.end_ok)
+    return xrefuse (X, "%s", X->R.why[0] ? X->R.why
+                    : "the stream ended early");
+  return xm_send_ack (X->c, &X->aseq, 0, "loaded") == -1 ? RX_GONE : RX_ON;
+}
+
+/* The sender's commit: unpause, say "running", take the name (which the
+ * source gives up right after its commit). */
+static int
+xrecv_commit (struct xreceiver *X)
+{
+  int st = xrecv_record (X);
+
+  if (st != RX_ON) {            /* (a refused record: its reason stays) */
+    if (st == RX_GONE)
+      snprintf (X->why, sizeof X->why, "no commit");
+    return RX_GONE;
+  }
+  if (X->r.u.ack.status != 0) {
+    snprintf (X->why, sizeof X->why, "the sender called it off: %s",
+              X->r.u.ack.msg);
+    return RX_GONE;
+  }
+  if (libxl_domain_unpause (X->e.ctx, X->domid, NULL) != 0)
+    return xrefuse (X, "cannot unpause the restored domain %u", X->domid);
+  X->started = true;
+  X->ret = XM_OK;
+  if (X->o->test_no_running) {
+    sxm_error ("XENMEM_TEST_NO_RUNNING: not confirming to the sender");
+    return RX_DONE;
+  }
+  if (xm_send_ack (X->c, &X->aseq, 0, "running") == -1)
+    sxm_error ("could not confirm to the sender; the guest runs here");
+  for (int i = 0; i < 100; i++) {
+    if (libxl_domain_rename (X->e.ctx, X->domid, X->incoming, X->name) == 0)
+      break;
+    if (i == 99)
+      sxm_error ("xen: could not rename domain %u to %s; it keeps the name "
+                 "%s", X->domid, X->name, X->incoming);
+    else
+      usleep (100000);
+  }
+  return RX_DONE;
+}
+
+/* --check: the started domain still runs a while later. */
+static void
+xrecv_check (struct xreceiver *X, struct jbuf *report)
+{
+  double s = X->o->check_seconds;
+  struct timespec ts = { (time_t) s, (long) ((s - (time_t) s) * 1e9) };
+  xc_dominfo_t info;
+  bool ok;
+
+  nanosleep (&ts, NULL);
+  ok = xc_domain_getinfo (X->e.xch, X->domid, 1, &info) == 1 &&
+    info.domid == X->domid && !info.shutdown && !info.dying &&
+    !info.paused && !info.crashed;
+  jbuf_add (report, ",\"check\":{\"seconds\":%.3f,\"ok\":%s}", s,
+            ok ? "true" : "false");
+  if (!ok) {
+    sxm_error ("xen: domain %u is not running %.1f s after the move",
+               X->domid, s);
+    X->ret = XM_FAILED;
+  }
+}
+
+/* The check, a half-built domain destroyed, the report. */
+static void
+xrecv_finish (struct xreceiver *X, struct jbuf *report)
+{
+  if (X->ret == XM_OK && X->o->check_seconds > 0)
+    xrecv_check (X, report);
+  if (!X->started && X->domid != DOMID_INVALID && X->e.ctx &&
+      libxl_domain_destroy (X->e.ctx, X->domid, NULL) != 0)
+    sxm_error ("xen: could not destroy the half-restored domain %u",
+               X->domid);
+  if (!X->started && !X->why[0])
+    snprintf (X->why, sizeof X->why, "the stream ended early");
+  jbuf_add (report, ",\"result\":\"%s\",\"domid\":%d,\"stream_bytes\":%"
+            PRIu64 ",\"restore_s\":%.3f,\"total_s\":%.3f",
+            X->ret == XM_OK ? "running" : X->started
+            ? "started, check failed" : "discarded",
+            X->domid == DOMID_INVALID ? -1 : (int) X->domid, X->R.bytes,
+            X->t_restore, sxm_now () - X->t0);
+  /* libxl's restore goes on after the stream's last byte (the devices,
+   * their hotplug): how much of the blackout that is (negative: libxl was
+   * done before the sender's END came). */
+  if (X->R.t_end > 0 && X->t_restored > 0)
+    jbuf_add (report, ",\"restored_after_end_ms\":%.3f",
+              (X->t_restored - X->R.t_end) * 1e3);
+  if (X->why[0] && X->ret != XM_OK) {
+    jbuf_add (report, ",\"error\":");
+    jbuf_str (report, X->why);
+  }
+}
+
 /* The table's migrate_receive (backend.h). */
 static int
 xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
              struct jbuf *report)
 {
-  struct xen_env e = { 0 };
-  struct xm_decoder d;
-  struct xm_header h;
-  struct xm_record r;
-  struct xrecv R = { .c = c, .d = &d, .wfd = -1 };
-  struct xm_preflight *pf = NULL;
-  libxl_domain_config cfg;
-  libxl_domain_restore_params params;
-  uint8_t *buf = malloc (XM_REC_HDR_SIZE + 8 + XM_XENDATA_MAX + 8);
-  uint32_t domid = DOMID_INVALID, aseq = 0;
-  char *name = NULL, *incoming = NULL, why[300] = "";
-  int p[2] = { -1, -1 }, ret = XM_FAILED, lrc;
-  bool started = false;
-  pthread_t relay;
-  double t0 = sxm_now (), t_restore = 0, t_restored = 0;
-  int rr;
+  struct xreceiver *X = calloc (1, sizeof *X);
+  int st, ret;
 
-  libxl_domain_config_init (&cfg);
-  libxl_domain_restore_params_init (&params);
-  xm_decoder_init (&d);
-  if (!buf) {
+  if (!X || !(X->buf = malloc (XM_REC_HDR_SIZE + 8 + XM_XENDATA_MAX + 8))) {
     sxm_error ("out of memory");
-    goto out;
+    free (X);
+    return XM_FAILED;
   }
-  if (xen_env_open (&e) == -1) {
-    snprintf (why, sizeof why, "no Xen here");
-    goto refuse;
-  }
-  if (xm_read (c, buf, XM_HEADER_SIZE, false) != 1)
-    goto out;
-  if (xm_decode_header (&d, buf, XM_HEADER_SIZE, &h) == -1) {
-    snprintf (why, sizeof why, "stream header: %s", d.err);
-    goto refuse;
-  }
-  if (h.backend != XM_BACKEND_XEN) {
-    snprintf (why, sizeof why, "the stream is from backend %" PRIu32
-              ", this receiver runs xen", h.backend);
-    goto refuse;
-  }
-  if ((rr = read_record (c, &d, buf, &r, why, sizeof why)) != 1) {
-    if (rr == 0)
-      goto out;
-    goto refuse;
-  }
-  if (r.type != XM_REC_XENDATA || r.u.xendata.kind != XM_XEN_CONFIG) {
-    snprintf (why, sizeof why, "the stream does not begin with the domain's "
-              "configuration");
-    goto refuse;
-  }
-  {
-    char *json = strndup ((const char *) r.u.xendata.data, r.u.xendata.len);
-    int jr = json ? libxl_domain_config_from_json (e.ctx, &cfg, json) : -1;
-    free (json);
-    if (jr != 0 || !cfg.c_info.name) {
-      snprintf (why, sizeof why, "the domain's configuration is not valid "
-                "libxl JSON");
-      goto refuse;
+  X->c = c;
+  X->o = o;
+  X->R = (struct xrecv) { .c = c, .d = &X->d, .wfd = -1 };
+  X->domid = DOMID_INVALID;
+  X->ret = XM_FAILED;
+  X->t0 = sxm_now ();
+  libxl_domain_config_init (&X->cfg);
+  libxl_domain_restore_params_init (&X->params);
+  xm_decoder_init (&X->d);
+
+  if ((st = xrecv_config (X)) == RX_ON && (st = xrecv_preflight (X)) == RX_ON) {
+    /* Everything checked: the sender may start (or, asking only, goes
+     * away: then the caller accepts the real stream). */
+    if (xm_send_ack (c, &X->aseq, 0, "ready") == -1)
+      st = RX_GONE;
+    else if (X->h.flags & XM_HDR_CHECK_ONLY) {
+      jbuf_add (report, ",\"result\":\"checked\"");
+      X->ret = XM_CHECKED;
+      st = RX_DONE;
     }
+    else if ((st = xrecv_restore (X)) == RX_ON)
+      st = xrecv_commit (X);
   }
-  /* The preflight: Xen version, disk map, memory, CPU.  A refusal here
-   * is the sender's exit 4: nothing has moved. */
-  if ((rr = read_record (c, &d, buf, &r, why, sizeof why)) != 1) {
-    if (rr == 0)
-      goto out;
-    goto refuse;
+  if (st == RX_REFUSE) {
+    sxm_error ("%s", X->why);
+    xm_send_ack (c, &X->aseq, -EPROTO, X->why);
   }
-  if (r.type != XM_REC_XENDATA || r.u.xendata.kind != XM_XEN_PREFLIGHT) {
-    snprintf (why, sizeof why, "the configuration is not followed by the "
-              "preflight");
-    goto refuse;
-  }
-  if (!(pf = malloc (sizeof *pf))) {
-    snprintf (why, sizeof why, "out of memory");
-    goto refuse;
-  }
-  if (xm_preflight_decode (r.u.xendata.data, r.u.xendata.len, pf, why,
-                           sizeof why) == -1)
-    goto refuse;
-  if (xm_xen_preflight_check (e.xch, e.ctx, &cfg, pf, o, why, sizeof why)
-      == -1) {
-    ret = XM_CANNOT;
-    goto refuse;
-  }
+  if (X->ret != XM_CHECKED)
+    xrecv_finish (X, report);
 
-  /* A new domain id, and a temporary name until the commit (on the same
-   * host the source still holds the name). */
-  name = strdup (cfg.c_info.name);
-  if (!name || asprintf (&incoming, "%s--incoming", name) < 0) {
-    snprintf (why, sizeof why, "out of memory");
-    goto refuse;
-  }
-  {
-    uint32_t other;
-    /* A receiver killed -9 leaves its half-built domain behind; say so
-     * rather than let libxl fail on the name. */
-    if (libxl_name_to_domid (e.ctx, incoming, &other) == 0) {
-      snprintf (why, sizeof why, "a domain named %s already exists (domid "
-                "%u, left by an earlier receive that was killed?): destroy "
-                "it (xl destroy %s) and try again", incoming, other, incoming);
-      ret = XM_CANNOT;
-      goto refuse;
-    }
-  }
-  free (cfg.c_info.name);
-  cfg.c_info.name = strdup (incoming);
-  cfg.c_info.domid = DOMID_INVALID;
-  params.checkpointed_stream = LIBXL_CHECKPOINTED_STREAM_NONE;
-  params.stream_version = 2;
-
-  /* Everything checked: the sender may start (or, asking only, goes
-   * away: then the caller accepts the real stream). */
-  if (xm_send_ack (c, &aseq, 0, "ready") == -1)
-    goto out;
-  if (h.flags & XM_HDR_CHECK_ONLY) {
-    jbuf_add (report, ",\"result\":\"checked\"");
-    ret = XM_CHECKED;
-    goto done;
-  }
-  for (int i = 0; i < cfg.num_disks; i++)
-    if (!o->quiet)
-      fprintf (stderr, "xenmem: disk %s -> phy:%s\n", cfg.disks[i].vdev,
-               cfg.disks[i].pdev_path);
-
-  if (pipe2 (p, O_CLOEXEC) == -1) {
-    snprintf (why, sizeof why, "pipe: %s", strerror (errno));
-    goto refuse;
-  }
-  fcntl (p[1], F_SETPIPE_SZ, 1 << 20);
-  R.wfd = p[1];
-  p[1] = -1;
-  if ((errno = pthread_create (&relay, NULL, relay_in, &R)) != 0) {
-    snprintf (why, sizeof why, "pthread_create: %s", strerror (errno));
-    close (R.wfd);
-    goto refuse;
-  }
-  lrc = libxl_domain_create_restore (e.ctx, &cfg, &domid, p[0], -1, &params,
-                                     NULL, NULL);
-  /* Whatever happened, the relay must not block on a pipe nobody reads. */
-  close (p[0]);
-  p[0] = -1;
-  t_restored = sxm_now ();
-  pthread_join (relay, NULL);
-  t_restore = sxm_now () - t0;
-  if (lrc != 0)
-    domid = DOMID_INVALID;      /* libxl destroyed what it had built */
-  if (!R.end_ok || lrc != 0) {
-    if (lrc != 0)
-      snprintf (why, sizeof why, "libxl could not restore the domain%s%.200s",
-                R.why[0] ? ": " : "", R.why);
-    else
-      snprintf (why, sizeof why, "%s", R.why[0] ? R.why
-                : "the stream ended early");
-    goto refuse;
-  }
-  if (xm_send_ack (c, &aseq, 0, "loaded") == -1)
-    goto out;
-
-  /* Wait for the sender's commit (or for it to give up). */
-  if ((rr = read_record (c, &d, buf, &r, why, sizeof why)) != 1) {
-    if (rr == 0)
-      snprintf (why, sizeof why, "no commit");
-    goto out;
-  }
-  if (r.u.ack.status != 0) {
-    snprintf (why, sizeof why, "the sender called it off: %s", r.u.ack.msg);
-    goto out;
-  }
-  if (libxl_domain_unpause (e.ctx, domid, NULL) != 0) {
-    snprintf (why, sizeof why, "cannot unpause the restored domain %u", domid);
-    goto refuse;
-  }
-  started = true;
-  if (o->test_no_running) {
-    sxm_error ("XENMEM_TEST_NO_RUNNING: not confirming to the sender");
-    ret = XM_OK;
-    goto out;
-  }
-  if (xm_send_ack (c, &aseq, 0, "running") == -1)
-    sxm_error ("could not confirm to the sender; the guest runs here");
-  /* Take the name, which the source gives up right after its commit
-   * (on the same host it holds it until then). */
-  for (int i = 0; i < 100; i++) {
-    if (libxl_domain_rename (e.ctx, domid, incoming, name) == 0)
-      break;
-    if (i == 99)
-      sxm_error ("xen: could not rename domain %u to %s; it keeps the name "
-                 "%s", domid, name, incoming);
-    else
-      usleep (100000);
-  }
-  ret = XM_OK;
-  goto out;
-
- refuse:
-  sxm_error ("%s", why);
-  xm_send_ack (c, &aseq, -EPROTO, why);
-
- out:
-  if (ret == XM_OK && o->check_seconds > 0) {
-    xc_dominfo_t info;
-    struct timespec ts = { (time_t) o->check_seconds,
-                           (long) ((o->check_seconds - (time_t) o->check_seconds)
-                                   * 1e9) };
-    nanosleep (&ts, NULL);
-    bool ok = xc_domain_getinfo (e.xch, domid, 1, &info) == 1 &&
-              info.domid == domid && !info.shutdown && !info.dying &&
-              !info.paused && !info.crashed;
-    jbuf_add (report, ",\"check\":{\"seconds\":%.3f,\"ok\":%s}",
-              o->check_seconds, ok ? "true" : "false");
-    if (!ok) {
-      sxm_error ("xen: domain %u is not running %.1f s after the move",
-                 domid, o->check_seconds);
-      ret = XM_FAILED;
-    }
-  }
-  if (!started && domid != DOMID_INVALID && e.ctx) {
-    if (libxl_domain_destroy (e.ctx, domid, NULL) != 0)
-      sxm_error ("xen: could not destroy the half-restored domain %u", domid);
-  }
-  if (!started && !why[0])
-    snprintf (why, sizeof why, "the stream ended early");
-  jbuf_add (report, ",\"result\":\"%s\",\"domid\":%d,\"stream_bytes\":%"
-            PRIu64 ",\"restore_s\":%.3f,\"total_s\":%.3f",
-            ret == XM_OK ? "running" : started ? "started, check failed"
-            : "discarded", domid == DOMID_INVALID ? -1 : (int) domid,
-            R.bytes, t_restore, sxm_now () - t0);
-  /* libxl's restore goes on after the stream's last byte (the devices,
-   * their hotplug): how much of the blackout that is (negative: libxl
-   * was done before the sender's END came). */
-  if (R.t_end > 0 && t_restored > 0)
-    jbuf_add (report, ",\"restored_after_end_ms\":%.3f",
-              (t_restored - R.t_end) * 1e3);
-  if (why[0] && ret != XM_OK) {
-    jbuf_add (report, ",\"error\":");
-    jbuf_str (report, why);
-  }
- done:
-  if (p[0] != -1)
-    close (p[0]);
-  libxl_domain_config_dispose (&cfg);
-  libxl_domain_restore_params_dispose (&params);
-  free (pf);
-  free (name);
-  free (incoming);
-  free (buf);
-  xen_env_close (&e);
+  ret = X->ret;
+  libxl_domain_config_dispose (&X->cfg);
+  libxl_domain_restore_params_dispose (&X->params);
+  free (X->pf);
+  free (X->name);
+  free (X->incoming);
+  free (X->buf);
+  xen_env_close (&X->e);
+  free (X);
   return ret;
 }
 
