@@ -298,9 +298,13 @@ xm_decode_header (struct xm_decoder *d, const uint8_t *buf, size_t len,
   t.backend = le32_load (buf + 12);
   t.npages = le64_load (buf + 16);
   t.flags = le32_load (buf + 24);
-  if (t.backend < 1 || t.backend > 4)
+  if (t.backend == 1)
+    return fail (d, "stream header: backend 1 is unknown (it was a kvm "
+                 "backend that never moved a guest, removed; 2 xen, 3 uffd, "
+                 "4 none)");
+  if (t.backend < 2 || t.backend > 4)
     return fail (d, "stream header: backend %" PRIu32 " is unknown "
-                 "(1 kvm, 2 xen, 3 uffd, 4 none)", t.backend);
+                 "(2 xen, 3 uffd, 4 none)", t.backend);
   if (t.npages < 1 || t.npages > (1ull << 40))
     return fail (d, "stream header: npages %" PRIu64 " is out of range "
                  "(1 .. 2^40)", t.npages);

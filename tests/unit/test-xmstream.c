@@ -67,7 +67,7 @@ header_for (uint8_t *out, uint32_t backend, uint64_t npages)
   xm_encode_header (out, &h);
 }
 
-/* Decoder that has read a valid header for NPAGES pages, backend 1. */
+/* Decoder that has read a valid header for NPAGES pages, backend 3 (uffd). */
 static void
 ready (struct xm_decoder *d)
 {
@@ -75,7 +75,7 @@ ready (struct xm_decoder *d)
   struct xm_header h;
 
   xm_decoder_init (d);
-  header_for (hb, 1, NPAGES);
+  header_for (hb, 3, NPAGES);
   if (xm_decode_header (d, hb, sizeof hb, &h) == -1)
     abort ();
 }
@@ -138,7 +138,7 @@ build_stream (void)
   for (int i = 0; i < 32; i++)
     digest[i] = i * 7;
   stream = malloc (XM_HEADER_SIZE + 5 * 16 + 4 * 4096 + 256);
-  header_for (stream, 1, NPAGES);
+  header_for (stream, 3, NPAGES);
   o = XM_HEADER_SIZE;
   nrec = 0;
   offs[nrec++] = o;
@@ -150,7 +150,7 @@ build_stream (void)
   offs[nrec++] = o;
   o += xm_encode_pages (stream + o, 3, pfns + 2, NULL, 1, data + 2 * 4096);
   offs[nrec++] = o;
-  o += xm_encode_context (stream + o, 4, 1, blob, sizeof blob);
+  o += xm_encode_context (stream + o, 4, 3, blob, sizeof blob);
   offs[nrec++] = o;
   o += xm_encode_end (stream + o, 5, 4, digest);
   offs[nrec] = o;
@@ -302,7 +302,7 @@ test_roundtrip (void)
 
   /* Make the full-size PAGES record fit this decoder. */
   xm_decoder_init (&d);
-  header_for (hb, 1, 1ull << 20);
+  header_for (hb, 3, 1ull << 20);
   xm_decode_header (&d, hb, sizeof hb, &h);
 
   n = xm_encode_round (buf, 0, 0, 12345);
@@ -351,9 +351,9 @@ test_roundtrip (void)
 
   for (unsigned i = 0; i < sizeof blob; i++)
     blob[i] = i * 13;
-  n = xm_encode_context (buf, 4, 1, blob, 999);
+  n = xm_encode_context (buf, 4, 3, blob, 999);
   ok (n == 16 + 1008 && feed (&d, buf, n, &r) == 0 &&
-      r.type == XM_REC_CONTEXT && r.u.context.backend == 1 &&
+      r.type == XM_REC_CONTEXT && r.u.context.backend == 3 &&
       r.u.context.len == 999 && memcmp (r.u.context.blob, blob, 999) == 0,
       "CONTEXT round-trips (999 bytes, padded to 1008)");
 
@@ -396,7 +396,7 @@ test_header (void)
   uint8_t hb[XM_HEADER_SIZE];
 
 #define HDR_REJECT(setup, want, what) do {                              \
-    header_for (hb, 1, NPAGES);                                         \
+    header_for (hb, 3, NPAGES);                                         \
     setup;                                                              \
     xm_decoder_init (&d);                                               \
     ok (xm_decode_header (&d, hb, sizeof hb, &h) == -1 && has (&d, want), \
@@ -420,6 +420,8 @@ test_header (void)
   HDR_REJECT (hb[29] ^= 1, "checksum mismatch", "stored checksum checked");
   HDR_REJECT ((put32 (hb + 12, 0), FIXCRC), "backend 0 is unknown",
               "backend 0 refused");
+  HDR_REJECT ((put32 (hb + 12, 1), FIXCRC), "backend 1 is unknown (it was a "
+              "kvm backend", "backend 1 (the removed kvm) refused");
   HDR_REJECT ((put32 (hb + 12, 5), FIXCRC), "backend 5 is unknown",
               "backend 5 refused");
   HDR_REJECT ((put64 (hb + 16, 0), FIXCRC), "npages 0 is out of range",
@@ -427,7 +429,7 @@ test_header (void)
   HDR_REJECT ((put64 (hb + 16, (1ull << 40) + 1), FIXCRC),
               "npages 1099511627777 is out of range", "npages > 2^40 refused");
 
-  header_for (hb, 1, NPAGES);
+  header_for (hb, 3, NPAGES);
   xm_decoder_init (&d);
   ok (xm_decode_header (&d, hb, 31, &h) == -1 && has (&d, "truncated: 31"),
       "header: 31 bytes refused");
@@ -519,7 +521,7 @@ test_records (void)
     uint8_t hb[XM_HEADER_SIZE];
     struct xm_header h;
     xm_decoder_init (&d);
-    header_for (hb, 1, 65536);
+    header_for (hb, 3, 65536);
     xm_decode_header (&d, hb, sizeof hb, &h);
     for (uint32_t i = 0; i < 7; i++) {
       n = xm_encode_round (buf, i, i, 0);
@@ -547,7 +549,7 @@ test_records (void)
   ready (&d);
   n = xm_encode_round (buf, 0, 0, 1);
   feed (&d, buf, n, &r);
-  n = xm_encode_context (buf, 1, 1, "abcde", 5);
+  n = xm_encode_context (buf, 1, 3, "abcde", 5);
   buf[16 + 13 + 1] = 0x40;      /* padding after 13 body bytes */
   ok (feed (&d, buf, n, &r) == -1 &&
       has (&d, "record 1 (CONTEXT): padding byte 1 is 0x40, must be 0"),
@@ -634,9 +636,9 @@ test_records (void)
   /* CONTEXT. */
   n = xm_encode_context (buf, 2, 2, "x", 1);
   ok (feed (&d, buf, n, &r) == -1 &&
-      has (&d, "record 2 (CONTEXT): backend 2, the stream header says 1"),
+      has (&d, "record 2 (CONTEXT): backend 2, the stream header says 3"),
       "CONTEXT for another backend refused");
-  put32 (body, 1);
+  put32 (body, 3);
   put32 (body + 4, XM_CONTEXT_MAX + 1);
   n = raw_record (buf, XM_REC_CONTEXT, 2, body, 8);
   ok (feed (&d, buf, n, &r) == -1 &&
@@ -647,7 +649,7 @@ test_records (void)
   ok (feed (&d, buf, n, &r) == -1 &&
       has (&d, "body length 12, expected 13 for a 5-byte context"),
       "CONTEXT length disagreeing with the body refused");
-  n = xm_encode_context (buf, 2, 1, NULL, 0);
+  n = xm_encode_context (buf, 2, 3, NULL, 0);
   ok (feed (&d, buf, n, &r) == 0 && r.u.context.len == 0,
       "an empty CONTEXT is accepted");
 
@@ -708,7 +710,7 @@ test_order (void)
   ok (feed (&d, buf, n, &r) == -1 &&
       has (&d, "record 0 (PAGES): the first record must be ROUND"),
       "PAGES first refused");
-  n = xm_encode_context (buf, 0, 1, "c", 1);
+  n = xm_encode_context (buf, 0, 3, "c", 1);
   ok (feed (&d, buf, n, &r) == -1 &&
       has (&d, "record 0 (CONTEXT): the first record must be ROUND"),
       "CONTEXT before any ROUND refused");
@@ -734,7 +736,7 @@ test_order (void)
       "refused");
   n = xm_encode_round (buf, 1, 1, 0);
   ok (feed (&d, buf, n, &r) == 0, "round 1 follows round 0");
-  n = xm_encode_context (buf, 2, 1, "c", 1);
+  n = xm_encode_context (buf, 2, 3, "c", 1);
   ok (feed (&d, buf, n, &r) == 0, "CONTEXT after a ROUND accepted");
   n = xm_encode_round (buf, 3, 2, 0);
   ok (feed (&d, buf, n, &r) == -1 &&
@@ -744,7 +746,7 @@ test_order (void)
   ok (feed (&d, buf, n, &r) == -1 &&
       has (&d, "record 3 (PAGES): PAGES after CONTEXT"),
       "PAGES after CONTEXT refused");
-  n = xm_encode_context (buf, 3, 1, "c", 1);
+  n = xm_encode_context (buf, 3, 3, "c", 1);
   ok (feed (&d, buf, n, &r) == -1 &&
       has (&d, "record 3 (CONTEXT): a second CONTEXT"),
       "a second CONTEXT refused");
