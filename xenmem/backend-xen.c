@@ -912,10 +912,9 @@ read_record (struct xm_conn *c, struct xm_decoder *d, uint8_t *buf,
 }
 
 /* ---- xen_receive's steps -----------------------------------------------
- * Each returns RX_ON, RX_REFUSE (X->why says why: the sender is told;
- * X->ret may already say XM_CANNOT), RX_GONE (the stream broke or the
- * sender gave up: nothing to tell) or RX_DONE (X->ret is the outcome). */
-enum { RX_ON, RX_REFUSE, RX_GONE, RX_DONE };
+ * Each returns XM_RX_ON, XM_RX_REFUSE (X->why says why: the sender is told;
+ * X->ret may already say XM_CANNOT), XM_RX_GONE (the stream broke or the
+ * sender gave up: nothing to tell) or XM_RX_DONE (X->ret is the outcome). */
 
 struct xreceiver {
   struct xen_env e;
@@ -937,27 +936,14 @@ struct xreceiver {
   double t0, t_restore, t_restored;
 };
 
-static int
-xrefuse (struct xreceiver *X, const char *fmt, ...)
-  __attribute__ ((format (printf, 2, 3)));
-
-static int
-xrefuse (struct xreceiver *X, const char *fmt, ...)
-{
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (X->why, sizeof X->why, fmt, ap);
-  va_end (ap);
-  return RX_REFUSE;
-}
+#define xrefuse(X, ...) xm_rx_refuse ((X)->why, sizeof (X)->why, __VA_ARGS__)
 
 /* The next record of the sender's stream into X->r. */
 static int
 xrecv_record (struct xreceiver *X)
 {
   int rr = read_record (X->c, &X->d, X->buf, &X->r, X->why, sizeof X->why);
-  return rr == 1 ? RX_ON : rr == 0 ? RX_GONE : RX_REFUSE;
+  return rr == 1 ? XM_RX_ON : rr == 0 ? XM_RX_GONE : XM_RX_REFUSE;
 }
 
 /* The header, then the domain's configuration (libxl JSON). */
@@ -970,13 +956,13 @@ xrecv_config (struct xreceiver *X)
   if (xen_env_open (&X->e) == -1)
     return xrefuse (X, "no Xen here");
   if (xm_read (X->c, X->buf, XM_HEADER_SIZE, false) != 1)
-    return RX_GONE;
+    return XM_RX_GONE;
   if (xm_decode_header (&X->d, X->buf, XM_HEADER_SIZE, &X->h) == -1)
     return xrefuse (X, "stream header: %s", X->d.err);
   if (X->h.backend != XM_BACKEND_XEN)
     return xrefuse (X, "the stream is from backend %" PRIu32 ", this "
                     "receiver runs xen", X->h.backend);
-  if ((st = xrecv_record (X)) != RX_ON)
+  if ((st = xrecv_record (X)) != XM_RX_ON)
     return st;
   if (X->r.type != XM_REC_XENDATA || X->r.u.xendata.kind != XM_XEN_CONFIG)
     return xrefuse (X, "the stream does not begin with the domain's "
@@ -987,7 +973,7 @@ xrecv_config (struct xreceiver *X)
   if (jr != 0 || !X->cfg.c_info.name)
     return xrefuse (X, "the domain's configuration is not valid libxl "
                     "JSON");
-  return RX_ON;
+  return XM_RX_ON;
 }
 
 /* The preflight (Xen version, disk map, memory, CPU): a refusal here is
@@ -999,7 +985,7 @@ xrecv_preflight (struct xreceiver *X)
   uint32_t other;
   int st;
 
-  if ((st = xrecv_record (X)) != RX_ON)
+  if ((st = xrecv_record (X)) != XM_RX_ON)
     return st;
   if (X->r.type != XM_REC_XENDATA || X->r.u.xendata.kind != XM_XEN_PREFLIGHT)
     return xrefuse (X, "the configuration is not followed by the "
@@ -1008,11 +994,11 @@ xrecv_preflight (struct xreceiver *X)
     return xrefuse (X, "out of memory");
   if (xm_preflight_decode (X->r.u.xendata.data, X->r.u.xendata.len, X->pf,
                            X->why, sizeof X->why) == -1)
-    return RX_REFUSE;
+    return XM_RX_REFUSE;
   if (xm_xen_preflight_check (X->e.xch, X->e.ctx, &X->cfg, X->pf, X->o,
                               X->why, sizeof X->why) == -1) {
     X->ret = XM_CANNOT;
-    return RX_REFUSE;
+    return XM_RX_REFUSE;
   }
   if (!(X->name = strdup (X->cfg.c_info.name)) ||
       asprintf (&X->incoming, "%s--incoming", X->name) < 0) {
@@ -1033,7 +1019,7 @@ xrecv_preflight (struct xreceiver *X)
   X->cfg.c_info.domid = DOMID_INVALID;
   X->params.checkpointed_stream = LIBXL_CHECKPOINTED_STREAM_NONE;
   X->params.stream_version = 2;
-  return RX_ON;
+  return XM_RX_ON;
 }
 
 /* libxl builds the domain, paused, from the stream the relay thread feeds
@@ -1072,7 +1058,8 @@ xrecv_restore (struct xreceiver *X)
   if (!X->R.end_ok)
     return xrefuse (X, "%s", X->R.why[0] ? X->R.why
                     : "the stream ended early");
-  return xm_send_ack (X->c, &X->aseq, 0, "loaded") == -1 ? RX_GONE : RX_ON;
+  return xm_send_ack (X->c, &X->aseq, 0, "loaded") == -1 ? XM_RX_GONE
+    : XM_RX_ON;
 }
 
 /* The sender's commit: unpause, say "running", take the name (which the
@@ -1082,15 +1069,15 @@ xrecv_commit (struct xreceiver *X)
 {
   int st = xrecv_record (X);
 
-  if (st != RX_ON) {            /* (a refused record: its reason stays) */
-    if (st == RX_GONE)
+  if (st != XM_RX_ON) {            /* (a refused record: its reason stays) */
+    if (st == XM_RX_GONE)
       snprintf (X->why, sizeof X->why, "no commit");
-    return RX_GONE;
+    return XM_RX_GONE;
   }
   if (X->r.u.ack.status != 0) {
     snprintf (X->why, sizeof X->why, "the sender called it off: %s",
               X->r.u.ack.msg);
-    return RX_GONE;
+    return XM_RX_GONE;
   }
   if (libxl_domain_unpause (X->e.ctx, X->domid, NULL) != 0)
     return xrefuse (X, "cannot unpause the restored domain %u", X->domid);
@@ -1098,7 +1085,7 @@ xrecv_commit (struct xreceiver *X)
   X->ret = XM_OK;
   if (X->o->test_no_running) {
     sxm_error ("XENMEM_TEST_NO_RUNNING: not confirming to the sender");
-    return RX_DONE;
+    return XM_RX_DONE;
   }
   if (xm_send_ack (X->c, &X->aseq, 0, "running") == -1)
     sxm_error ("could not confirm to the sender; the guest runs here");
@@ -1111,7 +1098,7 @@ xrecv_commit (struct xreceiver *X)
     else
       usleep (100000);
   }
-  return RX_DONE;
+  return XM_RX_DONE;
 }
 
 /* --check: the started domain still runs a while later. */
@@ -1189,20 +1176,21 @@ xen_receive (struct xm_conn *c, const struct xm_recv_opts *o,
   libxl_domain_restore_params_init (&X->params);
   xm_decoder_init (&X->d);
 
-  if ((st = xrecv_config (X)) == RX_ON && (st = xrecv_preflight (X)) == RX_ON) {
+  if ((st = xrecv_config (X)) == XM_RX_ON &&
+      (st = xrecv_preflight (X)) == XM_RX_ON) {
     /* Everything checked: the sender may start (or, asking only, goes
      * away: then the caller accepts the real stream). */
     if (xm_send_ack (c, &X->aseq, 0, "ready") == -1)
-      st = RX_GONE;
+      st = XM_RX_GONE;
     else if (X->h.flags & XM_HDR_CHECK_ONLY) {
       jbuf_add (report, ",\"result\":\"checked\"");
       X->ret = XM_CHECKED;
-      st = RX_DONE;
+      st = XM_RX_DONE;
     }
-    else if ((st = xrecv_restore (X)) == RX_ON)
+    else if ((st = xrecv_restore (X)) == XM_RX_ON)
       st = xrecv_commit (X);
   }
-  if (st == RX_REFUSE) {
+  if (st == XM_RX_REFUSE) {
     sxm_error ("%s", X->why);
     xm_send_ack (c, &X->aseq, -EPROTO, X->why);
   }

@@ -801,10 +801,9 @@ xm_send_ack (struct xm_conn *c, uint32_t *seq, int32_t status, const char *msg)
 }
 
 /* ---- xm_receive's steps -----------------------------------------------
- * Each returns GO_ON (the next record), REFUSE (R->why says why: the
- * sender is told, the guest discarded), GONE (the connection broke or
- * the sender gave up: nothing to tell) or DONE (R->ret is the outcome). */
-enum { GO_ON, REFUSE, GONE, DONE };
+ * Each returns an enum xm_rx (engine.h): XM_RX_ON (the next record),
+ * XM_RX_REFUSE (R->why says why), XM_RX_GONE or XM_RX_DONE (R->ret is the
+ * outcome). */
 
 struct receiver {
   const struct xm_backend_ops *b;
@@ -825,20 +824,18 @@ struct receiver {
   double t0;
 };
 
-static int
-refuse (struct receiver *R, const char *fmt, ...)
-  __attribute__ ((format (printf, 2, 3)));
-
-static int
-refuse (struct receiver *R, const char *fmt, ...)
+int
+xm_rx_refuse (char *why, size_t whylen, const char *fmt, ...)
 {
   va_list ap;
 
   va_start (ap, fmt);
-  vsnprintf (R->why, sizeof R->why, fmt, ap);
+  vsnprintf (why, whylen, fmt, ap);
   va_end (ap);
-  return REFUSE;
+  return XM_RX_REFUSE;
 }
+
+#define refuse(R, ...) xm_rx_refuse ((R)->why, sizeof (R)->why, __VA_ARGS__)
 
 /* The header, then a paused guest of its size with the receiver's disks. */
 static int
@@ -847,7 +844,7 @@ recv_start (struct receiver *R, const char *id)
   const struct xm_backend_ops *b = R->b;
 
   if (xm_read (R->c, R->buf, XM_HEADER_SIZE, false) == -1)
-    return GONE;
+    return XM_RX_GONE;
   if (xm_decode_header (&R->d, R->buf, XM_HEADER_SIZE, &R->h) == -1)
     return refuse (R, "stream header: %s", R->d.err);
   if (R->h.backend != (uint32_t) b->id)
@@ -859,7 +856,7 @@ recv_start (struct receiver *R, const char *id)
                        b->set_disks (R->dst, R->o->disks,
                                      R->o->ndisks) == -1))
     return refuse (R, "cannot give the destination guest its disks");
-  return GO_ON;
+  return XM_RX_ON;
 }
 
 /* One record into R->r, every length and field checked before use. */
@@ -869,15 +866,15 @@ recv_record (struct receiver *R)
   int64_t blen;
 
   if (xm_read (R->c, R->buf, XM_REC_HDR_SIZE, false) == -1)
-    return GONE;
+    return XM_RX_GONE;
   blen = xm_record_body_len (&R->d, R->buf);
   if (blen < 0)
     return refuse (R, "%s", R->d.err);
   if (xm_read (R->c, R->buf + XM_REC_HDR_SIZE, blen, false) == -1)
-    return GONE;
+    return XM_RX_GONE;
   if (xm_decode_record (&R->d, R->buf, XM_REC_HDR_SIZE + blen, &R->r) == -1)
     return refuse (R, "%s", R->d.err);
-  return GO_ON;
+  return XM_RX_ON;
 }
 
 /* Every ROUND is answered: the sender waits for the answer to the last
@@ -889,7 +886,7 @@ on_round (struct receiver *R)
 
   R->rounds++;
   snprintf (msg, sizeof msg, "round %" PRIu32, R->r.u.round.round);
-  return xm_send_ack (R->c, &R->aseq, 0, msg) == -1 ? GONE : GO_ON;
+  return xm_send_ack (R->c, &R->aseq, 0, msg) == -1 ? XM_RX_GONE : XM_RX_ON;
 }
 
 static int
@@ -910,7 +907,7 @@ on_pages (struct receiver *R)
     return refuse (R, "cannot load pages into the guest");
   R->pages += r->u.pages.count;
   R->zeros += nz;
-  return GO_ON;
+  return XM_RX_ON;
 }
 
 static int
@@ -919,7 +916,7 @@ on_context (struct receiver *R)
   if (R->b->set_context (R->dst, R->r.u.context.blob,
                          R->r.u.context.len) == -1)
     return refuse (R, "the guest's context was refused");
-  return GO_ON;
+  return XM_RX_ON;
 }
 
 /* END: the page count and (if sent) the digest must agree with what was
@@ -943,7 +940,8 @@ on_end (struct receiver *R)
       return refuse (R, "the loaded memory's sha256 differs from the "
                      "source's at pause");
   }
-  return xm_send_ack (R->c, &R->aseq, 0, "loaded") == -1 ? GONE : GO_ON;
+  return xm_send_ack (R->c, &R->aseq, 0, "loaded") == -1 ? XM_RX_GONE
+    : XM_RX_ON;
 }
 
 /* The sender's commit (the decoder allows an ACK only after END): start
@@ -954,7 +952,7 @@ on_commit (struct receiver *R)
   if (R->r.u.ack.status != 0) {
     snprintf (R->why, sizeof R->why, "the sender called it off: %s",
               R->r.u.ack.msg);
-    return GONE;
+    return XM_RX_GONE;
   }
   if (R->b->start (R->dst) == -1)
     return refuse (R, "cannot start the guest");
@@ -962,13 +960,13 @@ on_commit (struct receiver *R)
   R->ret = XM_OK;
   if (R->o->test_no_running) {
     sxm_error ("XENMEM_TEST_NO_RUNNING: not confirming to the sender");
-    return DONE;
+    return XM_RX_DONE;
   }
   /* If this fails the sender is left in doubt with the source paused; the
    * guest runs here, which is what it committed to. */
   if (xm_send_ack (R->c, &R->aseq, 0, "running") == -1)
     sxm_error ("could not confirm to the sender; the guest runs here");
-  return DONE;
+  return XM_RX_DONE;
 }
 
 static int
@@ -1036,9 +1034,9 @@ xm_receive (const struct xm_backend_ops *b, const char *id,
   xm_decoder_init (&R->d);
 
   st = recv_start (R, id);
-  while (st == GO_ON && (st = recv_record (R)) == GO_ON)
+  while (st == XM_RX_ON && (st = recv_record (R)) == XM_RX_ON)
     st = on_record (R);
-  if (st == REFUSE) {
+  if (st == XM_RX_REFUSE) {
     sxm_error ("%s", R->why);
     /* Best effort: the sender resumes its guest either way. */
     xm_send_ack (c, &R->aseq, -EPROTO, R->why);

@@ -116,6 +116,16 @@ int xm_receive (const struct xm_backend_ops *b, const char *id,
 pid_t xm_hook_start (char *const *argv, const char *phase);
 int xm_hook_wait (pid_t *pid, const char *name);
 
+/* A receiver's steps (xm_receive's, the xen backend's) each return one of
+ * these: go on to the next step; refuse (the reason formatted into the
+ * receiver's WHY: the sender is told, the guest discarded); the stream
+ * broke or the sender gave up (nothing to tell); done (the outcome is
+ * decided).  xm_rx_refuse formats WHY (WHYLEN bytes) and returns
+ * XM_RX_REFUSE. */
+enum xm_rx { XM_RX_ON, XM_RX_REFUSE, XM_RX_GONE, XM_RX_DONE };
+int xm_rx_refuse (char *why, size_t whylen, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
 /* The commit handshake's two halves, shared by the engine and the xen
  * backend: read one record from the receiver's reply channel (decoder D,
  * BUF big enough for an ACK; errors reported), and send an ACK numbered
