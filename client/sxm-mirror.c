@@ -25,7 +25,10 @@ usage (FILE *fp)
 "Send one command to nbdkit-mirror-filter's control socket and print its\n"
 "JSON reply.  Commands:\n"
 "  start DEST-URI [--export=NAME] [--connections=N] [--dest-timeout=S]\n"
-"                 [--insecure]   mirror guest writes to DEST-URI\n"
+"                 [--insecure] [--no-guest-priority]\n"
+"                                mirror guest writes to DEST-URI (the bulk\n"
+"                                copy yields to guest writes unless\n"
+"                                --no-guest-priority)\n"
 "  status                        state and counters\n"
 "  copied                        tell the filter the bulk copy finished\n"
 "  switchover [--verify|--no-verify]\n"
@@ -48,6 +51,7 @@ usage (FILE *fp)
 struct cli {
   const char *export, *conns, *dtimeout, *output;
   bool insecure, no_verify, verify;
+  int guest_priority;           /* -1: the filter's default */
   double timeout;
 };
 
@@ -62,6 +66,8 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
     { "dest-timeout", required_argument, NULL, 'd' },
     { "timeout", required_argument, NULL, 't' },
     { "insecure", no_argument, NULL, 'i' },
+    { "guest-priority", no_argument, NULL, 'g' },
+    { "no-guest-priority", no_argument, NULL, 'G' },
     { "no-verify", no_argument, NULL, 'n' },
     { "verify", no_argument, NULL, 'v' },
     { "output", required_argument, NULL, 'o' },
@@ -78,6 +84,8 @@ parse_options (int argc, char **argv, const char *optstring, struct cli *o)
     case 'c': o->conns = optarg; break;
     case 'd': o->dtimeout = optarg; break;
     case 'i': o->insecure = true; break;
+    case 'g': o->guest_priority = 1; break;
+    case 'G': o->guest_priority = 0; break;
     case 'n': o->no_verify = true; break;
     case 'v': o->verify = true; break;
     case 'o': o->output = optarg; break;
@@ -258,7 +266,7 @@ run_hook (char **socks, int n, const struct cli *o)
 int
 main (int argc, char **argv)
 {
-  struct cli o = { 0 };
+  struct cli o = { .guest_priority = -1 };
   struct jbuf req = { 0 };
   char *raw = NULL, *end;
   const char *sock, *cmd;
@@ -332,6 +340,9 @@ main (int argc, char **argv)
     }
     if (o.insecure)
       jbuf_add (&req, ",\"insecure\":true");
+    if (o.guest_priority >= 0)
+      jbuf_add (&req, ",\"guest_priority\":%s",
+                o.guest_priority ? "true" : "false");
     jbuf_add (&req, "}");
   }
   else if (strcmp (cmd, "status") == 0 || strcmp (cmd, "copied") == 0 ||

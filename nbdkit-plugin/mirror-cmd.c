@@ -118,6 +118,7 @@ struct start_args {
   uint64_t nconns;
   double timeout;
   bool insecure;
+  bool guest_priority;
 };
 
 static int
@@ -129,6 +130,7 @@ start_parse (const struct json_obj *req, struct start_args *a,
   a->nconns = 2;
   a->timeout = 30;
   a->insecure = false;
+  a->guest_priority = true;
   if (!a->uri)
     return fail_reply (out, "start needs \"dest\": the destination NBD URI");
   if (json_has (req, "export") && !a->exp)
@@ -141,6 +143,8 @@ start_parse (const struct json_obj *req, struct start_args *a,
     return fail_reply (out, "\"timeout\" must be a positive number of seconds");
   if (json_bool (req, "insecure", &a->insecure) == -1)
     return fail_reply (out, "\"insecure\" must be true or false");
+  if (json_bool (req, "guest_priority", &a->guest_priority) == -1)
+    return fail_reply (out, "\"guest_priority\" must be true or false");
   last_msg[0] = 0;
   if (nbd_uri_policy (a->uri, a->insecure) == -1)
     return fail_reply (out, "%s", last_msg);
@@ -197,11 +201,13 @@ start_connect (const struct start_args *a, int64_t ssize,
  * on every write is mirrored. */
 static void
 start_install (struct dest *d, const struct dest_info *di, uint8_t *map,
-               char *exp, bool all, int64_t ssize, char *dest_uri)
+               char *exp, bool all, int64_t ssize, char *dest_uri,
+               bool guest_priority)
 {
   mirror_gate_close ();
   mirror_dirty_install (map);
   mirror_size = ssize;
+  mirror_guest_priority = guest_priority;
   mirror_dest = d;
   mirror_dinfo = *di;
   pthread_mutex_lock (&mirror_info_lock);
@@ -259,7 +265,8 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
   if (!uri)
     nbdkit_error ("mirror: strdup of the destination URI: %m (status will "
                   "not name it)");
-  start_install (d, &di, map, exp, !json_has (req, "export"), ssize, uri);
+  start_install (d, &di, map, exp, !json_has (req, "export"), ssize, uri,
+                 a.guest_priority);
   nbdkit_debug ("mirror: started to %s (export '%s', %" PRIu64 " bytes)",
                 a.uri, mirror_export, mirror_size);
 
@@ -314,7 +321,9 @@ mirror_cmd_status (const struct json_obj *req, struct jbuf *out)
               ",\"mirrored_bytes\":%" PRIu64 ",\"readback_bytes\":%" PRIu64
               ",\"copied_bytes\":%" PRIu64 ",\"copy_skipped_bytes\":%" PRIu64
               ",\"dest_errors\":%" PRIu64 ",\"source_errors\":%" PRIu64
-              ",\"held_writes\":%" PRIu64 ",\"elapsed\":%.3f",
+              ",\"held_writes\":%" PRIu64 ",\"elapsed\":%.3f"
+              ",\"guest_priority\":%s,\"copy_yields\":%" PRIu64
+              ",\"copy_yield_ms\":%.3f",
               mirror_size, mirror_gran,
               mirror_stat_get (&st->dirty_gran) * mirror_gran,
               mirror_stat_get (&st->writes), mirror_stat_get (&st->write_bytes),
@@ -322,7 +331,10 @@ mirror_cmd_status (const struct json_obj *req, struct jbuf *out)
               mirror_stat_get (&st->copy_skipped),
               mirror_stat_get (&st->dest_errors),
               mirror_stat_get (&st->source_errors),
-              mirror_stat_get (&st->held), sxm_now () - started_at);
+              mirror_stat_get (&st->held), sxm_now () - started_at,
+              mirror_guest_priority ? "true" : "false",
+              mirror_stat_get (&st->copy_yields),
+              mirror_stat_get (&st->copy_yield_us) / 1e3);
   }
   return 0;
 }
@@ -411,7 +423,7 @@ cmp_chunk (struct cmp *c, uint64_t pos, uint32_t run, bool hole,
   nbdkit_next *n = c->n;
   struct dest_req dr;
   int err = 0;
-  int se = dest_start_pread (mirror_dest, &dr, c->b, run, pos), de;
+  int se = dest_start_pread (mirror_dest, DEST_COPY, &dr, c->b, run, pos), de;
   int r = hole ? (memset (c->a, 0, run), 0)
                : n->pread (n, c->a, run, pos, 0, &err);
 

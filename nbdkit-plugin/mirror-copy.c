@@ -5,14 +5,133 @@
  * writes take too.  A connection belongs to the mirror it was opened for:
  * the token changes with each start, and every request checks the
  * generation again inside the gate, so a copier of an earlier mirror
- * cannot write stale data into a later one. */
+ * cannot write stale data into a later one.
+ *
+ * Pacing ("guest_priority", the default): while the guest is writing, the
+ * copy steps aside.  A copy write does not start while a mirrored guest
+ * request is in flight (waiting at most MIRROR_COPY_YIELD_MAX_S, so the
+ * copy always moves), and while the guest has been seen within
+ * MIRROR_GUEST_RECENT_S only MIRROR_COPY_BUSY_WINDOW copy writes forward
+ * at a time, whatever the copier keeps in flight; an idle guest leaves the
+ * copy unlimited.  Why, with measurements: doc/design.md, "Guest I/O
+ * during the live copy". */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <nbdkit-filter.h>
 
 #include "mirror.h"
+#include "monotime.h"
+
+#define MIRROR_GUEST_RECENT_S   0.020
+#define MIRROR_COPY_YIELD_MAX_S 0.004
+#define MIRROR_COPY_BUSY_WINDOW 1
+
+/* ---- pacing: the guest first ------------------------------------------- */
+
+static unsigned guest_pending;          /* atomic: mirrored requests in flight */
+static uint64_t guest_last_ns;          /* atomic: when the last one ended */
+static unsigned pace_waiters;           /* atomic: copy writes waiting */
+static pthread_mutex_t pace_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pace_cv;          /* on CLOCK_MONOTONIC */
+static pthread_once_t pace_once = PTHREAD_ONCE_INIT;
+static unsigned pace_forwarding;        /* under pace_m: copy writes forwarding */
+
+static void
+pace_init (void)
+{
+  pthread_condattr_t a;
+
+  pthread_condattr_init (&a);
+  pthread_condattr_setclock (&a, CLOCK_MONOTONIC);
+  pthread_cond_init (&pace_cv, &a);
+  pthread_condattr_destroy (&a);
+}
+
+static void
+pace_wake (void)
+{
+  if (__atomic_load_n (&pace_waiters, __ATOMIC_SEQ_CST) > 0) {
+    pthread_mutex_lock (&pace_m);
+    pthread_cond_broadcast (&pace_cv);
+    pthread_mutex_unlock (&pace_m);
+  }
+}
+
+void
+mirror_guest_begin (void)
+{
+  __atomic_fetch_add (&guest_pending, 1, __ATOMIC_SEQ_CST);
+}
+
+void
+mirror_guest_end (void)
+{
+  __atomic_store_n (&guest_last_ns, (uint64_t) (sxm_now () * 1e9),
+                    __ATOMIC_RELAXED);
+  if (__atomic_sub_fetch (&guest_pending, 1, __ATOMIC_SEQ_CST) == 0)
+    pace_wake ();
+}
+
+/* Under pace_m: may a copy write start now?  YIELD_UNTIL bounds the wait
+ * for the guest's requests in flight. */
+static bool
+pace_may_start (double now, double yield_until)
+{
+  unsigned pending = __atomic_load_n (&guest_pending, __ATOMIC_SEQ_CST);
+  double last = __atomic_load_n (&guest_last_ns, __ATOMIC_RELAXED) / 1e9;
+  bool busy = pending > 0 || now - last < MIRROR_GUEST_RECENT_S;
+
+  if (busy && pace_forwarding >= MIRROR_COPY_BUSY_WINDOW)
+    return false;
+  return pending == 0 || now >= yield_until;
+}
+
+/* Wait for the copy write's turn (at once without guest priority). */
+static void
+pace_enter (void)
+{
+  const double t0 = sxm_now ();
+  double now = t0;
+
+  pthread_once (&pace_once, pace_init);
+  pthread_mutex_lock (&pace_m);
+  if (mirror_guest_priority) {
+    __atomic_fetch_add (&pace_waiters, 1, __ATOMIC_SEQ_CST);
+    while (!pace_may_start (now, t0 + MIRROR_COPY_YIELD_MAX_S)) {
+      /* Woken when a guest request or a copy write ends; the millisecond
+       * bound notices the guest falling quiet. */
+      double until = now + 0.001;
+      struct timespec ts = {
+        .tv_sec = (time_t) until,
+        .tv_nsec = (long) ((until - (time_t) until) * 1e9),
+      };
+      pthread_cond_timedwait (&pace_cv, &pace_m, &ts);
+      now = sxm_now ();
+    }
+    __atomic_fetch_sub (&pace_waiters, 1, __ATOMIC_SEQ_CST);
+  }
+  pace_forwarding++;
+  pthread_mutex_unlock (&pace_m);
+  if (now > t0) {
+    mirror_stat_add (&mirror_stats.copy_yields, 1);
+    mirror_stat_add (&mirror_stats.copy_yield_us,
+                     (uint64_t) ((now - t0) * 1e6));
+  }
+}
+
+static void
+pace_leave (void)
+{
+  pthread_mutex_lock (&pace_m);
+  pace_forwarding--;
+  pthread_mutex_unlock (&pace_m);
+  pace_wake ();
+}
+
+/* ---- the copy export ----------------------------------------------------- */
 
 char *
 mirror_copy_accept (const char *exportname, uint64_t *gen)
@@ -81,9 +200,10 @@ copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
     if (rend > end)
       rend = end;
     if (!d) {
-      e = zero ? dest_zero (mirror_dest, rend - pos, pos, fua)
-               : dest_pwrite (mirror_dest, (const char *) buf + (pos - off),
-                              rend - pos, pos, fua);
+      e = zero ? dest_zero (mirror_dest, DEST_COPY, rend - pos, pos, fua)
+               : dest_pwrite (mirror_dest, DEST_COPY,
+                              (const char *) buf + (pos - off), rend - pos,
+                              pos, fua);
       *sent += rend - pos;
     }
     pos = rend;
@@ -109,7 +229,9 @@ mirror_copy_write (uint64_t gen, bool zero, const void *buf, uint32_t count,
     *err = EPERM;
     return -1;
   }
+  pace_enter ();
   e = copy_forward (zero, buf, count, off, flags, &sent);
+  pace_leave ();
   if (e < 0) {
     mirror_gate_leave ();
     *err = -e;

@@ -43,7 +43,10 @@ struct dest_conn {
 struct dest {
   unsigned n;
   struct dest_conn *c;
-  unsigned rr;                  /* atomic: round-robin pick */
+  /* Connections [0, guest_n) carry DEST_GUEST, [copy_first, n) DEST_COPY
+   * (the same one when n is 1). */
+  unsigned guest_n, copy_first;
+  unsigned rr[2];               /* atomic: round-robin pick per class */
   double timeout;
   bool stopping;                /* atomic */
   struct dest_info info;
@@ -175,6 +178,8 @@ dest_open (const char *uri, unsigned nconns, double timeout,
     if (connect_one (&d->c[i], uri, i, err, errlen) == -1)
       goto fail;
   }
+  d->guest_n = d->n >= 2 ? d->n / 2 : 1;
+  d->copy_first = d->n >= 2 ? d->guest_n : 0;
   for (i = 0; i < d->n; i++) {
     if (pthread_create (&d->c[i].thread, NULL, io_thread, &d->c[i]) != 0) {
       snprintf (err, errlen, "cannot start a thread");
@@ -223,10 +228,13 @@ done_cb (void *opaque, int *error)
 }
 
 static struct dest_conn *
-pick (struct dest *d)
+pick (struct dest *d, enum dest_class cls)
 {
-  unsigned i = __atomic_fetch_add (&d->rr, 1, __ATOMIC_RELAXED);
-  return &d->c[i % d->n];
+  unsigned first = cls == DEST_GUEST ? 0 : d->copy_first;
+  unsigned n = cls == DEST_GUEST ? d->guest_n : d->n - d->copy_first;
+  unsigned i = __atomic_fetch_add (&d->rr[cls], 1, __ATOMIC_RELAXED);
+
+  return &d->c[first + i % n];
 }
 
 static void
@@ -273,10 +281,10 @@ started (struct dest_req *r, int64_t cookie)
   ((nbd_completion_callback) { .callback = done_cb, .user_data = (r) })
 
 int
-dest_start_pwrite (struct dest *d, struct dest_req *r, const void *buf,
-                   uint32_t len, uint64_t off, bool fua)
+dest_start_pwrite (struct dest *d, enum dest_class cls, struct dest_req *r,
+                   const void *buf, uint32_t len, uint64_t off, bool fua)
 {
-  struct dest_conn *c = pick (d);
+  struct dest_conn *c = pick (d, cls);
   uint32_t flags = fua && d->info.can_fua ? LIBNBD_CMD_FLAG_FUA : 0;
 
   req_init (r, c);
@@ -285,10 +293,10 @@ dest_start_pwrite (struct dest *d, struct dest_req *r, const void *buf,
 }
 
 static int
-dest_start_zero (struct dest *d, struct dest_req *r, uint32_t len,
-                 uint64_t off, bool fua)
+dest_start_zero (struct dest *d, enum dest_class cls, struct dest_req *r,
+                 uint32_t len, uint64_t off, bool fua)
 {
-  struct dest_conn *c = pick (d);
+  struct dest_conn *c = pick (d, cls);
   uint32_t flags = fua && d->info.can_fua ? LIBNBD_CMD_FLAG_FUA : 0;
 
   req_init (r, c);
@@ -299,7 +307,7 @@ dest_start_zero (struct dest *d, struct dest_req *r, uint32_t len,
     req_destroy (r);
     while (len && e == 0) {
       uint32_t n = len < sizeof zeros ? len : sizeof zeros;
-      e = dest_pwrite (d, zeros, n, off, fua);
+      e = dest_pwrite (d, cls, zeros, n, off, fua);
       off += n;
       len -= n;
     }
@@ -313,10 +321,10 @@ dest_start_zero (struct dest *d, struct dest_req *r, uint32_t len,
 }
 
 int
-dest_start_pread (struct dest *d, struct dest_req *r, void *buf,
-                  uint32_t len, uint64_t off)
+dest_start_pread (struct dest *d, enum dest_class cls, struct dest_req *r,
+                  void *buf, uint32_t len, uint64_t off)
 {
-  struct dest_conn *c = pick (d);
+  struct dest_conn *c = pick (d, cls);
 
   req_init (r, c);
   return started (r, nbd_aio_pread (c->h, buf, len, off, COMPLETION (r), 0));
@@ -356,19 +364,20 @@ dest_wait (struct dest *d, struct dest_req *r)
 }
 
 int
-dest_pwrite (struct dest *d, const void *buf, uint32_t len, uint64_t off,
-             bool fua)
+dest_pwrite (struct dest *d, enum dest_class cls, const void *buf,
+             uint32_t len, uint64_t off, bool fua)
 {
   struct dest_req r;
-  int e = dest_start_pwrite (d, &r, buf, len, off, fua);
+  int e = dest_start_pwrite (d, cls, &r, buf, len, off, fua);
   return e ? e : dest_wait (d, &r);
 }
 
 int
-dest_zero (struct dest *d, uint32_t len, uint64_t off, bool fua)
+dest_zero (struct dest *d, enum dest_class cls, uint32_t len, uint64_t off,
+           bool fua)
 {
   struct dest_req r;
-  int e = dest_start_zero (d, &r, len, off, fua);
+  int e = dest_start_zero (d, cls, &r, len, off, fua);
   return e ? e : dest_wait (d, &r);
 }
 
@@ -449,7 +458,7 @@ zero_scan_req (uint64_t len, uint64_t off, void *arg)
 {
   struct zero_scan *z = arg;
   struct dest_req r;
-  struct dest_conn *c = pick (z->d);
+  struct dest_conn *c = pick (z->d, DEST_COPY);
   int e;
 
   req_init (&r, c);

@@ -25,6 +25,7 @@ struct dest *mirror_dest;
 struct dest_info mirror_dinfo;
 uint64_t mirror_size;
 struct rangelock mirror_rl = RANGELOCK_INIT;
+bool mirror_guest_priority;
 
 pthread_mutex_t mirror_info_lock = PTHREAD_MUTEX_INITIALIZER;
 char *mirror_export;

@@ -66,7 +66,7 @@ copy_back (nbdkit_next *next, uint64_t start, uint64_t end)
     if (len > 0 && len < run)
       run = len;
     if (zero) {
-      e = dest_zero (mirror_dest, run, start, false);
+      e = dest_zero (mirror_dest, DEST_GUEST, run, start, false);
       start += run;
       continue;
     }
@@ -82,8 +82,8 @@ copy_back (nbdkit_next *next, uint64_t start, uint64_t end)
     }
     mirror_stat_add (&mirror_stats.readback, run);
     e = buf_is_zero (buf, run)
-      ? dest_zero (mirror_dest, run, start, false)
-      : dest_pwrite (mirror_dest, buf, run, start, false);
+      ? dest_zero (mirror_dest, DEST_GUEST, run, start, false)
+      : dest_pwrite (mirror_dest, DEST_GUEST, buf, run, start, false);
     start += run;
   }
   free (buf);
@@ -146,8 +146,8 @@ static int
 write_both (const struct mop *op, int *err)
 {
   struct dest_req dr;
-  int se = dest_start_pwrite (mirror_dest, &dr, op->buf, op->count, op->off,
-                              op->fua);
+  int se = dest_start_pwrite (mirror_dest, DEST_GUEST, &dr, op->buf,
+                              op->count, op->off, op->fua);
   int r = op->next->pwrite (op->next, op->buf, op->count, op->off, op->flags,
                             err);
   int e = se ? se : dest_wait (mirror_dest, &dr);
@@ -212,7 +212,7 @@ write_widened (const struct mop *op, int *err)
     return -(*err ? *err : EIO);
   }
   mirror_stat_add (&mirror_stats.readback, (op->off - ds) + (de - op->end));
-  e = dest_pwrite (mirror_dest, b, de - ds, ds, op->fua);
+  e = dest_pwrite (mirror_dest, DEST_GUEST, b, de - ds, ds, op->fua);
   free (b);
   return e;
 }
@@ -237,7 +237,7 @@ zero_with_edges (const struct mop *op)
     ze = op->tail_g;
   }
   if (e == 0 && ze > zs)
-    e = dest_zero (mirror_dest, ze - zs, zs, op->fua);
+    e = dest_zero (mirror_dest, DEST_GUEST, ze - zs, zs, op->fua);
   return e;
 }
 
@@ -305,8 +305,10 @@ mirrored_op (nbdkit_next *next, enum wkind kind, const void *buf,
   if (count == 0)
     return next->pwrite (next, buf, 0, off, flags, err);
   mop_init (&op, next, kind, buf, count, off, flags);
+  mirror_guest_begin ();
   tok = rangelock_lock (&mirror_rl, op.gs, op.ge - op.gs);
   if (!tok) {
+    mirror_guest_end ();
     nbdkit_error ("mirror: range lock: %m");
     *err = ENOMEM;
     return -1;
@@ -323,6 +325,7 @@ mirrored_op (nbdkit_next *next, enum wkind kind, const void *buf,
       /* The source cannot zero fast and changed nothing; the guest falls
        * back to writing zeros, which will be mirrored. */
       rangelock_unlock (&mirror_rl, tok);
+      mirror_guest_end ();
       return -1;
     }
     if (e == 0)
@@ -336,6 +339,7 @@ mirrored_op (nbdkit_next *next, enum wkind kind, const void *buf,
     mirror_stat_add (&mirror_stats.write_bytes, count);
   }
   rangelock_unlock (&mirror_rl, tok);
+  mirror_guest_end ();
 
   if (e > 0)
     return mirror_dest_failed (e, wkind_name[kind], off, count, err);

@@ -46,7 +46,15 @@ struct dest_info {
   bool all_zero;                /* "start": reads zeros over the source's size */
 };
 
-/* Connect NCONNS connections to URI (TLS from the URI).  NULL with a
+/* Requests come in two classes, each on connections of its own when
+ * there are two or more: the guest's mirrored writes (and their read-back
+ * and repair) never queue on a socket behind the bulk copy's large
+ * writes.  With one connection (a destination without multi-conn) both
+ * share it. */
+enum dest_class { DEST_GUEST, DEST_COPY };
+
+/* Connect NCONNS connections to URI (TLS from the URI): the first half
+ * (at least one) carry DEST_GUEST, the rest DEST_COPY.  NULL with a
  * message in err on failure. */
 struct dest *dest_open (const char *uri, unsigned nconns, double timeout,
                         struct dest_info *info, char *err, size_t errlen);
@@ -66,16 +74,19 @@ struct dest_req {
   struct dest_conn *conn;
 };
 
-int dest_start_pwrite (struct dest *d, struct dest_req *r, const void *buf,
-                       uint32_t len, uint64_t off, bool fua);
-int dest_start_pread (struct dest *d, struct dest_req *r, void *buf,
-                      uint32_t len, uint64_t off);
+int dest_start_pwrite (struct dest *d, enum dest_class cls,
+                       struct dest_req *r, const void *buf, uint32_t len,
+                       uint64_t off, bool fua);
+int dest_start_pread (struct dest *d, enum dest_class cls,
+                      struct dest_req *r, void *buf, uint32_t len,
+                      uint64_t off);
 int dest_wait (struct dest *d, struct dest_req *r);
 
 /* Synchronous conveniences. */
-int dest_pwrite (struct dest *d, const void *buf, uint32_t len, uint64_t off,
-                 bool fua);
-int dest_zero (struct dest *d, uint32_t len, uint64_t off, bool fua);
+int dest_pwrite (struct dest *d, enum dest_class cls, const void *buf,
+                 uint32_t len, uint64_t off, bool fua);
+int dest_zero (struct dest *d, enum dest_class cls, uint32_t len,
+               uint64_t off, bool fua);
 int dest_flush (struct dest *d);        /* every connection (one if multi-conn) */
 struct dest_flush {
   unsigned n;
@@ -151,6 +162,7 @@ extern struct dest *mirror_dest;
 extern struct dest_info mirror_dinfo;
 extern uint64_t mirror_size;            /* of the source */
 extern struct rangelock mirror_rl;      /* granule ranges: guest vs copier */
+extern bool mirror_guest_priority;      /* "start": the copy yields to guest */
 
 /* Under mirror_info_lock.  The export, token and generation change only
  * in "start", with the gate closed too, so requests inside the gate read
@@ -170,7 +182,7 @@ void mirror_state_free (void);          /* unload */
  * "start". */
 struct mirror_stats {
   uint64_t dirty_gran, writes, write_bytes, readback, copied, copy_skipped,
-    dest_errors, source_errors, held;
+    dest_errors, source_errors, held, copy_yields, copy_yield_us;
 };
 extern struct mirror_stats mirror_stats;
 
@@ -204,6 +216,11 @@ uint64_t mirror_source_extent (nbdkit_next *next, uint64_t pos,
                                uint32_t count, uint64_t end, bool *zero);
 
 /* ---- mirror-copy.c ------------------------------------------------------ */
+
+/* Every mirrored guest request is bracketed by these (mirror-write.c), so
+ * that the copy can tell when the guest is busy and step aside. */
+void mirror_guest_begin (void);
+void mirror_guest_end (void);
 
 /* Opening "sxm-mirror-copy-TOKEN": the export being mirrored (to free),
  * and the mirror's generation in *GEN; NULL (with nbdkit_error) if no

@@ -22,8 +22,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sxmtest import (qemu_vhd, GiB, MiB, PLUGIN, nbdkit, nbdkit_start_fails,  # noqa: E402
                      run_test, sh, tap, tmpfs)
-from mirrortest import (FILTER, SXM_MIRROR, SXM_VHD, Server, connect, ctl,  # noqa: E402
-                        ctl_raw, first_difference, live_copy)
+from mirrortest import (FILTER, SXM_MIRROR, SXM_VHD, Guest, Server,  # noqa: E402
+                        connect, ctl, ctl_raw, first_difference, live_copy,
+                        prefill)
 
 
 def file_digest(path):
@@ -401,6 +402,42 @@ def live_copy_summary(S):
         h.shutdown()
 
 
+def guest_priority(S):
+    """The copy yields to the guest by default ("guest_priority"): copy
+    writes wait while guest writes are in flight, and status counts the
+    waits; with guest_priority=false they never wait.  Either way the
+    destination ends equal to the source; a bad value is refused."""
+    size = 64 * MiB
+    for gp in (None, False):
+        tag = "gp" if gp is None else "nogp"
+        with mirror_pair(S, tag, size) as (s, dst, cs):
+            prefill(s.uri, size, 7, fraction=1.0, piece=MiB)
+            g = Guest(s.uri, size, 11, conns=2, can_trim=False).start()
+            kw = {} if gp is None else {"guest_priority": gp}
+            ctl(cs, "start", dest=dst.uri, **kw)
+            cp = live_copy(cs, s.uri)
+            st = ctl(cs, "status")
+            ops = g.finish()
+            sw = ctl(cs, "switchover", verify=True)
+            want_gp = gp is None
+            waited = st.get("copy_yields", -1)
+            tap.ok(cp.returncode == 0 and not g.errors and ops > 0 and
+                   st.get("guest_priority") is want_gp and
+                   (waited > 0 if want_gp else waited == 0) and
+                   sw.get("state") == "ready",
+                   f"guest_priority {'default (on)' if want_gp else 'false'}"
+                   f": {waited} copy writes waited for the guest "
+                   f"({st.get('copy_yield_ms')} ms), {ops} guest requests, "
+                   "destination verified equal",
+                   f"{cp.stderr}\n{g.errors[:3]}\n{st}\n{sw}")
+            ctl(cs, "abort")
+    with mirror_pair(S, "gpbad", MiB) as (s, dst, cs):
+        r = ctl(cs, "start", dest=dst.uri, guest_priority="yes")
+        tap.ok(r.get("ok") is False and
+               "guest_priority" in r.get("error", ""),
+               "start refuses a guest_priority that is not a boolean", r)
+
+
 def destination_killed(S, strict=False):
     """The destination killed under a live copy: the guest carries on
     (or, STRICT, sees the error), the mirror is broken."""
@@ -564,6 +601,6 @@ def destination_full(S):
 
 
 run_test(configuration, idle_protocol_requests, old_data_stale_copiers,
-         above_4gib, tls_destination, live_copy_summary,
+         above_4gib, tls_destination, live_copy_summary, guest_priority,
          destination_killed, destination_killed_strict,
          destination_stalled, vhd_to_vhd, destination_full)
