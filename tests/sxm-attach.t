@@ -328,7 +328,7 @@ def command_line(scratch, run, vhd_b):
            p.stderr + p2.stderr + p3.stderr)
     for opt in (["--timeline", "t.png"], ["--summary-json", "s.json"],
                 ["--keep-source"], ["--no-verify"], ["--downtime-ms", "5"],
-                ["--memory-opt=--rate=1M"]):
+                ["--memory-opt=--rate=1M"], ["--no-guest-priority"]):
         for sub in (["copy"], ["migrate", "--offline"]):
             p = sxm(run, *sub, "--token-file", os.path.join(scratch, "none"),
                     "--disk", vhd_b, *opt)
