@@ -92,7 +92,12 @@ usage (FILE *fp)
 "                          nbdkit serving the running guest's disk, SOCKET\n"
 "                          its mirror-control socket; the destination is the\n"
 "                          mirror's (writes pass through the filter, which\n"
-"                          never lets them overwrite newer guest data)\n"
+"                          never lets them overwrite newer guest data); the\n"
+"                          filter copies each data run itself (NBD cache\n"
+"                          requests on its copy export: no data crosses\n"
+"                          sxm-copy)\n"
+"      --no-relay          --live: read and write back through the copy\n"
+"                          export instead (what any NBD client can do)\n"
 "  -q, --quiet             no summary\n"
 "  -v, --verbose           debug messages from libnbd\n"
 "      --help, --version\n"
@@ -228,7 +233,7 @@ static const char *shown_src, *shown_dst;
 static void
 summary (struct copy *cp, double wall, int status)
 {
-  char v[32], a[32], r[32], w[32], z[32], s[32];
+  char v[32], a[32], r[32], w[32], z[32], s[32], rl[32];
   const char *sn = shown_src ? shown_src : cp->src->name;
   const char *dn = shown_dst ? shown_dst : cp->dst->name;
   double mbs = wall > 0 ? cp->alloc_total / wall / (1 << 20) : 0;
@@ -238,13 +243,15 @@ summary (struct copy *cp, double wall, int status)
             "\"virtual_size\": %" PRIu64 ", \"allocated\": %" PRIu64
             ", \"read\": %" PRIu64 ", \"written\": %" PRIu64
             ", \"zeroed\": %" PRIu64 ", \"skipped\": %" PRIu64
+            ", \"relayed\": %" PRIu64
             ", \"retries\": %" PRIu64 ", \"wall_seconds\": %.3f"
             ", \"mib_per_second\": %.1f, \"connections\": %u}\n",
             sn, dn,
             status == EXIT_OK ? "ok" : status == EXIT_DIFFERS ? "differs"
                                                                : "failed",
             cp->size, cp->alloc_total, cp->bytes_read, cp->bytes_written,
-            cp->bytes_zeroed, cp->bytes_skipped, cp->retries_done, wall, mbs,
+            cp->bytes_zeroed, cp->bytes_skipped, cp->bytes_relayed,
+            cp->retries_done, wall, mbs,
             opts.connections);
     fflush (stdout);
   }
@@ -256,15 +263,19 @@ summary (struct copy *cp, double wall, int status)
   human (w, sizeof w, cp->bytes_written);
   human (z, sizeof z, cp->bytes_zeroed);
   human (s, sizeof s, cp->bytes_skipped);
+  human (rl, sizeof rl, cp->bytes_relayed);
   fprintf (stderr,
            "sxm-copy: %s -> %s: %s\n"
            "  virtual size %s, allocated %s\n"
-           "  read %s, written %s, zeroed %s, skipped %s\n"
+           "  read %s, written %s%s%s%s, zeroed %s, skipped %s\n"
            "  %.3f s, %.1f MiB/s of allocated data, %u connection%s%s\n",
            sn, dn,
            status == EXIT_OK ? "done" : status == EXIT_DIFFERS
                                         ? "DIFFERENT" : "FAILED",
-           v, a, r, w, z, s, wall, mbs, opts.connections,
+           v, a, r, w,
+           cp->bytes_relayed ? " (relayed by the filter: " : "",
+           cp->bytes_relayed ? rl : "", cp->bytes_relayed ? ")" : "", z, s,
+           wall, mbs, opts.connections,
            opts.connections == 1 ? "" : "s",
            cp->retries_done ? ", after retries" : "");
 }
@@ -325,7 +336,8 @@ main (int argc, char **argv)
 {
   enum { O_REQSIZE = 256, O_SEGSIZE, O_JSON, O_VERIFY, O_VERIFY_ONLY,
          O_CKPT, O_CKPT_INT, O_RATE, O_RETRIES, O_TZERO, O_NOZD, O_NOFLUSH,
-         O_INSECURE, O_TIMEOUT, O_LIVE, O_RAW, O_CREATE, O_HELP, O_VERSION };
+         O_INSECURE, O_TIMEOUT, O_LIVE, O_NO_RELAY, O_RAW, O_CREATE, O_HELP,
+         O_VERSION };
   static const struct option long_opts[] = {
     { "connections", required_argument, NULL, 'C' },
     { "requests", required_argument, NULL, 'R' },
@@ -333,6 +345,7 @@ main (int argc, char **argv)
     { "segment-size", required_argument, NULL, O_SEGSIZE },
     { "progress", optional_argument, NULL, 'p' },
     { "live", required_argument, NULL, O_LIVE },
+    { "no-relay", no_argument, NULL, O_NO_RELAY },
     { "json", no_argument, NULL, O_JSON },
     { "verify", no_argument, NULL, O_VERIFY },
     { "verify-only", no_argument, NULL, O_VERIFY_ONLY },
@@ -356,7 +369,8 @@ main (int argc, char **argv)
   bool verify = false, verify_only = false, conn_given = false;
   const char *live = NULL, *src_name, *dst_name;
   char *live_copy_uri = NULL;
-  bool live_dest_zero = false;
+  bool live_dest_zero = false, no_relay = false;
+  uint64_t live_relay = 0;
   struct endpoint *src, *dst;
   struct endpoint_opts lo = { 0 };
   struct conn *src0, *dst0;
@@ -437,6 +451,7 @@ main (int argc, char **argv)
         goto bad_arg;
       break;
     case O_LIVE: live = optarg; break;
+    case O_NO_RELAY: no_relay = true; break;
     case O_RAW: lo.raw = true; break;
     case O_CREATE:
       lo.create = true;
@@ -496,6 +511,10 @@ main (int argc, char **argv)
       exit (EXIT_REFUSED);
     }
     json_bool (&st, "dest_zero", &live_dest_zero);
+    /* A filter that relays says up to how much at a time (an older one
+     * says nothing: read and write back). */
+    if (!no_relay && json_u64 (&st, "copy_relay", &live_relay) == -1)
+      live_relay = 0;
     live_copy_uri = live_uri (src_name, exp);
     shown_src = src_name;
     shown_dst = json_str (&st, "dest") ? strdup (json_str (&st, "dest"))
@@ -576,6 +595,9 @@ main (int argc, char **argv)
   /* Live: the copy export reads the source, so its block status says
    * nothing about the destination; the mirror told us instead. */
   cp.dst_zero = opts.target_is_zero || (live ? live_dest_zero : dst->zero_init);
+  if (live && dst->ops->relay)
+    cp.relay_max = live_relay > UINT32_MAX ? UINT32_MAX
+                                           : (uint32_t) live_relay;
   if (opts.checkpoint && !verify_only) {
     int r = checkpoint_load (opts.checkpoint, &cp);
     if (r == -1)

@@ -272,8 +272,9 @@ mirror_cmd_start (const struct json_obj *req, struct jbuf *out)
 
   jbuf_add (out, ",\"state\":\"mirroring\",\"copy_export\":\""
             MIRROR_COPY_PREFIX "%s\",\"dest_zero\":%s,\"size\":%" PRIu64
-            ",\"granularity\":%u", mirror_token,
-            di.all_zero ? "true" : "false", mirror_size, mirror_gran);
+            ",\"granularity\":%u,\"copy_relay\":%u", mirror_token,
+            di.all_zero ? "true" : "false", mirror_size, mirror_gran,
+            MIRROR_RELAY_MAX);
   return 0;
 }
 
@@ -309,8 +310,8 @@ mirror_cmd_status (const struct json_obj *req, struct jbuf *out)
     }
     if (s == M_MIRRORING || s == M_READY)
       jbuf_add (out, ",\"copy_export\":\"" MIRROR_COPY_PREFIX "%s\","
-                "\"dest_zero\":%s", mirror_token,
-                mirror_dinfo.all_zero ? "true" : "false");
+                "\"dest_zero\":%s,\"copy_relay\":%u", mirror_token,
+                mirror_dinfo.all_zero ? "true" : "false", MIRROR_RELAY_MAX);
     if (mirror_dest_uri) {
       jbuf_add (out, ",\"dest\":");
       jbuf_str (out, mirror_dest_uri);

@@ -1,8 +1,12 @@
-/* The mirror filter's copy export, "sxm-mirror-copy-TOKEN": sxm-copy
- * --live reads the source through it (reads go straight to the plugin)
- * and writes back what it read; copy_forward sends the destination only
- * the granules that are still clean, under the range lock that guest
- * writes take too.  A connection belongs to the mirror it was opened for:
+/* The mirror filter's copy export, "sxm-mirror-copy-TOKEN": a copier
+ * either asks the filter to relay each data run (NBD_CMD_CACHE, which on
+ * this export means "copy this range from the source to the
+ * destination": the filter reads the source and forwards, and no byte
+ * crosses the copier's socket; sxm-copy --live does this), or reads the
+ * source through it (reads go straight to the plugin) and writes back
+ * what it read (any NBD client can).  Either way copy_forward sends the
+ * destination only the granules that are still clean, under the range
+ * lock that guest writes take too.  A connection belongs to the mirror it was opened for:
  * the token changes with each start, and every request checks the
  * generation again inside the gate, so a copier of an earlier mirror
  * cannot write stale data into a later one.
@@ -16,6 +20,7 @@
  * copy unlimited.  Why, with measurements: doc/design.md, "Guest I/O
  * during the live copy". */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +29,7 @@
 
 #include "mirror.h"
 #include "monotime.h"
+#include "zero.h"
 
 #define MIRROR_GUEST_RECENT_S   0.020
 #define MIRROR_COPY_YIELD_MAX_S 0.004
@@ -248,6 +254,102 @@ mirror_copy_write (uint64_t gen, bool zero, const void *buf, uint32_t count,
   mirror_stat_add (&mirror_stats.copy_skipped, count - sent);
   mirror_gate_leave ();
   return 0;
+}
+
+/* The relay's buffer: one per nbdkit thread, kept (a fresh 1 MiB
+ * allocation per request is an mmap and page faults each time). */
+static pthread_key_t relay_key;
+static pthread_once_t relay_once = PTHREAD_ONCE_INIT;
+
+static void
+relay_init (void)
+{
+  pthread_key_create (&relay_key, free);
+}
+
+static char *
+relay_buffer (void)
+{
+  char *b;
+
+  pthread_once (&relay_once, relay_init);
+  b = pthread_getspecific (relay_key);
+  if (!b && (b = malloc (MIRROR_RELAY_MAX)) != NULL &&
+      pthread_setspecific (relay_key, b) != 0) {
+    free (b);
+    b = NULL;
+  }
+  if (!b)
+    nbdkit_error ("mirror: relay buffer: %m");
+  return b;
+}
+
+/* Inside the gate, for the current mirror: read the source, forward.  An
+ * all-zero run goes as write_zeroes.  0, or -1 with *ERR (a destination
+ * failure has broken the mirror). */
+static int
+relay_run (nbdkit_next *next, char *buf, uint32_t count, uint64_t off,
+           int *err)
+{
+  uint64_t sent;
+  bool zero;
+  int e;
+
+  if (next->pread (next, buf, count, off, 0, err) == -1) {
+    nbdkit_error ("mirror: relay: source read at offset %" PRIu64
+                  " (length %" PRIu32 ") failed", off, count);
+    if (*err == 0)
+      *err = EIO;
+    return -1;
+  }
+  zero = buf_is_zero (buf, count);
+  pace_enter ();
+  e = copy_forward (zero, buf, count, off, 0, &sent);
+  pace_leave ();
+  if (e < 0) {
+    *err = -e;
+    return -1;
+  }
+  if (e) {
+    mirror_dest_failed (e, "copy relay", off, count, err);
+    *err = EIO;
+    return -1;
+  }
+  mirror_stat_add (&mirror_stats.copied, sent);
+  mirror_stat_add (&mirror_stats.copy_skipped, count - sent);
+  return 0;
+}
+
+int
+mirror_copy_relay (uint64_t gen, nbdkit_next *next, uint32_t count,
+                   uint64_t off, int *err)
+{
+  char *buf;
+  int r;
+
+  if (count > MIRROR_RELAY_MAX) {
+    nbdkit_error ("mirror: relay of %" PRIu32 " bytes at offset %" PRIu64
+                  ": at most %u at a time", count, off, MIRROR_RELAY_MAX);
+    *err = EINVAL;
+    return -1;
+  }
+  if (!(buf = relay_buffer ())) {
+    *err = ENOMEM;
+    return -1;
+  }
+  mirror_gate_enter ();
+  if (!current (gen)) {
+    nbdkit_error ("mirror: copy relay refused: %s",
+                  gen != mirror_generation ? "this copy connection belongs "
+                  "to an earlier mirror"
+                  : mirror_state_name (mirror_cur_state ()));
+    mirror_gate_leave ();
+    *err = EPERM;
+    return -1;
+  }
+  r = relay_run (next, buf, count, off, err);
+  mirror_gate_leave ();
+  return r;
 }
 
 /* The copier's flush is the destination's: that is where its writes

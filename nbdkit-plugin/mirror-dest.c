@@ -1,14 +1,28 @@
-/* The mirror's destination: a few libnbd connections, each driven by its
- * own I/O thread, so that guest threads can issue a request and wait for
- * just that request while many are in flight on one connection.
+/* The mirror's destination: a few libnbd connections, on which guest
+ * threads issue a request and wait for just that request while many are
+ * in flight on one connection.
  *
- * Guest threads start commands with libnbd's asynchronous calls (libnbd
- * handles are thread-safe; the caller's thread usually sends the whole
- * request itself) and sleep on the request's condition variable; the I/O
- * thread polls the socket, lets libnbd read replies, and libnbd runs the
- * completion callback there, which wakes the waiter.  An eventfd wakes the
- * I/O thread when a new request needs the socket to become writable, which
- * it was not polling for.
+ * Threads start commands with libnbd's asynchronous calls (libnbd handles
+ * are thread-safe; the caller's thread usually sends the whole request
+ * itself).  Who then reads the replies depends on the connection:
+ *
+ *   - I/O-thread connections (the copy's): a thread per connection polls
+ *     the socket and lets libnbd read replies; libnbd runs the completion
+ *     callback there, which wakes the waiter.  Many copy requests wait at
+ *     once; one thread reads for all of them.
+ *
+ *   - Self-driven connections (the guest's, when there are two or more
+ *     connections): a waiter polls the socket itself, so a guest write
+ *     that is alone on its connection (the usual case: iodepth 1, or few
+ *     requests at once) costs no thread hand-off at all: the thread that
+ *     sent it reads its reply.  With several waiters one drives (the
+ *     leader) and the others sleep until their reply is read or the
+ *     leader's own request is done, when it hands driving over to one of
+ *     them.  Measured against the I/O thread: doc/design.md, "Guest I/O
+ *     during the live copy".
+ *
+ * An eventfd wakes the thread polling a connection when a new request
+ * needs the socket to become writable, which it was not polling for.
  *
  * Every wait is bounded by the timeout: a destination that stops answering
  * has its connection shut down, which makes libnbd fail every request in
@@ -34,11 +48,18 @@
 struct dest_conn {
   struct dest *d;
   struct nbd_handle *h;
-  int efd;                      /* wakes the I/O thread */
-  unsigned polled;              /* atomic: the events the thread polls for */
-  pthread_t thread;
+  int efd;                      /* wakes the thread polling the socket */
+  unsigned polled;              /* atomic: the events it polls for */
+  pthread_t thread;             /* the I/O thread, unless self-driven */
   bool thread_started;
+  bool self_driven;
+  pthread_mutex_t m;            /* self-driven: the two below */
+  bool driving;                 /* a waiter is polling the socket */
+  struct dest_req *waiters;     /* the others waiting, newest first */
 };
+
+/* Not polling: nobody to wake, whatever a request needs. */
+#define POLLED_NOBODY 0xffffu
 
 struct dest {
   unsigned n;
@@ -181,6 +202,11 @@ dest_open (const char *uri, unsigned nconns, double timeout,
   d->guest_n = d->n >= 2 ? d->n / 2 : 1;
   d->copy_first = d->n >= 2 ? d->guest_n : 0;
   for (i = 0; i < d->n; i++) {
+    d->c[i].self_driven = i < d->copy_first;
+    pthread_mutex_init (&d->c[i].m, NULL);
+    d->c[i].polled = d->c[i].self_driven ? POLLED_NOBODY : 0;
+    if (d->c[i].self_driven)
+      continue;
     if (pthread_create (&d->c[i].thread, NULL, io_thread, &d->c[i]) != 0) {
       snprintf (err, errlen, "cannot start a thread");
       goto fail;
@@ -209,6 +235,7 @@ dest_close (struct dest *d)
     sxm_nbd_close (c->h);
     if (c->efd >= 0)
       close (c->efd);
+    pthread_mutex_destroy (&c->m);
   }
   free (d->c);
   free (d);
@@ -221,7 +248,7 @@ done_cb (void *opaque, int *error)
 
   pthread_mutex_lock (&r->m);
   r->err = *error;
-  r->done = true;
+  __atomic_store_n (&r->done, true, __ATOMIC_RELEASE);
   pthread_cond_signal (&r->cv);
   pthread_mutex_unlock (&r->m);
   return 1;
@@ -246,6 +273,8 @@ req_init (struct dest_req *r, struct dest_conn *c)
   r->done = false;
   r->err = 0;
   r->conn = c;
+  r->next_waiter = NULL;
+  r->drive_now = false;
 }
 
 static void
@@ -330,6 +359,163 @@ dest_start_pread (struct dest *d, enum dest_class cls, struct dest_req *r,
   return started (r, nbd_aio_pread (c->h, buf, len, off, COMPLETION (r), 0));
 }
 
+/* Wait until *TS (or for ever with TS NULL) for R's completion, a
+ * hand-over, or a wakeup; false if *TS passed. */
+static bool
+sleep_on (struct dest_req *r, const struct timespec *ts)
+{
+  bool in_time = true;
+
+  pthread_mutex_lock (&r->m);
+  if (!r->done && !r->drive_now) {
+    if (ts)
+      in_time = pthread_cond_timedwait (&r->cv, &r->m, ts) != ETIMEDOUT;
+    else
+      pthread_cond_wait (&r->cv, &r->m);
+  }
+  r->drive_now = false;
+  pthread_mutex_unlock (&r->m);
+  return in_time;
+}
+
+/* An I/O-thread connection: sleep until the thread has read the reply. */
+static void
+wait_for_io_thread (struct dest_req *r, const struct timespec *ts,
+                    bool *timed_out)
+{
+  while (!__atomic_load_n (&r->done, __ATOMIC_ACQUIRE)) {
+    if (!*timed_out && !sleep_on (r, ts) &&
+        !__atomic_load_n (&r->done, __ATOMIC_ACQUIRE)) {
+      /* Shut the connection down: libnbd then fails every command in
+       * flight on it, this one included, and we wait for that. */
+      *timed_out = true;
+      sxm_nbd_abandon (r->conn->h);
+      kick (r->conn);
+    }
+    else if (*timed_out)
+      sleep_on (r, NULL);
+  }
+}
+
+/* Poll a self-driven connection's socket (and its eventfd) once, for at
+ * most until DEADLINE (0: no limit), and let libnbd act on what it saw;
+ * completion callbacks run here. */
+static void
+drive_once (struct dest_conn *c, double deadline)
+{
+  struct pollfd p[2] = { { .fd = -1 }, { .fd = c->efd, .events = POLLIN } };
+  int ms = -1;
+
+  if (!sxm_nbd_is_dead (c->h)) {
+    p[0].fd = nbd_aio_get_fd (c->h);
+    p[0].events = sxm_nbd_poll_events (c->h);
+  }
+  __atomic_store_n (&c->polled, p[0].events, __ATOMIC_SEQ_CST);
+  if (deadline > 0) {
+    double left = deadline - sxm_now ();
+    ms = left <= 0 ? 0 : left < 3600 ? (int) (left * 1000) + 1 : 3600000;
+  }
+  if (p[0].fd < 0 && ms < 0)
+    ms = 1;     /* dead: the callbacks have run; do not sleep on nothing */
+  if (poll (p, 2, ms) <= 0)
+    return;
+  if (p[1].revents & POLLIN) {
+    uint64_t v;
+    if (read (c->efd, &v, sizeof v) == -1) {
+      /* EAGAIN: another poller drained it; nothing else can fail. */
+    }
+  }
+  if (p[0].fd >= 0)
+    sxm_nbd_notify (c->h, p[0].revents);
+}
+
+/* Under c->m, nobody driving: the first waiter whose request is still in
+ * flight is told to drive. */
+static void
+hand_over (struct dest_conn *c)
+{
+  for (struct dest_req *w = c->waiters; w; w = w->next_waiter)
+    if (!__atomic_load_n (&w->done, __ATOMIC_ACQUIRE)) {
+      pthread_mutex_lock (&w->m);
+      w->drive_now = true;
+      pthread_cond_signal (&w->cv);
+      pthread_mutex_unlock (&w->m);
+      return;
+    }
+}
+
+static void
+stop_driving (struct dest_conn *c)
+{
+  pthread_mutex_lock (&c->m);
+  c->driving = false;
+  __atomic_store_n (&c->polled, POLLED_NOBODY, __ATOMIC_SEQ_CST);
+  hand_over (c);
+  pthread_mutex_unlock (&c->m);
+}
+
+/* R stops waiting.  If it was told to drive but its request completed
+ * meanwhile, it passes that on, or the others would sleep to their
+ * timeout with nobody reading their replies. */
+static void
+unlist (struct dest_conn *c, struct dest_req *r)
+{
+  struct dest_req **pp;
+
+  pthread_mutex_lock (&c->m);
+  for (pp = &c->waiters; *pp; pp = &(*pp)->next_waiter)
+    if (*pp == r) {
+      *pp = r->next_waiter;
+      break;
+    }
+  if (!c->driving && __atomic_load_n (&r->done, __ATOMIC_ACQUIRE))
+    hand_over (c);
+  pthread_mutex_unlock (&c->m);
+}
+
+/* A self-driven connection: drive it until R is done, or, while another
+ * thread drives, sleep until R is done or driving is handed over. */
+static void
+wait_driving (struct dest_req *r, double deadline, const struct timespec *ts,
+              bool *timed_out)
+{
+  struct dest_conn *c = r->conn;
+
+  while (!__atomic_load_n (&r->done, __ATOMIC_ACQUIRE)) {
+    bool lead, in_time = true;
+
+    pthread_mutex_lock (&c->m);
+    lead = !c->driving;
+    if (lead)
+      c->driving = true;
+    else {
+      r->next_waiter = c->waiters;
+      c->waiters = r;
+    }
+    pthread_mutex_unlock (&c->m);
+
+    if (lead) {
+      while (!__atomic_load_n (&r->done, __ATOMIC_ACQUIRE) &&
+             (*timed_out || sxm_now () < deadline))
+        drive_once (c, *timed_out ? 0 : deadline);
+      stop_driving (c);
+      in_time = *timed_out || sxm_now () < deadline;
+    }
+    else {
+      in_time = sleep_on (r, *timed_out ? NULL : ts);
+      unlist (c, r);
+    }
+    if (!in_time && !*timed_out &&
+        !__atomic_load_n (&r->done, __ATOMIC_ACQUIRE)) {
+      /* As on an I/O-thread connection: shut it down; whoever drives it
+       * next sees every command in flight fail. */
+      *timed_out = true;
+      sxm_nbd_abandon (c->h);
+      kick (c);
+    }
+  }
+}
+
 int
 dest_wait (struct dest *d, struct dest_req *r)
 {
@@ -340,21 +526,11 @@ dest_wait (struct dest *d, struct dest_req *r)
 
   ts.tv_sec = (time_t) deadline;
   ts.tv_nsec = (long) ((deadline - ts.tv_sec) * 1e9);
-  pthread_mutex_lock (&r->m);
-  while (!r->done) {
-    if (!timed_out) {
-      if (pthread_cond_timedwait (&r->cv, &r->m, &ts) == ETIMEDOUT &&
-          !r->done) {
-        /* Shut the connection down: libnbd then fails every command in
-         * flight on it, this one included, and we wait for that. */
-        timed_out = true;
-        sxm_nbd_abandon (r->conn->h);
-        kick (r->conn);
-      }
-    }
-    else
-      pthread_cond_wait (&r->cv, &r->m);
-  }
+  if (r->conn->self_driven)
+    wait_driving (r, deadline, &ts, &timed_out);
+  else
+    wait_for_io_thread (r, &ts, &timed_out);
+  pthread_mutex_lock (&r->m);   /* the callback has finished with R */
   err = r->err;
   pthread_mutex_unlock (&r->m);
   req_destroy (r);

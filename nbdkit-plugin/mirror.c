@@ -239,6 +239,15 @@ mirror_can_multi_conn (nbdkit_next *next, void *handle)
   return ((struct handle *) handle)->copy ? 1 : next->can_multi_conn (next);
 }
 
+/* On the copy export, NBD_CMD_CACHE relays a range from the source to
+ * the destination (mirror-copy.c); elsewhere it is the plugin's. */
+static int
+mirror_can_cache (nbdkit_next *next, void *handle)
+{
+  return ((struct handle *) handle)->copy ? NBDKIT_CACHE_NATIVE
+         : next->can_cache (next);
+}
+
 /* ---- routing guest requests ----------------------------------------- */
 
 /* Is this connection's export the one being mirrored? */
@@ -340,6 +349,17 @@ mirror_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t off,
   return r;
 }
 
+static int
+mirror_cache (nbdkit_next *next, void *handle, uint32_t count, uint64_t off,
+              uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+
+  if (h->copy)
+    return mirror_copy_relay (h->gen, next, count, off, err);
+  return next->cache (next, count, off, flags, err);
+}
+
 /* A guest flush while mirroring flushes the destination too: the guest's
  * earlier writes are on both sides, and it asked for them to be durable. */
 static int
@@ -380,10 +400,12 @@ static struct nbdkit_filter filter = {
   .can_fast_zero     = mirror_can_fast_zero,
   .can_trim          = mirror_can_trim,
   .can_multi_conn    = mirror_can_multi_conn,
+  .can_cache         = mirror_can_cache,
   .pwrite            = mirror_pwrite,
   .zero              = mirror_zero,
   .trim              = mirror_trim,
   .flush             = mirror_flush,
+  .cache             = mirror_cache,
 };
 
 NBDKIT_REGISTER_FILTER (filter)

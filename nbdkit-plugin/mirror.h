@@ -69,9 +69,13 @@ void dest_close (struct dest *d);
 struct dest_req {
   pthread_mutex_t m;
   pthread_cond_t cv;
-  bool done;
+  bool done;                    /* atomic; set under m */
   int err;
   struct dest_conn *conn;
+  /* A self-driven connection's waiter (mirror-dest.c): on its list, and
+   * told (under m) that the connection has nobody driving it. */
+  struct dest_req *next_waiter;
+  bool drive_now;
 };
 
 int dest_start_pwrite (struct dest *d, enum dest_class cls,
@@ -232,6 +236,12 @@ int mirror_copy_write (uint64_t gen, bool zero, const void *buf,
                        uint32_t count, uint64_t off, uint32_t flags,
                        int *err);
 int mirror_copy_flush (uint64_t gen, int *err);
+/* NBD_CMD_CACHE on a copy connection: relay [off, off+count) from the
+ * source (NEXT) to the destination here, the bytes never crossing the
+ * copier's socket. */
+#define MIRROR_RELAY_MAX (4u << 20)     /* the largest relay request */
+int mirror_copy_relay (uint64_t gen, nbdkit_next *next, uint32_t count,
+                       uint64_t off, int *err);
 
 /* ---- mirror-cmd.c ------------------------------------------------------- */
 

@@ -10,7 +10,9 @@
 # write_zeroes with and without NO_HOLE, trims, flushes and FUA writes,
 # half of them in a small hot zone; every fourth run adds fio (nbd engine,
 # verify=crc32c) on its own region.  sxm-copy --live copies while the guest
-# writes; a first switchover is taken with the guest still writing (its
+# writes, the filter relaying each data run (NBD cache requests) or, in a
+# third of the runs, reading and writing back through the copy export
+# (--no-relay), with the copy yielding to the guest or not; a first switchover is taken with the guest still writing (its
 # writes are held, then resumed), a second after it stops.  Each must be
 # ready, and an independent read of both exports must give equal digests.
 #
@@ -92,12 +94,15 @@ def one_run_logged(scratch, seed, uris, bypass):
     copy_conns = rng.choice([1, 2])
     dest_conns = rng.choice([1, 2, 3])
     guest_conns = rng.choice([2, 3, 4])
+    relay = rng.choice([True, True, False])
+    gprio = rng.choice([True, False])
     use_fio = seed % 4 == 0 and not bypass
     d = os.path.join(scratch, f"run{seed}")
     os.mkdir(d)
     desc = (f"seed={seed} src={src_kind} dst={dst_kind} size={size} "
             f"gran={gran} delay={delay} req={reqsize} copyC={copy_conns} "
-            f"destC={dest_conns} guestC={guest_conns} fio={use_fio}")
+            f"destC={dest_conns} guestC={guest_conns} fio={use_fio} "
+            f"relay={relay} guest_priority={gprio}")
     tap.diag(desc)
 
     dplug, dargs = backend(d, dst_kind, "dst", size, rng)
@@ -114,7 +119,8 @@ def one_run_logged(scratch, seed, uris, bypass):
          nbdkit(d, *sargs, *sextra, plugin=splug, filters=sfilters) as suri:
         uris += [duri, suri]
         prefill(suri, size, seed, fraction=rng.choice([0.2, 0.6]))
-        r = ctl(ctl_sock, "start", dest=duri, connections=dest_conns)
+        r = ctl(ctl_sock, "start", dest=duri, connections=dest_conns,
+                guest_priority=gprio)
         if not r.get("ok"):
             return False, f"start: {r}"
         gsize = size * 3 // 4 if use_fio else size
@@ -128,7 +134,8 @@ def one_run_logged(scratch, seed, uris, bypass):
                                 capture_output=True, text=True, timeout=300)
         else:
             cp = live_copy(ctl_sock, suri, f"--request-size={reqsize}",
-                           f"-C{copy_conns}")
+                           f"-C{copy_conns}",
+                           *([] if relay else ["--no-relay"]))
         if cp.returncode != 0:
             guest.finish()
             return False, f"copy exited {cp.returncode}: {cp.stderr}"

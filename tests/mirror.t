@@ -402,6 +402,63 @@ def live_copy_summary(S):
         h.shutdown()
 
 
+def copy_relay(S):
+    """NBD cache on the copy export relays a range from the source to the
+    destination: only clean granules, at most copy_relay bytes, only for
+    the mirror the connection was opened for.  sxm-copy --live uses it,
+    --no-relay reads and writes back."""
+    with mirror_pair(S, "relay", 16 * MiB) as (s, dst, cs):
+        g = connect(s.uri)
+        g.pwrite(b"\x42" * MiB, 3 * MiB)
+        r = ctl(cs, "start", dest=dst.uri)
+        tap.ok(r.get("copy_relay") == 4 * MiB and
+               ctl(cs, "status").get("copy_relay") == 4 * MiB,
+               "start and status offer copy_relay (4 MiB at a time)", r)
+        g.pwrite(b"\x17" * 4096, 3 * MiB + 8192)   # dirty: the guest's
+        c = connect(s.uri.replace("///", "///" + r["copy_export"]))
+        c.cache(MiB, 3 * MiB)
+        d = connect(dst.uri)
+        st = ctl(cs, "status")
+        want = bytearray(b"\x42" * MiB)
+        want[8192:12288] = b"\x17" * 4096
+        tap.ok(c.can_cache() and d.pread(MiB, 3 * MiB) == bytes(want) and
+               st["copied_bytes"] == MiB - 4096 and
+               st["copy_skipped_bytes"] == 4096,
+               "a relay copies the clean granules and leaves the dirty one "
+               "to the guest's mirrored write", st)
+        try:
+            c.cache(4 * MiB + 4096, 0)
+            tap.ok(False, "a relay over copy_relay bytes is refused")
+        except Exception as e:
+            tap.ok("Invalid argument" in str(e),
+                   "a relay over copy_relay bytes is refused (EINVAL)", e)
+        ctl(cs, "abort")
+        g.pwrite(b"\x99" * MiB, 9 * MiB)         # not mirrored: idle
+        ctl(cs, "start", dest=dst.uri)
+        try:
+            c.cache(MiB, 9 * MiB)
+            tap.ok(False, "a relay on a copy connection from an earlier "
+                   "mirror is refused")
+        except Exception as e:
+            tap.ok("not permitted" in str(e) and
+                   d.pread(4096, 9 * MiB) == bytes(4096),
+                   "a relay on a copy connection from an earlier mirror is "
+                   "refused (EPERM) and copies nothing", e)
+        for extra, relayed in ((), True), (("--no-relay",), False):
+            p = subprocess.run(
+                [os.path.join(os.path.dirname(SXM_MIRROR), "sxm-copy"),
+                 f"--live={cs}", *extra, s.uri], capture_output=True,
+                text=True, timeout=120)
+            tap.ok(p.returncode == 0 and
+                   ("relayed by the filter" in p.stderr) == relayed and
+                   first_difference(s.uri, dst.uri, 16 * MiB) is None,
+                   f"sxm-copy --live {' '.join(extra) or '(relaying)'}: the "
+                   "destination equals the source", p.stderr)
+        ctl(cs, "abort")
+        for x in (c, d, g):
+            x.shutdown()
+
+
 def guest_priority(S):
     """The copy yields to the guest by default ("guest_priority"): copy
     writes wait while guest writes are in flight, and status counts the
@@ -601,6 +658,7 @@ def destination_full(S):
 
 
 run_test(configuration, idle_protocol_requests, old_data_stale_copiers,
-         above_4gib, tls_destination, live_copy_summary, guest_priority,
+         above_4gib, tls_destination, live_copy_summary, copy_relay,
+         guest_priority,
          destination_killed, destination_killed_strict,
          destination_stalled, vhd_to_vhd, destination_full)

@@ -4,7 +4,9 @@
  * in order from a shared counter; for each one the worker asks the source
  * for its allocation map and plans operations:
  *
- *   copy mode   data  -> OP_COPY pieces (read, then write the non-zero runs)
+ *   copy mode   data  -> OP_COPY pieces (read, then write the non-zero runs),
+ *                        or OP_RELAY pieces where the destination copies
+ *                        them itself (--live: the mirror filter)
  *               zeros -> nothing if the destination reads zeros there,
  *                        else OP_ZERO (write_zeroes / punch hole)
  *   verify mode data  -> OP_CMP (read both sides, compare)
@@ -39,7 +41,7 @@
 
 #define ZERO_GRAIN 4096         /* zero detection granularity */
 
-enum op_kind { OP_COPY, OP_ZERO, OP_CMP, OP_CHKZERO };
+enum op_kind { OP_COPY, OP_ZERO, OP_CMP, OP_CHKZERO, OP_RELAY };
 
 struct seg;
 
@@ -172,6 +174,7 @@ start_req (struct worker *w, struct op *op, struct conn *c,
   case RQ_READ: fn = c->ep->ops->pread; break;
   case RQ_WRITE: fn = c->ep->ops->pwrite; break;
   case RQ_ZERO: fn = c->ep->ops->zero; break;
+  case RQ_RELAY: fn = c->ep->ops->relay; break;
   default: fn = c->ep->ops->flush; break;
   }
   if (fn (c, r) == -1)
@@ -199,6 +202,7 @@ req_name (enum req_kind k)
   case RQ_READ: return "read";
   case RQ_WRITE: return "write";
   case RQ_ZERO: return "zero";
+  case RQ_RELAY: return "relay";
   default: return "flush";
   }
 }
@@ -347,6 +351,10 @@ plan_segment (struct worker *w, struct seg *s)
   for (size_t i = 0; i < l.n && r == 0; i++) {
     if (l.e[i].zero)
       r = plan_zeros (w, s, l.e[i].off, l.e[i].len);
+    else if (cp->mode == MODE_COPY && cp->relay_max)
+      r = seg_add_pieces (s, OP_RELAY, l.e[i].off, l.e[i].len,
+                          cp->o->request_size < cp->relay_max
+                          ? cp->o->request_size : cp->relay_max);
     else
       r = seg_add_pieces (s, cp->mode == MODE_COPY ? OP_COPY : OP_CMP,
                           l.e[i].off, l.e[i].len, cp->o->request_size);
@@ -502,6 +510,9 @@ start_op (struct worker *w, struct op *op)
     op->buf = w->free_bufs[--w->nfree];
     start_req (w, op, w->dst, RQ_READ, op->off, op->len, op->buf, false);
     break;
+  case OP_RELAY:
+    start_req (w, op, w->dst, RQ_RELAY, op->off, op->len, NULL, false);
+    break;
   }
 }
 
@@ -628,6 +639,11 @@ handle_done (struct worker *w, struct req *r)
       if (r->kind == RQ_ZERO || r->data == zero_buf)
         stat_add (&cp->bytes_zeroed, r->len);
       break;
+    case OP_RELAY:
+      stat_add (&cp->bytes_relayed, op->len);
+      stat_add (&cp->bytes_read, op->len);
+      stat_add (&cp->bytes_written, op->len);
+      break;
     case OP_CMP:
       if (op->refs == 1) {      /* the second of the two reads */
         const char *a = op->buf, *b = op->buf + cp->o->request_size;
@@ -742,9 +758,9 @@ fill (struct worker *w)
       continue;
     }
     op = &s->ops[s->next_op];
-    if (op->kind != OP_ZERO && w->nfree == 0)
+    if (op->kind != OP_ZERO && op->kind != OP_RELAY && w->nfree == 0)
       break;
-    if ((op->kind == OP_COPY || op->kind == OP_CMP) &&
+    if ((op->kind == OP_COPY || op->kind == OP_CMP || op->kind == OP_RELAY) &&
         (w->rate_wait = rate_slot (w->cp, op->len)) > 0)
       break;
     s->next_op++;

@@ -74,6 +74,13 @@ struct endpoint_ops {
   int (*pwrite) (struct conn *c, struct req *r);
   int (*zero) (struct conn *c, struct req *r);
   int (*flush) (struct conn *c, struct req *r);
+  /* Ask the server to copy [R->off, R->off+R->len) from its source to its
+   * destination itself, no data crossing this connection: the mirror
+   * filter's copy export, where NBD_CMD_CACHE means that (the copy loop
+   * uses it only where the filter said so: struct copy's relay_max).
+   * Started and completed like the others.  Optional: NULL means the kind
+   * cannot, and the copy loop reads and writes. */
+  int (*relay) (struct conn *c, struct req *r);
   /* Event loop: fill P with the fd and events to poll for C and return 1,
    * or return 0 (nothing in flight, nothing to wait for).  Optional: NULL
    * means 0. */
@@ -125,7 +132,7 @@ void conn_disconnect (struct conn *c);
 void conn_free (struct conn *c);                /* disconnects; NULL ignored */
 bool conn_is_dead (struct conn *c);
 
-enum req_kind { RQ_READ, RQ_WRITE, RQ_ZERO, RQ_FLUSH };
+enum req_kind { RQ_READ, RQ_WRITE, RQ_ZERO, RQ_FLUSH, RQ_RELAY };
 
 struct req {
   enum req_kind kind;
@@ -220,11 +227,15 @@ struct copy {
   uint32_t *seg_alloc;          /* allocated bytes per segment (from the map) */
   uint64_t alloc_total;
   bool dst_zero;                /* the destination read zeros when we began */
+  /* --live: the destination endpoint (the filter's copy export) relays
+   * data runs of up to this many bytes itself; 0: read and write. */
+  uint32_t relay_max;
   pthread_mutex_t lock;         /* done_map, ckpt_dirty, rate_next, running */
   bool ckpt_dirty;
   double rate_next;
   /* Statistics, atomics. */
   uint64_t alloc_done, bytes_read, bytes_written, bytes_zeroed, bytes_skipped;
+  uint64_t bytes_relayed;       /* copied by the server (also read, written) */
   uint64_t bytes_compared;      /* verify: data read on both sides, compared */
   uint64_t bytes_zero_checked;  /* verify: source holes read on destination */
   uint64_t retries_done;

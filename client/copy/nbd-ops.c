@@ -192,6 +192,17 @@ nbdep_flush (struct conn *c, struct req *r)
   return started (n, nbd_aio_flush (n->h, COMPLETION (r), 0));
 }
 
+/* Only ever sent to the mirror filter's copy export (see the op's
+ * contract in copy.h): anywhere else a cache request copies nothing. */
+static int
+nbdep_relay (struct conn *c, struct req *r)
+{
+  struct nbdep_conn *n = to_nbdep (c);
+
+  return started (n, nbd_aio_cache (n->h, r->len, r->off, COMPLETION (r),
+                                    0));
+}
+
 static int
 nbdep_poll_setup (struct conn *c, struct pollfd *p)
 {
@@ -224,6 +235,7 @@ static const struct endpoint_ops nbdep_ops = {
   .pwrite = nbdep_pwrite,
   .zero = nbdep_zero,
   .flush = nbdep_flush,
+  .relay = nbdep_relay,
   .poll_setup = nbdep_poll_setup,
   .poll_done = nbdep_poll_done,
   .abandon = nbdep_abandon,
