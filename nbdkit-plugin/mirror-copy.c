@@ -37,12 +37,18 @@
 
 /* ---- pacing: the guest first ------------------------------------------- */
 
+/* Copy writes wait in a queue whose head alone watches the guest, so a
+ * guest request's end wakes at most one thread (and only when the head
+ * waits for exactly that), not every queued copy write: on two cores
+ * those wakeups cost the guest more than the copy it held back. */
 static unsigned guest_pending;          /* atomic: mirrored requests in flight */
 static uint64_t guest_last_ns;          /* atomic: when the last one ended */
-static unsigned pace_waiters;           /* atomic: copy writes waiting */
+static unsigned head_yielding;          /* atomic: the head waits for the guest */
 static pthread_mutex_t pace_m = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pace_cv;          /* on CLOCK_MONOTONIC */
+static pthread_cond_t queue_cv;         /* the head left; CLOCK_MONOTONIC */
+static pthread_cond_t turn_cv;          /* for the head: guest idle, window */
 static pthread_once_t pace_once = PTHREAD_ONCE_INIT;
+static bool pace_head;                  /* under pace_m: a write is the head */
 static unsigned pace_forwarding;        /* under pace_m: copy writes forwarding */
 
 static void
@@ -52,18 +58,9 @@ pace_init (void)
 
   pthread_condattr_init (&a);
   pthread_condattr_setclock (&a, CLOCK_MONOTONIC);
-  pthread_cond_init (&pace_cv, &a);
+  pthread_cond_init (&queue_cv, &a);
+  pthread_cond_init (&turn_cv, &a);
   pthread_condattr_destroy (&a);
-}
-
-static void
-pace_wake (void)
-{
-  if (__atomic_load_n (&pace_waiters, __ATOMIC_SEQ_CST) > 0) {
-    pthread_mutex_lock (&pace_m);
-    pthread_cond_broadcast (&pace_cv);
-    pthread_mutex_unlock (&pace_m);
-  }
 }
 
 void
@@ -77,8 +74,12 @@ mirror_guest_end (void)
 {
   __atomic_store_n (&guest_last_ns, (uint64_t) (sxm_now () * 1e9),
                     __ATOMIC_RELAXED);
-  if (__atomic_sub_fetch (&guest_pending, 1, __ATOMIC_SEQ_CST) == 0)
-    pace_wake ();
+  if (__atomic_sub_fetch (&guest_pending, 1, __ATOMIC_SEQ_CST) == 0 &&
+      __atomic_load_n (&head_yielding, __ATOMIC_SEQ_CST)) {
+    pthread_mutex_lock (&pace_m);
+    pthread_cond_signal (&turn_cv);
+    pthread_mutex_unlock (&pace_m);
+  }
 }
 
 /* Under pace_m: may a copy write start now?  YIELD_UNTIL bounds the wait
@@ -95,6 +96,19 @@ pace_may_start (double now, double yield_until)
   return pending == 0 || now >= yield_until;
 }
 
+/* Under pace_m: wait on CV until NOW + S at the latest. */
+static void
+wait_for (pthread_cond_t *cv, double now, double s)
+{
+  double until = now + s;
+  struct timespec ts = {
+    .tv_sec = (time_t) until,
+    .tv_nsec = (long) ((until - (time_t) until) * 1e9),
+  };
+
+  pthread_cond_timedwait (cv, &pace_m, &ts);
+}
+
 /* Wait for the copy write's turn (at once without guest priority). */
 static void
 pace_enter (void)
@@ -105,19 +119,25 @@ pace_enter (void)
   pthread_once (&pace_once, pace_init);
   pthread_mutex_lock (&pace_m);
   if (mirror_guest_priority) {
-    __atomic_fetch_add (&pace_waiters, 1, __ATOMIC_SEQ_CST);
-    while (!pace_may_start (now, t0 + MIRROR_COPY_YIELD_MAX_S)) {
-      /* Woken when a guest request or a copy write ends; the millisecond
-       * bound notices the guest falling quiet. */
-      double until = now + 0.001;
-      struct timespec ts = {
-        .tv_sec = (time_t) until,
-        .tv_nsec = (long) ((until - (time_t) until) * 1e9),
-      };
-      pthread_cond_timedwait (&pace_cv, &pace_m, &ts);
+    while (pace_head) {
+      wait_for (&queue_cv, now, 0.010);
       now = sxm_now ();
     }
-    __atomic_fetch_sub (&pace_waiters, 1, __ATOMIC_SEQ_CST);
+    pace_head = true;
+    /* (The yield is bounded from when this write became the head.) */
+    for (double yield_until = now + MIRROR_COPY_YIELD_MAX_S;
+         !pace_may_start (now, yield_until); now = sxm_now ()) {
+      /* Woken by a copy write ending, or by the guest's last request
+       * ending while we wait for it; the millisecond bound notices the
+       * guest falling quiet. */
+      __atomic_store_n (&head_yielding,
+                        __atomic_load_n (&guest_pending, __ATOMIC_SEQ_CST) > 0,
+                        __ATOMIC_SEQ_CST);
+      wait_for (&turn_cv, now, 0.001);
+    }
+    __atomic_store_n (&head_yielding, 0, __ATOMIC_SEQ_CST);
+    pace_head = false;
+    pthread_cond_signal (&queue_cv);
   }
   pace_forwarding++;
   pthread_mutex_unlock (&pace_m);
@@ -133,8 +153,8 @@ pace_leave (void)
 {
   pthread_mutex_lock (&pace_m);
   pace_forwarding--;
+  pthread_cond_signal (&turn_cv);
   pthread_mutex_unlock (&pace_m);
-  pace_wake ();
 }
 
 /* ---- the copy export ----------------------------------------------------- */
