@@ -477,6 +477,10 @@ main (int argc, char **argv)
       exit (EXIT_USAGE);
     }
   }
+  if (no_relay && !live) {
+    fprintf (stderr, "sxm-copy: --no-relay is for --live copies\n");
+    exit (EXIT_USAGE);
+  }
   if (argc - optind != (live ? 1 : 2)) {
     usage (stderr);
     exit (EXIT_USAGE);

@@ -11,14 +11,15 @@
  * generation again inside the gate, so a copier of an earlier mirror
  * cannot write stale data into a later one.
  *
+ * The copy's data is forwarded in pieces of at most MIRROR_FORWARD_PIECE.
  * Pacing ("guest_priority", the default): while the guest is writing, the
- * copy steps aside.  A copy write does not start while a mirrored guest
+ * copy steps aside.  A piece does not start while a mirrored guest
  * request is in flight (waiting at most MIRROR_COPY_YIELD_MAX_S, so the
  * copy always moves), and while the guest has been seen within
- * MIRROR_GUEST_RECENT_S only MIRROR_COPY_BUSY_WINDOW copy writes forward
- * at a time, whatever the copier keeps in flight; an idle guest leaves the
- * copy unlimited.  Why, with measurements: doc/design.md, "Guest I/O
- * during the live copy". */
+ * MIRROR_GUEST_RECENT_S only MIRROR_COPY_BUSY_WINDOW pieces forward at a
+ * time, whatever the copier keeps in flight; an idle guest leaves the
+ * copy unlimited.  Why these values, with measurements: doc/design.md,
+ * "Guest I/O during the live copy". */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -34,13 +35,14 @@
 #define MIRROR_GUEST_RECENT_S   0.020
 #define MIRROR_COPY_YIELD_MAX_S 0.004
 #define MIRROR_COPY_BUSY_WINDOW 1
+#define MIRROR_FORWARD_PIECE    (512u << 10)
 
 /* ---- pacing: the guest first ------------------------------------------- */
 
-/* Copy writes wait in a queue whose head alone watches the guest, so a
- * guest request's end wakes at most one thread (and only when the head
- * waits for exactly that), not every queued copy write: on two cores
- * those wakeups cost the guest more than the copy it held back. */
+/* Pieces wait in a queue whose head alone watches the guest, so a guest
+ * request's end wakes at most one thread (and only when the head waits
+ * for exactly that), not every queued piece: on two cores those wakeups
+ * cost the guest more than the copy they held back. */
 static unsigned guest_pending;          /* atomic: mirrored requests in flight */
 static uint64_t guest_last_ns;          /* atomic: when the last one ended */
 static unsigned head_yielding;          /* atomic: the head waits for the guest */
@@ -109,7 +111,7 @@ wait_for (pthread_cond_t *cv, double now, double s)
   pthread_cond_timedwait (cv, &pace_m, &ts);
 }
 
-/* Wait for the copy write's turn (at once without guest priority). */
+/* Wait for a piece's turn (at once without guest priority). */
 static void
 pace_enter (void)
 {
@@ -198,19 +200,18 @@ current (uint64_t gen)
 
 /* Forward to the destination the parts of [off, off+count) whose granules
  * are clean; dirty granules already hold the guest's newer data there.
- * *SENT: the bytes forwarded.  0 or an errno from the destination. */
+ * One piece: under the range lock of its granules.  *SENT: the bytes
+ * forwarded.  0, an errno from the destination, or -ENOMEM. */
 static int
-copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
-              uint32_t flags, uint64_t *sent)
+forward_piece (bool zero, const char *buf, uint64_t count, uint64_t off,
+               bool fua, uint64_t *sent)
 {
   const uint64_t gran = mirror_gran, end = off + count;
   const uint64_t gs = off / gran * gran, ge = (end + gran - 1) / gran * gran;
-  const bool fua = flags & NBDKIT_FLAG_FUA;
   struct range_held *tok;
   uint64_t pos = off;
   int e = 0;
 
-  *sent = 0;
   tok = rangelock_lock (&mirror_rl, gs, ge - gs);
   if (!tok) {
     nbdkit_error ("mirror: range lock: %m");
@@ -227,14 +228,41 @@ copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
       rend = end;
     if (!d) {
       e = zero ? dest_zero (mirror_dest, DEST_COPY, rend - pos, pos, fua)
-               : dest_pwrite (mirror_dest, DEST_COPY,
-                              (const char *) buf + (pos - off), rend - pos,
-                              pos, fua);
+               : dest_pwrite (mirror_dest, DEST_COPY, buf + (pos - off),
+                              rend - pos, pos, fua);
       *sent += rend - pos;
     }
     pos = rend;
   }
   rangelock_unlock (&mirror_rl, tok);
+  return e;
+}
+
+/* The copy's data goes to the destination in pieces of at most
+ * MIRROR_FORWARD_PIECE (whole granules), each paced on its own: a guest
+ * write then never waits behind more than one piece, whatever the
+ * copier's request size.  (Zeros go whole: no payload.) */
+static int
+copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
+              uint32_t flags, uint64_t *sent)
+{
+  const uint64_t gran = mirror_gran, end = off + count;
+  const uint64_t piece = MIRROR_FORWARD_PIECE > gran
+    ? MIRROR_FORWARD_PIECE / gran * gran : gran;
+  uint64_t pos = off;
+  int e = 0;
+
+  *sent = 0;
+  while (pos < end && e == 0) {
+    uint64_t pend = zero ? end : (pos / gran * gran) + piece;
+    if (pend > end)
+      pend = end;
+    pace_enter ();
+    e = forward_piece (zero, (const char *) buf + (pos - off), pend - pos,
+                       pos, flags & NBDKIT_FLAG_FUA, sent);
+    pace_leave ();
+    pos = pend;
+  }
   return e;
 }
 
@@ -255,9 +283,7 @@ mirror_copy_write (uint64_t gen, bool zero, const void *buf, uint32_t count,
     *err = EPERM;
     return -1;
   }
-  pace_enter ();
   e = copy_forward (zero, buf, count, off, flags, &sent);
-  pace_leave ();
   if (e < 0) {
     mirror_gate_leave ();
     *err = -e;
@@ -323,9 +349,7 @@ relay_run (nbdkit_next *next, char *buf, uint32_t count, uint64_t off,
     return -1;
   }
   zero = buf_is_zero (buf, count);
-  pace_enter ();
   e = copy_forward (zero, buf, count, off, 0, &sent);
-  pace_leave ();
   if (e < 0) {
     *err = -e;
     return -1;

@@ -455,6 +455,12 @@ def copy_relay(S):
                    f"sxm-copy --live {' '.join(extra) or '(relaying)'}: the "
                    "destination equals the source", p.stderr)
         ctl(cs, "abort")
+        p = subprocess.run(
+            [os.path.join(os.path.dirname(SXM_MIRROR), "sxm-copy"),
+             "--no-relay", s.uri, dst.uri], capture_output=True, text=True,
+            timeout=60)
+        tap.ok(p.returncode == 2 and "--no-relay is for --live" in p.stderr,
+               "--no-relay without --live: refused (exit 2)", p.stderr)
         for x in (c, d, g):
             x.shutdown()
 
