@@ -36,6 +36,8 @@
 #               resume; switchover --no-verify (must be "ready"); abort.
 #      live-nogp  the same with sxm-mirror start --no-guest-priority (the
 #               copy does not yield to the guest)
+#      live-norelay  the same as live with sxm-copy --no-relay (the data
+#               read through the copy export and written back to it)
 #    Prints copy wall time and MiB/s of allocated data, ratio live/offline
 #    (goal >= 0.8), what the guest got meanwhile (goal: >= 95 % of its
 #    2000 IOPS, p99 <= 5 ms), switchover hold_ms and compared bytes, the
@@ -295,9 +297,11 @@ offline_run() {
   stop_pid "$dst_pid"; dst_pid=
 }
 
-live_run() {   # live_run [--no-guest-priority] -> $work/live{,-nogp}.t
-  local j="$work/live-fio.json" t0 t1 t2 t3 st sw nv k=live
-  [ $# = 0 ] || k=live-nogp
+live_run() {   # live_run [KIND START-OPTION COPY-OPTION] -> $work/KIND.t
+  local j="$work/live-fio.json" t0 t1 t2 t3 st sw nv k=${1:-live}
+  local sopt=() copt=()
+  [ -z "${2:-}" ] || sopt=("$2")
+  [ -z "${3:-}" ] || copt=("$3")
   serve_dst 4G
   # The guest: already writing when the mirror starts, into the allocated
   # runs only (strided zones: 16 MiB of every 64 MiB), rate-limited.
@@ -307,9 +311,9 @@ live_run() {   # live_run [--no-guest-priority] -> $work/live{,-nogp}.t
   sleep 1.5   # past fio's 1 s ramp: its latency figures cover the mirror only
   kill -0 "$fio_pid" 2>/dev/null || die "fio (live load) exited: $(cat "$j.log")"
   t0=$(now)
-  mirror start "$dst_uri" "$@" >/dev/null
+  mirror start "$dst_uri" "${sopt[@]}" >/dev/null
   t1=$(now)
-  "$SXM_COPY" -q --live="$CTL" "$src_uri" || die "sxm-copy --live failed"
+  "$SXM_COPY" -q "${copt[@]}" --live="$CTL" "$src_uri" || die "sxm-copy --live failed"
   t2=$(now)
   kill -0 "$fio_pid" 2>/dev/null || die "fio (live load) ended before the copy did"
   stop_pid "$fio_pid"; fio_pid=
@@ -340,12 +344,13 @@ live_run() {   # live_run [--no-guest-priority] -> $work/live{,-nogp}.t
     "$(jget "$st" 'j["copy_yields"]') $(jget "$st" 'j["copy_yield_ms"]')" \
     >>"$work/$k.t"
 }
-live-nogp_run() { live_run --no-guest-priority; }
+live-nogp_run() { live_run live-nogp --no-guest-priority ""; }
+live-norelay_run() { live_run live-norelay "" --no-relay; }
 
-lcases=(offline live live-nogp)
+lcases=(offline live live-nogp live-norelay)
 for r in $(seq "$REPS"); do
-  for i in 0 1 2; do
-    k=${lcases[$(( (i + r) % 3 ))]}
+  for i in 0 1 2 3; do
+    k=${lcases[$(( (i + r) % 4 ))]}
     printf '  [%4ds] round %d/%d: %s copy\n' $SECONDS "$r" "$REPS" "$k"
     "${k}_run"
   done
@@ -395,11 +400,12 @@ printf 'Copy of a 4 GiB raw disk with 1 GiB allocated (64 x 16 MiB), %d runs, me
 printf '  %-44s %8s %15s %7s %9s\n' copy wall "(range)" "MiB/s" "vs offl."
 printf '  %-44s %7.3fs %15s %7.0f %9.3f\n' "offline: sxm-copy SRC DST (filter idle)" "$off" \
   "$(range "$work/offline.t" 1 1 %.2f)" "$(echo "$ALLOC / 1048576 / $off" | bc -l)" 1
-for k in live live-nogp; do
+for k in live live-nogp live-norelay; do
   live=$(col "$work/$k.t" 1)
   case $k in
     live) label="live: sxm-copy --live, guest writing" ;;
     live-nogp) label="live, --no-guest-priority" ;;
+    live-norelay) label="live, sxm-copy --no-relay" ;;
   esac
   printf '  %-44s %7.3fs %15s %7.0f %9.3f\n' "$label" "$live" \
     "$(range "$work/$k.t" 1 1 %.2f)" "$(echo "$ALLOC / 1048576 / $live" | bc -l)" "$(echo "$off / $live" | bc -l)"
@@ -408,7 +414,7 @@ echo
 printf 'The guest during the live copy (%d IOPS asked; goals: >= 95 %%, p99 <= 5 ms;\n' "$LIVE_IOPS"
 printf 'copy >= 0.8 x offline), medians [ranges]\n'
 printf '  %-26s %16s %20s %22s %9s %16s\n' case IOPS "p50 µs" "p99 µs" "copy/offl" "copy yields (ms)"
-for k in live live-nogp; do
+for k in live live-nogp live-norelay; do
   printf '  %-26s %5.0f %10s %7.1f %12s %8.1f %13s %9.3f %6.0f (%.0f)\n' "$k" \
     "$(col "$work/$k.fio" 3)" "$(range "$work/$k.fio" 3 1 %.0f)" \
     "$(col "$work/$k.fio" 1)" "$(range "$work/$k.fio" 1)" \
@@ -419,8 +425,8 @@ done
 printf '  live copy moved %.1f MiB (copied + skipped as dirty); guest wrote %.0f requests meanwhile\n' \
   "$(echo "$(col "$work/live.t" 6) / 1048576" | bc -l)" "$(col "$work/live.t" 7)"
 echo
-echo "Switchover (guest stopped writing first), medians over both live cases"
-cat "$work/live.t" "$work/live-nogp.t" >"$work/sw.t"
+echo "Switchover (guest stopped writing first), medians over the live cases"
+cat "$work/live.t" "$work/live-nogp.t" "$work/live-norelay.t" >"$work/sw.t"
 printf '  %-46s %9.1f ms %s, compared %.1f MiB\n' "switchover with verify: hold_ms" \
   "$(col "$work/sw.t" 3)" "$(range "$work/sw.t" 3)" "$(echo "$(col "$work/sw.t" 4) / 1048576" | bc -l)"
 printf '  %-46s %9.1f ms %s\n' "switchover --no-verify (after resume): hold_ms" \
