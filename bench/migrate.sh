@@ -20,8 +20,10 @@
 #   sxm idle      sxm migrate --memory none, nothing writing
 #   sxm fio       the same while fio writes 4 KiB at random at 200 IOPS
 #                 into the allocated runs
+#   sxm fio-nogp  the same with sxm migrate --no-guest-priority
 #   sxm fio+mem   the same plus memory: the uffd test guest, 256 MiB,
 #                 dirtying 16 MiB/s
+# MIGRATE_BENCH_CASES picks cases (default: all, in the order above).
 # Prints medians of the whole time, the time sxm spends checking before
 # it starts (token, mirror state, sizes, allocation map), the live copy's
 # time, the downtime (guest paused to running on the destination) and the
@@ -136,8 +138,9 @@ run_qemu_img() {
   echo "qemu-img $(echo "$t1 - $t0" | bc) - - - -"
 }
 
-run_sxm() {  # NAME WITH_FIO WITH_MEM
+run_sxm() {  # NAME WITH_FIO WITH_MEM [MIGRATE-OPTION...]
   local name=$1 fio=$2 mem=$3 port memargs=() rmem=none d=$W/sr
+  shift 3
   rm -rf "$d"; mkdir -p "$d"
   port=$(free_port)
   [ "$mem" = 0 ] || { rmem=uffd; memargs=(--memory uffd --memory-opt=--guest-mem=256M --memory-opt=--dirty-rate=16M); }
@@ -148,7 +151,7 @@ run_sxm() {  # NAME WITH_FIO WITH_MEM
   for _ in $(seq 500); do [ -s "$W/token" ] && break; sleep 0.02; done
   start_source
   [ "$fio" = 0 ] || fio_start
-  "$SXM" migrate -q --token-file "$W/token" --disk "$W/vm.ctl" "${memargs[@]}" \
+  "$SXM" migrate -q --token-file "$W/token" --disk "$W/vm.ctl" "${memargs[@]}" "$@" \
     --summary-json "$W/sum.json" 2>>"$W/migrate.log" ||
     { echo "bench/migrate.sh: sxm migrate failed: $(tail -n 3 "$W/migrate.log")" >&2; exit 1; }
   wait "$rp" || { echo "bench/migrate.sh: sxm receive failed" >&2; exit 1; }
@@ -158,20 +161,32 @@ run_sxm() {  # NAME WITH_FIO WITH_MEM
   jq -r --arg n "$name" '"\($n) \(.total_ms / 1000) \(.memory.downtime_ms) \(.switchover[0].hold_ms) \((.phase_start_ms.memory - .phase_start_ms.copy) / 1000) \(.phase_start_ms.mirror / 1000)"' "$W/sum.json"
 }
 
+ALL_CASES="nbdcopy nbdcopy-front qemu-img sxm-idle sxm-fio sxm-fio-nogp sxm-fio+mem"
+CASES=${MIGRATE_BENCH_CASES:-$ALL_CASES}
+[[ " $CASES " == *" nbdcopy "* ]] || CASES="nbdcopy $CASES"   # the anchor
+for c in $CASES; do
+  [[ " $ALL_CASES " == *" $c "* ]] || { echo "bench/migrate.sh: no case '$c' (cases: $ALL_CASES)" >&2; exit 1; }
+done
+run_case() {
+  case $1 in
+    nbdcopy) run_nbdcopy ;;
+    nbdcopy-front) run_nbdcopy_front ;;
+    qemu-img) run_qemu_img ;;
+    sxm-idle) run_sxm "sxm-idle" 0 0 ;;
+    sxm-fio) run_sxm "sxm-fio" 1 0 ;;
+    sxm-fio-nogp) run_sxm "sxm-fio-nogp" 1 0 --no-guest-priority ;;
+    sxm-fio+mem) run_sxm "sxm-fio+mem" 1 1 ;;
+  esac
+}
 for r in $(seq "$REPS"); do
   echo "bench/migrate.sh: round $r of $REPS" >&2
-  run_nbdcopy
-  run_nbdcopy_front
-  run_qemu_img
-  run_sxm "sxm-idle" 0 0
-  run_sxm "sxm-fio" 1 0
-  run_sxm "sxm-fio+mem" 1 1
+  for c in $CASES; do run_case "$c"; done
 done >"$W/results"
 
 base=$(awk '$1 == "nbdcopy" { print $2 }' "$W/results" | median)
 printf '\nsxm migrate vs anchors: 8 GiB VHD, 1 GiB allocated, loopback TCP + TLS, medians of %s\n' "$REPS"
 printf "%-14s %10s %10s %10s %10s %14s %12s\n" case "whole s" "vs nbdcopy" "checks s" "copy s" "downtime ms" "hold ms"
-for c in nbdcopy nbdcopy-front qemu-img sxm-idle sxm-fio sxm-fio+mem; do
+for c in $CASES; do
   t=$(awk -v c="$c" '$1 == c { print $2 }' "$W/results" | median)
   dt=- h=- cp=- ck=-
   if awk -v c="$c" '$1 == c && $3 != "-" { f = 1 } END { exit !f }' "$W/results"; then

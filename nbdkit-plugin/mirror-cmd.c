@@ -127,7 +127,7 @@ start_parse (const struct json_obj *req, struct start_args *a,
 {
   a->uri = json_str (req, "dest");
   a->exp = json_str (req, "export");
-  a->nconns = 2;
+  a->nconns = 4;
   a->timeout = 30;
   a->insecure = false;
   a->guest_priority = true;

@@ -12,14 +12,15 @@
  * cannot write stale data into a later one.
  *
  * The copy's data is forwarded in pieces of at most MIRROR_FORWARD_PIECE.
- * Pacing ("guest_priority", the default): while the guest is writing, the
- * copy steps aside.  A piece does not start while a mirrored guest
- * request is in flight (waiting at most MIRROR_COPY_YIELD_MAX_S, so the
- * copy always moves), and while the guest has been seen within
- * MIRROR_GUEST_RECENT_S only MIRROR_COPY_BUSY_WINDOW pieces forward at a
- * time, whatever the copier keeps in flight; an idle guest leaves the
- * copy unlimited.  Why these values, with measurements: doc/design.md,
- * "Guest I/O during the live copy". */
+ * Pacing ("guest_priority", the default): while a mirrored guest request
+ * is in flight the copy steps aside.  No piece starts then (for at most
+ * MIRROR_COPY_YIELD_MAX_S, so the copy always moves), and after that
+ * only MIRROR_COPY_BUSY_WINDOW pieces forward at a time, whatever the
+ * copier keeps in flight; whenever the guest has nothing in flight the
+ * copy is unlimited.  So a guest writing little costs the copy little,
+ * and one writing all the time gets a copy one piece wide.  Why these
+ * values, with measurements: doc/design.md, "Guest I/O during the live
+ * copy". */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -32,7 +33,6 @@
 #include "monotime.h"
 #include "zero.h"
 
-#define MIRROR_GUEST_RECENT_S   0.020
 #define MIRROR_COPY_YIELD_MAX_S 0.004
 #define MIRROR_COPY_BUSY_WINDOW 1
 #define MIRROR_FORWARD_PIECE    (512u << 10)
@@ -44,7 +44,6 @@
  * for exactly that), not every queued piece: on two cores those wakeups
  * cost the guest more than the copy they held back. */
 static unsigned guest_pending;          /* atomic: mirrored requests in flight */
-static uint64_t guest_last_ns;          /* atomic: when the last one ended */
 static unsigned head_yielding;          /* atomic: the head waits for the guest */
 static pthread_mutex_t pace_m = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_cv;         /* the head left; CLOCK_MONOTONIC */
@@ -74,8 +73,6 @@ mirror_guest_begin (void)
 void
 mirror_guest_end (void)
 {
-  __atomic_store_n (&guest_last_ns, (uint64_t) (sxm_now () * 1e9),
-                    __ATOMIC_RELAXED);
   if (__atomic_sub_fetch (&guest_pending, 1, __ATOMIC_SEQ_CST) == 0 &&
       __atomic_load_n (&head_yielding, __ATOMIC_SEQ_CST)) {
     pthread_mutex_lock (&pace_m);
@@ -84,18 +81,14 @@ mirror_guest_end (void)
   }
 }
 
-/* Under pace_m: may a copy write start now?  YIELD_UNTIL bounds the wait
- * for the guest's requests in flight. */
+/* Under pace_m: may a piece start now?  YIELD_UNTIL bounds the wait for
+ * the guest's requests in flight. */
 static bool
 pace_may_start (double now, double yield_until)
 {
-  unsigned pending = __atomic_load_n (&guest_pending, __ATOMIC_SEQ_CST);
-  double last = __atomic_load_n (&guest_last_ns, __ATOMIC_RELAXED) / 1e9;
-  bool busy = pending > 0 || now - last < MIRROR_GUEST_RECENT_S;
-
-  if (busy && pace_forwarding >= MIRROR_COPY_BUSY_WINDOW)
-    return false;
-  return pending == 0 || now >= yield_until;
+  if (__atomic_load_n (&guest_pending, __ATOMIC_SEQ_CST) == 0)
+    return true;
+  return now >= yield_until && pace_forwarding < MIRROR_COPY_BUSY_WINDOW;
 }
 
 /* Under pace_m: wait on CV until NOW + S at the latest. */
@@ -129,9 +122,8 @@ pace_enter (void)
     /* (The yield is bounded from when this write became the head.) */
     for (double yield_until = now + MIRROR_COPY_YIELD_MAX_S;
          !pace_may_start (now, yield_until); now = sxm_now ()) {
-      /* Woken by a copy write ending, or by the guest's last request
-       * ending while we wait for it; the millisecond bound notices the
-       * guest falling quiet. */
+      /* Woken by a piece ending, or by the guest's last request ending
+       * while we wait for it; the millisecond bound is a safety net. */
       __atomic_store_n (&head_yielding,
                         __atomic_load_n (&guest_pending, __ATOMIC_SEQ_CST) > 0,
                         __ATOMIC_SEQ_CST);

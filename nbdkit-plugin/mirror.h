@@ -53,9 +53,9 @@ struct dest_info {
  * share it. */
 enum dest_class { DEST_GUEST, DEST_COPY };
 
-/* Connect NCONNS connections to URI (TLS from the URI): the first half
- * (at least one) carry DEST_GUEST, the rest DEST_COPY.  NULL with a
- * message in err on failure. */
+/* Connect NCONNS connections to URI (TLS from the URI): the first carries
+ * DEST_GUEST (self-driven: see mirror-dest.c), the rest DEST_COPY.  NULL
+ * with a message in err on failure. */
 struct dest *dest_open (const char *uri, unsigned nconns, double timeout,
                         struct dest_info *info, char *err, size_t errlen);
 /* Every request must have completed (the gate guarantees it). */
