@@ -183,11 +183,23 @@ mirror_copy_opened (void)
   pthread_mutex_unlock (&mirror_info_lock);
 }
 
-/* Inside the gate: is the connection's mirror the one running? */
-static bool
-current (uint64_t gen)
+/* Enter the gate for a request WHAT of a copy connection opened for
+ * generation GEN: 0 inside it, with that mirror running; or -1 with *ERR
+ * = EPERM and the gate left (the mirror ended, or the connection belongs
+ * to an earlier one). */
+static int
+enter_current (uint64_t gen, const char *what, int *err)
 {
-  return mirror_cur_state () == M_MIRRORING && gen == mirror_generation;
+  mirror_gate_enter ();
+  if (mirror_cur_state () == M_MIRRORING && gen == mirror_generation)
+    return 0;
+  nbdkit_error ("mirror: copy %s refused: %s", what,
+                gen != mirror_generation ? "this copy connection belongs "
+                "to an earlier mirror"
+                : mirror_state_name (mirror_cur_state ()));
+  mirror_gate_leave ();
+  *err = EPERM;
+  return -1;
 }
 
 /* Forward to the destination the parts of [off, off+count) whose granules
@@ -265,16 +277,8 @@ mirror_copy_write (uint64_t gen, bool zero, const void *buf, uint32_t count,
   uint64_t sent;
   int e;
 
-  mirror_gate_enter ();
-  if (!current (gen)) {
-    nbdkit_error ("mirror: copy write refused: %s",
-                  gen != mirror_generation ? "this copy connection belongs "
-                  "to an earlier mirror"
-                  : mirror_state_name (mirror_cur_state ()));
-    mirror_gate_leave ();
-    *err = EPERM;
+  if (enter_current (gen, zero ? "write_zeroes" : "write", err) == -1)
     return -1;
-  }
   e = copy_forward (zero, buf, count, off, flags, &sent);
   if (e < 0) {
     mirror_gate_leave ();
@@ -373,16 +377,8 @@ mirror_copy_relay (uint64_t gen, nbdkit_next *next, uint32_t count,
     *err = ENOMEM;
     return -1;
   }
-  mirror_gate_enter ();
-  if (!current (gen)) {
-    nbdkit_error ("mirror: copy relay refused: %s",
-                  gen != mirror_generation ? "this copy connection belongs "
-                  "to an earlier mirror"
-                  : mirror_state_name (mirror_cur_state ()));
-    mirror_gate_leave ();
-    *err = EPERM;
+  if (enter_current (gen, "relay", err) == -1)
     return -1;
-  }
   r = relay_run (next, buf, count, off, err);
   mirror_gate_leave ();
   return r;
@@ -395,12 +391,8 @@ mirror_copy_flush (uint64_t gen, int *err)
 {
   int e;
 
-  mirror_gate_enter ();
-  if (!current (gen)) {
-    mirror_gate_leave ();
-    *err = EPERM;
+  if (enter_current (gen, "flush", err) == -1)
     return -1;
-  }
   e = dest_flush (mirror_dest);
   if (e)
     mirror_dest_failed (e, "flush", 0, 0, err);
