@@ -261,6 +261,7 @@ verdict() {     # verdict OK N TEXT
     cat $L/guest-*.log 2>/dev/null | grep -a -v '^heartbeat' | tail -n 12 | sed 's/^/#   console: /'
   if [ "$1" = yes ]; then echo "ok $2 - $3"
   elif [ "$(tf)" -gt "${LEG_TF:-0}" ]; then echo "not ok $2 - $3 # TODO the guest triple-faulted under TCG (Xen logged it)"
+  elif [ "${DISK_GUEST_LOST:-}" = yes ]; then echo "not ok $2 - $3 # TODO not run: the disk guest (test 8) was lost to triple faults under TCG"
   else echo "not ok $2 - $3"; fi
 }
 alive() { [ -n "$(xl domid rigguest 2>/dev/null)" ] && ! crashed "$(xl domid rigguest)"; }
@@ -283,12 +284,23 @@ echo "disk = [ 'vdev=xvda,access=w,format=raw,script=$BS,target=$DEV'," \
   "'vdev=xvdb,access=w,format=raw,script=$BS,target=$DEV2' ]" >>/tmp/gdisk.cfg
 export GCFG=/tmp/gdisk.cfg
 d_ok=no LEG_TF=$(tf)
-if [ -n "$DEV" ] && [ -n "$DEV2" ] && guest; then
-  for i in $(seq 20); do [ "$(drec)" -gt 8 ] 2>/dev/null && break; sleep 1; done
-  disk_on "the guest on A" && d_ok=yes
-fi
+# A guest lost to a triple fault boots again (a new boot writes records
+# of its own, from 1, with a new seed): legs 9-15 all need it.
+for try in 1 2 3; do
+  tf0=$(tf)
+  if [ -n "$DEV" ] && [ -n "$DEV2" ] && guest; then
+    for i in $(seq 20); do [ "$(drec)" -gt 8 ] 2>/dev/null && break; sleep 1; done
+    disk_on "the guest on A" && d_ok=yes
+  fi
+  { [ $d_ok = yes ] || [ "$(tf)" -le "$tf0" ]; } && break
+  echo "# disk guest try $try: a guest triple-faulted (TCG); again"
+  xl destroy rigguest 2>/dev/null
+done
 cat /tmp/att.err | sed 's/^/#   attach: /'
 verdict $d_ok 8 "a PVH guest with two disks on SR A (sxm attach --nbd-device, phy:$DEV, block-sxm): records written and read back ($(dlast))"
+# Legs 9-15 need that guest: lost to the emulator, they are TODO, not
+# failures (they could not test sxm).
+[ $d_ok = yes ] || [ "$(tf)" -le "$LEG_TF" ] || DISK_GUEST_LOST=yes
 
 # block-sxm refuses a device another domain's backend already has (as
 # Xen's block script does): xvda's device attached again as xvdc.
@@ -433,6 +445,7 @@ else
   verdict $ok4 15 "a destination without the memory refuses before anything moves (exit 4, says so), the guest runs on"
 fi
 [ $ok4 = yes ] || cat /tmp/ballast.log 2>/dev/null | sed 's/^/#   /'
+DISK_GUEST_LOST=
 echo "# blackout (probe, ms): xl migrate (memory only) $xl_gap, the disk guest ${xld_gap:-?}; xenmem (memory only) $xm_gap; sxm disk+memory A->B ${l1:-}; B->A ${l2:-}"
 echo "sxm-xen-disk-result xl_downtime_ms=$xl_gap xl_disk_guest_downtime_ms=${xld_gap:-} sxm_ab=\"${l1:-}\" sxm_ba=\"${l2:-}\""
 # --- auto-converge: a guest dirtying memory faster than the link ------------
