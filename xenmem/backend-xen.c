@@ -643,12 +643,8 @@ xsend_save (struct xsend *X)
 static int
 xsend_commit (struct xsend *X)
 {
-  if (xm_read_ack (X->c, &X->ad, &X->r, X->rec) == -1)
+  if (xm_read_verdict (X->c, &X->ad, &X->r, X->rec) == -1)
     return XM_FAILED;
-  if (X->r.u.ack.status != 0) {
-    sxm_error ("the receiver refused the guest: %s", X->r.u.ack.msg);
-    return XM_FAILED;
-  }
   X->t_loaded = sxm_now ();
   X->committed = true;
   if (xsend_put (X, X->rec, xm_encode_ack (X->rec, X->seq++, 0,

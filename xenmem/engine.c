@@ -341,6 +341,19 @@ xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
   return 0;
 }
 
+int
+xm_read_verdict (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
+                 uint8_t *buf)
+{
+  if (xm_read_ack (c, d, r, buf) == -1)
+    return -1;
+  if (r->u.ack.status != 0) {
+    sxm_error ("the receiver refused the guest: %s", r->u.ack.msg);
+    return -1;
+  }
+  return 0;
+}
+
 void
 xm_progress_round (const struct xm_send_opts *o, unsigned round, bool paused,
                    uint64_t pages, uint64_t bytes, double secs, int64_t dirty,
@@ -584,12 +597,8 @@ barrier (struct sender *S)
   xm_decoder_init_acks (&S->ad);
   snprintf (want, sizeof want, "round %u", S->round);
   do {
-    if (xm_read_ack (S->c, &S->ad, &S->r, S->rec) == -1)
+    if (xm_read_verdict (S->c, &S->ad, &S->r, S->rec) == -1)
       return -1;
-    if (S->r.u.ack.status != 0) {
-      sxm_error ("the receiver refused the guest: %s", S->r.u.ack.msg);
-      return -1;
-    }
   } while (strcmp (S->r.u.ack.msg, want) != 0);
 
   if (S->hook != -1) {
@@ -673,12 +682,8 @@ commit (struct sender *S)
 {
   /* Round acknowledgements after the barrier's are not expected (no ROUND
    * follows it), so the next reply is the answer to END. */
-  if (xm_read_ack (S->c, &S->ad, &S->r, S->rec) == -1)
+  if (xm_read_verdict (S->c, &S->ad, &S->r, S->rec) == -1)
     return XM_FAILED;
-  if (S->r.u.ack.status != 0) {
-    sxm_error ("the receiver refused the guest: %s", S->r.u.ack.msg);
-    return XM_FAILED;
-  }
   S->committed = true;
   if (put (S, S->rec, xm_encode_ack (S->rec, S->seq++, 0, "commit")) == -1 ||
       xm_read_ack (S->c, &S->ad, &S->r, S->rec) == -1 ||

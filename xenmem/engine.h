@@ -134,6 +134,10 @@ int xm_read_ack (struct xm_conn *c, struct xm_decoder *d, struct xm_record *r,
                  uint8_t *buf);
 int xm_send_ack (struct xm_conn *c, uint32_t *seq, int32_t status,
                  const char *msg);
+/* xm_read_ack, and a non-zero status is the receiver refusing the guest
+ * (said, with its message): 0 if it took what was sent, or -1. */
+int xm_read_verdict (struct xm_conn *c, struct xm_decoder *d,
+                     struct xm_record *r, uint8_t *buf);
 
 /* The pre-copy policy, the one for every backend (doc/design.md,
  * "Auto-converge"): the engine's send loop and the xen backend's
