@@ -49,19 +49,14 @@ static pthread_mutex_t pace_m = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_cv;         /* the head left; CLOCK_MONOTONIC */
 static pthread_cond_t turn_cv;          /* for the head: guest idle, window */
 static pthread_once_t pace_once = PTHREAD_ONCE_INIT;
-static bool pace_head;                  /* under pace_m: a write is the head */
-static unsigned pace_forwarding;        /* under pace_m: copy writes forwarding */
+static bool pace_head;                  /* under pace_m: a piece is the head */
+static unsigned pace_forwarding;        /* under pace_m: pieces forwarding */
 
 static void
 pace_init (void)
 {
-  pthread_condattr_t a;
-
-  pthread_condattr_init (&a);
-  pthread_condattr_setclock (&a, CLOCK_MONOTONIC);
-  pthread_cond_init (&queue_cv, &a);
-  pthread_cond_init (&turn_cv, &a);
-  pthread_condattr_destroy (&a);
+  sxm_cond_init_monotonic (&queue_cv);
+  sxm_cond_init_monotonic (&turn_cv);
 }
 
 void
@@ -95,11 +90,7 @@ pace_may_start (double now, double yield_until)
 static void
 wait_for (pthread_cond_t *cv, double now, double s)
 {
-  double until = now + s;
-  struct timespec ts = {
-    .tv_sec = (time_t) until,
-    .tv_nsec = (long) ((until - (time_t) until) * 1e9),
-  };
+  struct timespec ts = sxm_timespec (now + s);
 
   pthread_cond_timedwait (cv, &pace_m, &ts);
 }
@@ -119,7 +110,7 @@ pace_enter (void)
       now = sxm_now ();
     }
     pace_head = true;
-    /* (The yield is bounded from when this write became the head.) */
+    /* (The yield is bounded from when this piece became the head.) */
     for (double yield_until = now + MIRROR_COPY_YIELD_MAX_S;
          !pace_may_start (now, yield_until); now = sxm_now ()) {
       /* Woken by a piece ending, or by the guest's last request ending
@@ -270,32 +261,42 @@ copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
   return e;
 }
 
-int
-mirror_copy_write (uint64_t gen, bool zero, const void *buf, uint32_t count,
-                   uint64_t off, uint32_t flags, int *err)
+/* Inside the gate, for the current mirror: forward the request (WHAT, for
+ * messages) and count it.  0, or -1 with *ERR (a destination failure has
+ * broken the mirror: EIO). */
+static int
+forward_counted (bool zero, const void *buf, uint32_t count, uint64_t off,
+                 uint32_t flags, const char *what, int *err)
 {
   uint64_t sent;
-  int e;
+  int e = copy_forward (zero, buf, count, off, flags, &sent);
 
-  if (enter_current (gen, zero ? "write_zeroes" : "write", err) == -1)
-    return -1;
-  e = copy_forward (zero, buf, count, off, flags, &sent);
   if (e < 0) {
-    mirror_gate_leave ();
     *err = -e;
     return -1;
   }
   if (e) {
-    mirror_dest_failed (e, zero ? "copy write_zeroes" : "copy write", off,
-                        count, err);
-    mirror_gate_leave ();
+    mirror_dest_failed (e, what, off, count, err);
     *err = EIO;
     return -1;
   }
   mirror_stat_add (&mirror_stats.copied, sent);
   mirror_stat_add (&mirror_stats.copy_skipped, count - sent);
-  mirror_gate_leave ();
   return 0;
+}
+
+int
+mirror_copy_write (uint64_t gen, bool zero, const void *buf, uint32_t count,
+                   uint64_t off, uint32_t flags, int *err)
+{
+  int r;
+
+  if (enter_current (gen, zero ? "write_zeroes" : "write", err) == -1)
+    return -1;
+  r = forward_counted (zero, buf, count, off, flags,
+                       zero ? "copy write_zeroes" : "copy write", err);
+  mirror_gate_leave ();
+  return r;
 }
 
 /* The relay's buffer: one per nbdkit thread, kept (a fresh 1 MiB
@@ -333,10 +334,6 @@ static int
 relay_run (nbdkit_next *next, char *buf, uint32_t count, uint64_t off,
            int *err)
 {
-  uint64_t sent;
-  bool zero;
-  int e;
-
   if (next->pread (next, buf, count, off, 0, err) == -1) {
     nbdkit_error ("mirror: relay: source read at offset %" PRIu64
                   " (length %" PRIu32 ") failed", off, count);
@@ -344,20 +341,8 @@ relay_run (nbdkit_next *next, char *buf, uint32_t count, uint64_t off,
       *err = EIO;
     return -1;
   }
-  zero = buf_is_zero (buf, count);
-  e = copy_forward (zero, buf, count, off, 0, &sent);
-  if (e < 0) {
-    *err = -e;
-    return -1;
-  }
-  if (e) {
-    mirror_dest_failed (e, "copy relay", off, count, err);
-    *err = EIO;
-    return -1;
-  }
-  mirror_stat_add (&mirror_stats.copied, sent);
-  mirror_stat_add (&mirror_stats.copy_skipped, count - sent);
-  return 0;
+  return forward_counted (buf_is_zero (buf, count), buf, count, off, 0,
+                         "copy relay", err);
 }
 
 int

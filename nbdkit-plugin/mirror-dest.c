@@ -75,16 +75,6 @@ struct dest {
   struct dest_info info;
 };
 
-static pthread_condattr_t mono_attr;
-static pthread_once_t mono_once = PTHREAD_ONCE_INIT;
-
-static void
-mono_init (void)
-{
-  pthread_condattr_init (&mono_attr);
-  pthread_condattr_setclock (&mono_attr, CLOCK_MONOTONIC);
-}
-
 static void *
 io_thread (void *arg)
 {
@@ -167,7 +157,6 @@ dest_open (const char *uri, unsigned nconns, double timeout,
   struct sxm_nbd_info ni;
   unsigned i;
 
-  pthread_once (&mono_once, mono_init);
   if (nconns < 1)
     nconns = 1;
   d = calloc (1, sizeof *d);
@@ -269,9 +258,8 @@ pick (struct dest *d, enum dest_class cls)
 static void
 req_init (struct dest_req *r, struct dest_conn *c)
 {
-  pthread_once (&mono_once, mono_init);
   pthread_mutex_init (&r->m, NULL);
-  pthread_cond_init (&r->cv, &mono_attr);
+  sxm_cond_init_monotonic (&r->cv);
   r->done = false;
   r->err = 0;
   r->conn = c;
@@ -521,13 +509,11 @@ wait_driving (struct dest_req *r, double deadline, const struct timespec *ts,
 int
 dest_wait (struct dest *d, struct dest_req *r)
 {
-  struct timespec ts;
   double deadline = sxm_now () + d->timeout;
+  struct timespec ts = sxm_timespec (deadline);
   bool timed_out = false;
   int err;
 
-  ts.tv_sec = (time_t) deadline;
-  ts.tv_nsec = (long) ((deadline - ts.tv_sec) * 1e9);
   if (r->conn->self_driven)
     wait_driving (r, deadline, &ts, &timed_out);
   else

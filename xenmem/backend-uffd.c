@@ -643,12 +643,7 @@ vcpu (void *arg)
 static void
 guest_sync_init (struct guest *g)
 {
-  pthread_condattr_t ca;
-
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&g->cond, &ca);
-  pthread_condattr_destroy (&ca);
+  sxm_cond_init_monotonic (&g->cond);
   pthread_mutex_init (&g->lock, NULL);
   g->sync_init = true;
 }
@@ -1015,8 +1010,7 @@ check (struct guest *g, double seconds, struct jbuf *buf)
   cs = __atomic_load_n (&st->counter, __ATOMIC_RELAXED);
   t0 = sxm_now ();
   if (seconds > 0) {
-    ts.tv_sec = (time_t) seconds;
-    ts.tv_nsec = (long) ((seconds - ts.tv_sec) * 1e9);
+    ts = sxm_timespec (seconds);
     while (nanosleep (&ts, &ts) == -1 && errno == EINTR)
       ;
   }
