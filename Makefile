@@ -4,6 +4,7 @@
 #   make check        run every test through prove (TAP)
 #   make check-asan   the same suite, built with ASan + UBSan
 #   make demo         the main job on a built-in default
+#   make crash-explore  the crash-state exploration at full size (CRASH_STATES, CRASH_OPS)
 #   make check-xen    only tests/xen.t: Xen 4.17 under QEMU/TCG, xl vs xenmem (in check too)
 #   make bench        benchmarks against qemu-nbd / nbdcopy (printed, not asserted)
 #   make fuzz         libFuzzer harnesses, FUZZ_SECONDS each (default 60)
@@ -45,12 +46,13 @@ FILTER_SRCS := nbdkit-plugin/mirror.c nbdkit-plugin/mirror-state.c nbdkit-plugin
 TOOLS      := client/sxm-vhd client/sxm-copy client/sxm-mirror xenmem/xenmem
 BENCH_BINS := bench/map-time
 XEN_TEST_BINS := tests/xen/downtime-probe
+CRASH_BINS := tests/crash/crashtrace.so tests/crash/nbdkit-crashlog-filter.so tests/crash/crash-read
 FUZZERS    := tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-vhd-write tests/fuzz/fuzz-jsonline tests/fuzz/fuzz-xmstream
 FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
-.PHONY: all tools deb deps check check-asan check-xen demo bench fuzz install clean
-all: deps $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS)
+.PHONY: all tools deb deps check check-asan check-xen crash-explore demo bench fuzz install clean
+all: deps $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS) $(CRASH_BINS)
 
 # Installs (as root) whatever Debian packages are missing; a no-op otherwise.
 # SXM_NO_DEPS=1 skips it (a package build: Build-Depends did that).
@@ -126,6 +128,16 @@ tests/fuzz/fuzz-%: tests/fuzz/fuzz-%.c tests/fuzz/fuzzvhd.h $(FUZZ_SRCS) $(COMMO
 
 tests/fuzz/fuzz-xmstream: xenmem/stream.c xenmem/stream.h xenmem/preflight.c xenmem/preflight.h
 
+# Crash-state exploration (tests/crash/, doc/testing.md): the interposer
+# and the filter are test instrumentation, built without the sanitizers
+# (the interposer is preloaded into processes that may not carry them).
+tests/crash/crashtrace.so: tests/crash/crashtrace.c tests/crash/crashtrace.h | deps
+	$(CC) $(WARNFLAGS) -std=gnu11 -fPIC -D_GNU_SOURCE -O2 -g -shared -o $@ $< -ldl
+tests/crash/nbdkit-crashlog-filter.so: tests/crash/nbdkit-crashlog-filter.c tests/crash/crashtrace.h | deps
+	$(CC) $(WARNFLAGS) -std=gnu11 -fPIC -D_GNU_SOURCE -O2 -g $(NBDKIT_CFLAGS) -shared -o $@ $<
+tests/crash/crash-read: tests/crash/crash-read.c common/libsxm.a $(COMMON_HDRS)
+	$(CC) $(ALLCFLAGS) -o $@ $< common/libsxm.a $(ALLLDFLAGS) -lpthread
+
 # The Xen test's blackout probe (runs in the rig's dom0).
 tests/xen/downtime-probe: tests/xen/downtime-probe.c common/monotime.h | deps
 	$(CC) $(ALLCFLAGS) -o $@ $< -lxenctrl
@@ -169,6 +181,14 @@ check-asan: deps
 demo: deps $(PLUGIN) $(FILTER) $(TOOLS)
 	scripts/demo
 
+# The crash-state exploration of tests/crash-explore.t (a bounded sample
+# of it runs in make check) at full size: CRASH_STATES states per
+# workload, CRASH_OPS requests each; CRASH_SEED replays a run.
+CRASH_STATES ?= 2000
+CRASH_OPS ?= 200
+crash-explore: all
+	CRASH_STATES=$(CRASH_STATES) CRASH_OPS=$(CRASH_OPS) prove -v --exec '' tests/crash-explore.t
+
 # Only the Xen test (also part of make check): a real Xen 4.17 under
 # QEMU/TCG, xl migrate and xenmem's xen backend side by side (tests/xen.t;
 # the rig is built once, ~4 min, and cached in /var/tmp/sxm-xen-rig).
@@ -202,7 +222,7 @@ install: tools
 	done
 
 clean:
-	rm -f common/*.o common/libsxm.a xenmem/*.o xenmem/libxenmem.a $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS)
+	rm -f common/*.o common/libsxm.a xenmem/*.o xenmem/libxenmem.a $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS) $(CRASH_BINS)
 	rm -rf tests/tmp tests/fuzz/work
 
 # A Debian package, built by Debian's tooling (debian/) from a copy of the
