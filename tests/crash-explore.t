@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 from sxmtest import (tap, run_test, start_nbdkit, stop_nbdkit, nbd_connect,  # noqa: E402
                      nbdkit_env, sh, ROOT, MiB)
 import crashexplore as cx  # noqa: E402
+from mirrortest import (FILTER as MIRROR_FILTER, SXM_COPY, Guest, ctl,  # noqa: E402
+                        live_copy)
 
 SXM_VHD = os.path.join(ROOT, "client", "sxm-vhd")
 BUDGET = int(os.environ.get("CRASH_STATES", "40"))
@@ -107,11 +109,12 @@ def nbd_ops(h, rng, nops):
     h.flush()
 
 
-def explore(d, name, ft, leaf_of, check, rng, control=False, points=None):
+def explore(d, name, ft, leaf_of, check, rng, control=False, points=None,
+            budget=None):
     """Build the states of FileTrace FT and run CHECK(state, data, state
     dir, {original path: state path}) on each; one test: no violation
     (CONTROL: some violation, not counted in the totals)."""
-    states = cx.states(ft, rng, BUDGET, points=points)
+    states = cx.states(ft, rng, budget or BUDGET, points=points)
     bad, refused = [], 0
     sdir = os.path.join(SHM, f"state-{os.getpid()}")
     for st in states:
@@ -143,7 +146,7 @@ def explore(d, name, ft, leaf_of, check, rng, control=False, points=None):
     if control:
         tap.ok(bad, f"{name}: {len(bad)} of {len(states)} states violate "
                f"the model (the explorer can fail)", "")
-        for kind in ("refused", "offset"):
+        for kind in ("refused", "neither", "differs"):
             eg = [b for b in bad if kind in b]
             if eg:
                 tap.diag(f"e.g. {eg[0][:300]}")
@@ -151,7 +154,7 @@ def explore(d, name, ft, leaf_of, check, rng, control=False, points=None):
     TOTALS["states"] += len(states)
     TOTALS["violations"] += len(bad)
     TOTALS["refused"] += refused
-    tap.ok(not bad and len(states) >= min(BUDGET, 10),
+    tap.ok(not bad and len(states) >= min(budget or BUDGET, 10),
            f"{name}: {len(states)} crash states from {len(ft.recs)} records: "
            f"each opens, checks not corrupt, reads what the model allows",
            "\n".join(bad[:10]))
@@ -280,6 +283,166 @@ def coalesce(d):
            f"{resumed[0]} crash states")
 
 
+def mirror_destination(d):
+    """The mirror's destination loses power: a guest writes (one
+    connection: writes of any alignment, zeroes, FUA writes, flushes)
+    through the mirror filter while sxm-copy --live copies the disk to a
+    destination nbdkit whose files are traced.  Every state of the
+    destination must satisfy its own flushes (what it acknowledged to a
+    flush is there); and once the copy had finished, the guest's: every
+    sector reads the value the guest had flushed (or FUA-written) or one
+    it wrote later."""
+    d = section_dir(d, "mirror")
+    rng = random.Random(f"{SEED}-mirror")
+    img = os.path.join(d, "img")
+    os.makedirs(img)
+    src, dest = os.path.join(d, "src.vhd"), os.path.join(img, "dest.vhd")
+    sh(SXM_VHD, "create", "--block-size=512K", src, str(SIZE))
+    sh(SXM_VHD, "create", "--block-size=512K", dest, str(SIZE))
+    fill(d, src, rng, [(i, 256 * 1024) for i in range(0, SIZE, 768 * 1024)])
+    initial = read_now(d, src)
+    snap = cx.snapshot_dir(img)
+    trace = os.path.join(d, "trace")
+    ssock, dsock = os.path.join(d, "src.sock"), os.path.join(d, "dst.sock")
+    cs = os.path.join(d, "ctl.sock")
+    dst = start_nbdkit(dsock, dest, f"crashlog={trace}", "crashlog-tag=2",
+                       filters=[cx.LOGFILTER],
+                       env=cx.tracer_env(trace, img, nbdkit_env()))
+    srv = start_nbdkit(ssock, src, f"mirror-control={cs}", f"crashlog={trace}",
+                       "crashlog-tag=1", "crashlog-export=",
+                       filters=[cx.LOGFILTER, MIRROR_FILTER])
+    uri = f"nbd+unix:///?socket={ssock}"
+    try:
+        g = Guest(uri, SIZE, rng.randrange(1 << 20), conns=1,
+                  can_trim=False).start()
+        time.sleep(0.2)
+        r = ctl(cs, "start", dest=f"nbd+unix:///?socket={dsock}")
+        cp = live_copy(cs, uri, "--rate=8M")
+        cx.mark(trace, "copied")
+        time.sleep(0.5)
+        ops = g.finish()
+        ctl(cs, "abort")
+    finally:
+        stop_nbdkit(srv)
+        stop_nbdkit(dst)
+    tap.ok(r.get("ok") and cp.returncode == 0 and not g.errors and ops > 20,
+           f"mirror: the guest made {ops} requests during and after the "
+           f"live copy", f"{r}\n{cp.stderr}\n{g.errors}")
+    recs = cx.read_trace(trace)
+    copied = next(q.idx for q in recs if q.type == "M")
+    dest_model = cx.NbdModel(recs, bytes(SIZE), tag=2)
+    guest_model = cx.NbdModel(recs, initial, tag=1)
+    after = [0]
+
+    def check(st, data, sdir, where):
+        floor, later = dest_model.allowed(st.k)
+        bad = cx.check_sectors(data, floor, later, size=SIZE)
+        if bad:
+            return "the destination's own flushes: " + "; ".join(
+                f"offset {o}: {w}" for o, w in bad)
+        if st.k > copied:
+            after[0] += 1
+            floor, later = guest_model.allowed(st.k)
+            bad = cx.check_sectors(data, floor, later, size=SIZE)
+            if bad:
+                return "the guest's flushes: " + "; ".join(
+                    f"offset {o}: {w}" for o, w in bad)
+        return None
+
+    ft = cx.FileTrace(recs, snap, img)
+    explore(d, "mirror destination", ft,
+            os.path.realpath(dest), check, rng)
+    tap.ok(after[0] > 0 and guest_model.flushes,
+           f"mirror: {after[0]} of the states are after the copy finished "
+           f"(the guest's flushes checked), {len(guest_model.flushes)} guest "
+           f"flushes", f"{len(ft.recs)} records")
+
+
+def checkpoint(d):
+    """sxm-copy --checkpoint to an nbdkit vhd destination; the copier's
+    host and the destination lose power at the same moment.  Every
+    state: the destination opens and satisfies its flushes; sxm-copy run
+    again with the checkpoint file of that state (old, new, or none)
+    resumes or starts over, and the destination then equals the
+    source."""
+    d = section_dir(d, "checkpoint")
+    rng = random.Random(f"{SEED}-checkpoint")
+    img = os.path.join(d, "img")
+    os.makedirs(img)
+    src, dest = os.path.join(d, "src.raw"), os.path.join(img, "dest.vhd")
+    data = bytearray(SIZE)
+    for off in range(0, SIZE, 512 * 1024):
+        if rng.random() < 0.6:
+            data[off:off + 512 * 1024] = rng.randbytes(512 * 1024)
+    with open(src, "wb") as f:
+        f.write(data)
+    sh(SXM_VHD, "create", "--block-size=512K", dest, str(SIZE))
+    snap = cx.snapshot_dir(img)
+    trace = os.path.join(d, "trace")
+    dsock = os.path.join(d, "dst.sock")
+    duri = f"nbd+unix:///?socket={dsock}"
+    ckpt = os.path.join(img, "copy.ckpt")
+    copy = [SXM_COPY, "--raw", "--segment-size=1M",
+            "--checkpoint-interval=0.05", "-C", "1"]
+
+    def serve(path, **kw):
+        return start_nbdkit(dsock, path, **kw)
+
+    dst = start_nbdkit(dsock, dest, f"crashlog={trace}", filters=[cx.LOGFILTER],
+                       env=cx.tracer_env(trace, img, nbdkit_env()))
+    try:
+        cp = subprocess.run(copy + ["--rate=3M", f"--checkpoint={ckpt}",
+                                    src, duri],
+                            capture_output=True, text=True, timeout=120,
+                            env=cx.tracer_env(trace, img, nbdkit_env()))
+    finally:
+        stop_nbdkit(dst)
+    recs = cx.read_trace(trace)
+    saves = sum(1 for q in recs if q.type == "R")
+    tap.ok(cp.returncode == 0 and saves >= 3,
+           f"checkpoint: the traced copy finished, {saves} checkpoints saved",
+           cp.stderr)
+    model = cx.NbdModel(recs, bytes(SIZE))
+    resumed = [0]
+
+    def check(st, got, sdir, where, flushes=True):
+        floor, later = model.allowed(st.k)
+        bad = cx.check_sectors(got, floor, later, size=SIZE) if flushes else []
+        if bad:
+            return "the destination's flushes: " + "; ".join(
+                f"offset {o}: {w}" for o, w in bad)
+        state_ckpt = os.path.join(sdir, "copy.ckpt")
+        srv = serve(where[os.path.realpath(dest)])
+        try:
+            r = subprocess.run(copy + [f"--checkpoint={state_ckpt}", src, duri],
+                               capture_output=True, text=True, timeout=120)
+        finally:
+            stop_nbdkit(srv)
+        if r.returncode != 0:
+            return f"sxm-copy again: exit {r.returncode}: {r.stderr.strip()}"
+        if "resuming" in r.stderr:
+            resumed[0] += 1
+        status, info, final = cx.read_state(where[os.path.realpath(dest)], sdir)
+        if status != "ok" or final != bytes(data):
+            return "after sxm-copy again the destination differs from the source"
+        return None
+
+    # Each state costs a server start and a copy: a quarter of the budget.
+    explore(d, "checkpoint + destination", cx.FileTrace(recs, snap, img),
+            os.path.realpath(dest), check, rng, budget=max(BUDGET // 4, 10))
+    tap.ok(resumed[0] > 0, f"checkpoint: {resumed[0]} of the states resumed "
+           f"from their checkpoint (the others started over)")
+    # The control: a destination that never made anything durable (its
+    # syncs forgotten) under checkpoints that trust its flushes: resumed
+    # copies must come out wrong.
+    explore(d, "negative control: checkpoints over a destination whose "
+            "flushes did nothing",
+            cx.FileTrace(recs, snap, img, drop_syncs_of=dest),
+            os.path.realpath(dest),
+            lambda *a: check(*a, flushes=False), rng, control=True,
+            budget=max(BUDGET // 4, 10))
+
+
 def summary(d):
     tap.diag(f"CRASH_SEED={SEED}: {TOTALS['states']} crash states explored, "
              f"{TOTALS['violations']} violations ({TOTALS['refused']} refused "
@@ -295,5 +458,5 @@ if __name__ == "__main__":
     tap.diag(f"CRASH_SEED={SEED} CRASH_STATES={BUDGET} CRASH_OPS={NOPS}")
     run_test(nbd_workload("dyn-alloc"), nbd_workload("dyn-overwrite"),
              nbd_workload("diff-alloc"), nbd_workload("diff-overwrite"),
-             resize, coalesce, summary)
+             resize, coalesce, mirror_destination, checkpoint, summary)
     tap.diag(f"{time.time() - t0:.1f} s")

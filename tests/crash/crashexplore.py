@@ -101,13 +101,18 @@ class FileTrace:
     """The file-level side of a trace: per inode its writes and
     truncations and its completed syncs; the namespace operations."""
 
-    def __init__(self, recs, snap, tdir, drop_barriers=False):
-        """DROP_BARRIERS: forget every sync that is followed at once by a
+    def __init__(self, recs, snap, tdir, drop_barriers=False,
+                 drop_syncs_of=None):
+        """Negative controls, writers whose states must fail:
+        DROP_BARRIERS forgets every sync that is followed at once by a
         write of the same file (in a flush, the barrier between the data
-        and the metadata that points at it): the negative control, a
-        writer without that ordering, whose states must fail."""
+        and the metadata that points at it); DROP_SYNCS_OF (a path)
+        forgets every sync of that file."""
         self.recs, self.tdir = recs, os.path.realpath(tdir)
         dropped = set()
+        if drop_syncs_of:
+            ino = snap[os.path.realpath(drop_syncs_of)][0]
+            dropped = {r.idx for r in recs if r.type == "E" and r.ino == ino}
         # With DROP_BARRIERS, the crash points where it matters: just
         # before the sync that follows a dropped one.
         self.barrier_points = []
@@ -365,12 +370,16 @@ class NbdModel:
     had been received before the crash and had not completed before that
     point."""
 
-    def __init__(self, recs, initial):
+    def __init__(self, recs, initial, tag=0):
+        """RECS: the trace; INITIAL: the disk's bytes when it started; TAG:
+        the server whose records these are (crashlog-tag=)."""
         self.initial = initial
         self.reqs = []                       # [start rec, done idx, ok, fua]
         self.flushes = []                    # [(start idx, end idx)]
         open_reqs, fstart = {}, {}
         for r in recs:
+            if r.type not in "wztxfg" or r.ino != tag:
+                continue
             if r.type in "wzt":
                 open_reqs.setdefault((r.tid, r.off, r.len), []).append(r)
             elif r.type == "x":
@@ -411,6 +420,14 @@ class NbdModel:
                 continue
             later.append((s.off, value(s), s.type == "t"))
         return bytes(floor), later
+
+
+def mark(trace, label):
+    """Append a marker record (the test driver's: 'the copy finished')
+    and return nothing; read_trace gives it type 'M'."""
+    data = label.encode()
+    with open(trace, "ab") as f:
+        f.write(HDR.pack(ord("M"), 0, 0, os.getpid(), 0, 0, 0, len(data)) + data)
 
 
 def value(s):
