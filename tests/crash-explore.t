@@ -9,7 +9,8 @@
 # value at the last completed flush or a value written after it.
 #
 # Workloads: dynamic and differencing images, allocation-heavy and
-# overwrite-heavy, through the plugin; sxm-vhd resize (BAT relocated) and
+# overwrite-heavy, and a fixed image (zeroes punch holes), through the
+# plugin; sxm-vhd resize (BAT relocated) and
 # coalesce (and coalesce run again from each state must complete it).
 #
 #   CRASH_STATES=N   states per workload (make check: 40; make
@@ -74,9 +75,10 @@ def make_images(d, kind, rng):
     """The images of workload KIND in d/img; returns (img, the leaf)."""
     img = os.path.join(d, "img")
     os.makedirs(img)
-    if kind.startswith("dyn"):
+    if kind.startswith("dyn") or kind == "fixed":
         leaf = os.path.join(img, "disk.vhd")
-        sh(SXM_VHD, "create", "--block-size=512K", leaf, str(SIZE))
+        sh(SXM_VHD, "create", "--block-size=512K",
+           "--type=" + ("fixed" if kind == "fixed" else "dynamic"), leaf, str(SIZE))
     else:
         base = os.path.join(img, "base.vhd")
         leaf = os.path.join(img, "leaf.vhd")
@@ -464,5 +466,6 @@ if __name__ == "__main__":
     tap.diag(f"CRASH_SEED={SEED} CRASH_STATES={BUDGET} CRASH_OPS={NOPS}")
     run_test(nbd_workload("dyn-alloc"), nbd_workload("dyn-overwrite"),
              nbd_workload("diff-alloc"), nbd_workload("diff-overwrite"),
+             nbd_workload("fixed"),
              resize, coalesce, mirror_destination, checkpoint, summary)
     tap.diag(f"{time.time() - t0:.1f} s")
