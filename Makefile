@@ -6,6 +6,7 @@
 #   make demo         the main job on a built-in default
 #   make crash-explore  the crash-state exploration at full size (CRASH_STATES, CRASH_OPS)
 #   make check-xen    only tests/xen.t: Xen 4.17 under QEMU/TCG, xl vs xenmem (in check too)
+#   make xen-flake    tests/xen.t RUNS times (default 10): the rig's flake rate
 #   make bench        benchmarks against qemu-nbd / nbdcopy (printed, not asserted)
 #   make fuzz         libFuzzer harnesses, FUZZ_SECONDS each (default 60)
 #   make install      PREFIX=/usr/local DESTDIR= ; the plugin goes to nbdkit's plugindir
@@ -51,7 +52,7 @@ FUZZERS    := tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-vhd-write tests/fuzz/fuzz
 FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
-.PHONY: all tools deb deps check check-asan check-xen crash-explore demo bench fuzz install clean
+.PHONY: all tools deb deps check check-asan check-xen xen-flake crash-explore demo bench fuzz install clean
 all: deps $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS) $(CRASH_BINS)
 
 # Installs (as root) whatever Debian packages are missing; a no-op otherwise.
@@ -194,6 +195,11 @@ crash-explore: all
 # the rig is built once, ~4 min, and cached in /var/tmp/sxm-xen-rig).
 check-xen: all
 	prove --exec '' tests/xen.t
+
+# The rig's flake rate: tests/xen.t RUNS times in a row, a line per run.
+RUNS ?= 10
+xen-flake: all
+	tests/xen/flake-rate $(RUNS)
 
 bench: all
 	bench/vhd-read.sh
