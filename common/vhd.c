@@ -1301,6 +1301,7 @@ vhd_resolve (const struct vhd_layer *l, uint64_t off, uint64_t len,
 struct read_state {
   uint8_t *buf;
   uint64_t base;
+  const struct vhd_layer *only;   /* vhd_read_own: the one layer read */
 };
 
 static int
@@ -1310,7 +1311,7 @@ read_piece (void *opaque, const struct vhd_layer *src, uint64_t file_offset,
   struct read_state *rs = opaque;
   uint8_t *dst = rs->buf + (voffset - rs->base);
 
-  if (!src) {
+  if (!src || (rs->only && src != rs->only)) {
     memset (dst, 0, length);
     return 0;
   }
@@ -1326,19 +1327,34 @@ read_piece (void *opaque, const struct vhd_layer *src, uint64_t file_offset,
   return 0;
 }
 
-int
-vhd_read (struct vhd_layer *top, void *buf, uint64_t count, uint64_t offset)
+static int
+read_layers (struct vhd_layer *top, void *buf, uint64_t count,
+             uint64_t offset, const struct vhd_layer *only)
 {
-  struct read_state rs = { buf, offset };
+  struct read_state rs = { buf, offset, only };
 
   if (vhd_check_range (top, offset, count) == -1)
     return -1;
   return vhd_resolve (top, offset, count, read_piece, &rs) == -1 ? -1 : 0;
 }
 
+int
+vhd_read (struct vhd_layer *top, void *buf, uint64_t count, uint64_t offset)
+{
+  return read_layers (top, buf, count, offset, NULL);
+}
+
+int
+vhd_read_own (struct vhd_layer *l, void *buf, uint64_t count,
+              uint64_t offset)
+{
+  return read_layers (l, buf, count, offset, l);
+}
+
 struct map_state {
   vhd_map_fn fn;
   void *opaque;
+  const struct vhd_layer *only;   /* vhd_map_own: the one layer mapped */
   bool first_only;
   bool have;            /* a pending run is being accumulated */
   bool alloc;
@@ -1382,6 +1398,8 @@ map_piece (void *opaque, const struct vhd_layer *src, uint64_t file_offset,
 {
   struct map_state *ms = opaque;
 
+  if (ms->only && src != ms->only)
+    src = NULL;
   /* A fixed image on a sparse file: its holes read as zeros, so report
    * them, found with SEEK_DATA/SEEK_HOLE. */
   if (src && src->footer.type == VHD_TYPE_FIXED) {
@@ -1411,11 +1429,12 @@ map_piece (void *opaque, const struct vhd_layer *src, uint64_t file_offset,
   return map_add (ms, voffset, length, src != NULL);
 }
 
-int
-vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
-         bool first_only, vhd_map_fn fn, void *opaque)
+static int
+map_layers (struct vhd_layer *top, uint64_t offset, uint64_t count,
+            bool first_only, vhd_map_fn fn, void *opaque,
+            const struct vhd_layer *only)
 {
-  struct map_state ms = { .fn = fn, .opaque = opaque,
+  struct map_state ms = { .fn = fn, .opaque = opaque, .only = only,
                           .first_only = first_only };
   int r;
 
@@ -1427,4 +1446,18 @@ vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
   if (r == 0)
     map_flush (&ms);
   return 0;
+}
+
+int
+vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
+         bool first_only, vhd_map_fn fn, void *opaque)
+{
+  return map_layers (top, offset, count, first_only, fn, opaque, NULL);
+}
+
+int
+vhd_map_own (struct vhd_layer *l, uint64_t offset, uint64_t count,
+             bool first_only, vhd_map_fn fn, void *opaque)
+{
+  return map_layers (l, offset, count, first_only, fn, opaque, l);
 }

@@ -166,6 +166,15 @@ typedef int (*vhd_map_fn) (void *opaque, uint64_t offset, uint64_t length,
 int vhd_map (struct vhd_layer *top, uint64_t offset, uint64_t count,
              bool first_only, vhd_map_fn fn, void *opaque);
 
+/* One layer's own data (an increment: what a differencing image holds
+ * over its parents): L's sectors read as stored in L, every other sector
+ * as zeros, and the map calls 'allocated' exactly L's sectors.  L is any
+ * layer of an opened chain (its parents are what lies under it). */
+int vhd_read_own (struct vhd_layer *l, void *buf, uint64_t count,
+                  uint64_t offset);
+int vhd_map_own (struct vhd_layer *l, uint64_t offset, uint64_t count,
+                 bool first_only, vhd_map_fn fn, void *opaque);
+
 /* Create a new fixed or dynamic image at PATH (which must not exist) of
  * SIZE bytes (a multiple of 512); BLOCK_SIZE applies to dynamic images.
  * Written to a temporary file, synced and renamed into place.  Returns 0,

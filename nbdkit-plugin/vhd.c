@@ -34,6 +34,9 @@ static char *filename;
 static char *sr_dir;
 static enum vhd_size_rule size_rule = VHD_SIZE_CURRENT;
 static struct vhd_layer *chain;         /* file= mode */
+/* layer=: serve only this layer's own data (read-only); -1: the disk. */
+static long layer_index = -1;
+static struct vhd_layer *own;           /* that layer of 'chain' */
 
 /* sr= mode: images open now, shared by their connections. */
 struct sr_image {
@@ -114,6 +117,22 @@ vhd_config (const char *key, const char *value)
     }
     return 0;
   }
+  if (strcmp (key, "layer") == 0) {
+    char *end;
+    if (strcmp (value, "top") == 0)
+      layer_index = 0;
+    else {
+      errno = 0;
+      layer_index = strtol (value, &end, 10);
+      if (errno || end == value || *end || layer_index < 0 ||
+          layer_index >= VHD_MAX_CHAIN) {
+        nbdkit_error ("layer=%s: expected top or a layer number, 0 (the "
+                      "file itself) to %d", value, VHD_MAX_CHAIN - 1);
+        return -1;
+      }
+    }
+    return 0;
+  }
   if (strcmp (key, "size_from") == 0) {
     if (vhd_size_rule_parse (value, &size_rule) == -1) {
       nbdkit_error ("size_from=%s: expected current, chs or qemu", value);
@@ -134,6 +153,10 @@ vhd_config_complete (void)
     nbdkit_error ("give either a file or sr=DIR, not both");
     return -1;
   }
+  if (sr_dir && layer_index >= 0) {
+    nbdkit_error ("layer= serves a layer of one file: not with sr=DIR");
+    return -1;
+  }
   if (sr_dir)
     return 0;
   if (!filename) {
@@ -141,9 +164,28 @@ vhd_config_complete (void)
                   "(or a directory of <uuid>.vhd: nbdkit vhd sr=DIR)");
     return -1;
   }
-  chain = vhd_open_chain_rw (filename, size_rule);
+  /* A layer's own data is an export of what is already there: read-only,
+   * and the file is not opened for writing at all. */
+  chain = layer_index >= 0 ? vhd_open_chain (filename, size_rule)
+                           : vhd_open_chain_rw (filename, size_rule);
   if (!chain)
     return -1;
+  if (layer_index >= 0) {
+    for (own = chain; own && own->depth != layer_index; own = own->parent)
+      ;
+    if (!own) {
+      const struct vhd_layer *last = chain;
+      while (last->parent)
+        last = last->parent;
+      nbdkit_error ("layer=%ld: the chain of %s has %u layer%s (0 = the file "
+                    "itself ... %u = %s)", layer_index, filename,
+                    last->depth + 1, last->depth ? "s" : "", last->depth,
+                    last->path);
+      return -1;
+    }
+    nbdkit_debug ("serving only the own data of layer %ld: %s", layer_index,
+                  own->path);
+  }
   for (l = chain; l; l = l->parent)
     nbdkit_debug ("chain[%u]: %s: %s, virtual size %" PRIu64
                   ", %" PRIu32 "/%" PRIu32 " blocks allocated%s%s",
@@ -157,7 +199,9 @@ vhd_config_complete (void)
 #define vhd_config_help \
   "[file=]<FILENAME>     The VHD image to serve, or:\n" \
   "sr=<DIRECTORY>        Serve every <uuid>.vhd in it as export <uuid>.\n" \
-  "size_from=current|chs|qemu  Virtual size rule (default current)."
+  "size_from=current|chs|qemu  Virtual size rule (default current).\n" \
+  "layer=top|N           Serve only that layer's own data (an increment),\n" \
+  "                      read-only; the rest reads as zeros, reported holes."
 
 static void
 vhd_dump_plugin (void)
@@ -171,6 +215,7 @@ vhd_dump_plugin (void)
   printf ("vhd_block_status=yes\n");
   printf ("vhd_write=yes\n");
   printf ("vhd_sr=yes\n");
+  printf ("vhd_layer=yes\n");
 }
 
 static int
@@ -274,7 +319,7 @@ sr_release (struct vhd_layer *c)
 static void *
 vhd_open (int readonly)
 {
-  struct vhd_layer *c = chain;
+  struct vhd_layer *c = own ? own : chain;
 
   if (sr_dir) {
     const char *name = nbdkit_export_name ();
@@ -378,7 +423,7 @@ static int
 vhd_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  if (vhd_read (handle, buf, count, offset) == -1) {
+  if ((own ? vhd_read_own : vhd_read) (handle, buf, count, offset) == -1) {
     nbdkit_set_error (errno);
     return -1;
   }
@@ -399,8 +444,9 @@ static int
 vhd_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
              struct nbdkit_extents *extents)
 {
-  if (vhd_map (handle, offset, count, flags & NBDKIT_FLAG_REQ_ONE,
-               add_extent, extents) == -1) {
+  if ((own ? vhd_map_own : vhd_map) (handle, offset, count,
+                                     flags & NBDKIT_FLAG_REQ_ONE,
+                                     add_extent, extents) == -1) {
     nbdkit_set_error (errno);
     return -1;
   }
