@@ -12,7 +12,8 @@ power loss may leave, in the model of ALICE and CrashMonkey:
     durable; its later writes (the pending ones) may each be there or
     not, and one that is there may be torn at 512-byte granularity
     (sectors of the file, each old or new); the ones that are there are
-    applied in their order;
+    applied in their order, or (a quarter of the sampled states) in a
+    random order: the disk may reorder, overlapping writes included;
   * a truncation is one pending operation like a write;
   * names (create, rename, unlink) are durable once a sync of their
     directory completed; the pending ones happen as a prefix, in order
@@ -187,16 +188,19 @@ class FileTrace:
                 pos = nxt
         return out
 
-    def content(self, ino, k, chosen):
+    def content(self, ino, k, chosen, order=None):
         """The contents of inode INO after a crash before K in which the
-        pending pieces CHOSEN (a set of unit indexes) reached the disk."""
+        pending pieces CHOSEN (a set of unit indexes) reached the disk, in
+        the trace's order or, with ORDER (a seed), shuffled."""
         data = bytearray(self.initial.get(ino, b""))
         durable, _ = self.pending(ino, k)
         for r in durable:
             apply(data, r, 0, r.len)
-        for i, (r, rel, n) in enumerate(self.units(ino, k)):
-            if i in chosen:
-                apply(data, r, rel, n)
+        units = [u for i, u in enumerate(self.units(ino, k)) if i in chosen]
+        if order is not None:
+            random.Random(order).shuffle(units)
+        for r, rel, n in units:
+            apply(data, r, rel, n)
         return bytes(data)
 
     def names(self, k, prefix):
@@ -247,10 +251,15 @@ def ns_apply(names, kind, a, b):
 # ---------------------------------------------------------------- states
 
 class State:
-    __slots__ = ("k", "chosen", "prefix", "label")
+    """A crash before record K; CHOSEN: per inode the pending pieces that
+    reached the disk; PREFIX: how many pending names did; ORDER: None to
+    apply the pieces in the trace's order, else a seed to shuffle them
+    (the disk reordered writes, overlapping ones included)."""
+    __slots__ = ("k", "chosen", "prefix", "label", "order")
 
-    def __init__(self, k, chosen, prefix, label):
+    def __init__(self, k, chosen, prefix, label, order=None):
         self.k, self.chosen, self.prefix, self.label = k, chosen, prefix, label
+        self.order = order
 
 
 def states(ft, rng, budget, exhaustive_units=8, points=None):
@@ -314,7 +323,11 @@ def sample(k, inos, units, npend, rng):
             torn = rng.random() < 0.25
             sel.update(j for j in js if not torn or rng.random() < 0.5)
         chosen[ino] = sel
-    return State(k, chosen, rng.randint(0, npend), f"k={k} sample")
+    # A quarter of the samples: the pieces land in any order.
+    order = rng.randrange(1 << 30) if rng.random() < 0.25 else None
+    return State(k, chosen, rng.randint(0, npend),
+                 f"k={k} sample{' reordered' if order is not None else ''}",
+                 order)
 
 
 def materialise(ft, st, outdir):
@@ -331,7 +344,7 @@ def materialise(ft, st, outdir):
             continue
         new = os.path.join(outdir, rel)
         with open(new, "wb") as f:
-            f.write(ft.content(ino, st.k, st.chosen.get(ino, set())))
+            f.write(ft.content(ino, st.k, st.chosen.get(ino, set()), st.order))
         where[path] = new
     return where
 
