@@ -380,29 +380,31 @@ main (int argc, char **argv)
   int c, status = EXIT_OK;
   double wall;
   char *end;
+  const char *want = NULL;      /* what a bad option value should be */
+#define BAD(what) do { want = (what); goto bad_arg; } while (0)
 
   sxm_log_set_program ("sxm-copy");
   while ((c = getopt_long (argc, argv, "C:R:p::qv", long_opts, NULL)) != -1) {
     switch (c) {
     case 'C':
       if (parse_uint (optarg, 1, 64, &opts.connections) == -1)
-        goto bad_arg;
+        BAD ("a number from 1 to 64");
       conn_given = true;
       break;
     case 'R':
       if (parse_uint (optarg, 1, 1024, &opts.requests) == -1)
-        goto bad_arg;
+        BAD ("a number from 1 to 1024");
       break;
     case O_REQSIZE:
       if (parse_size (optarg, &opts.request_size) == -1 ||
           opts.request_size < 4096 || opts.request_size > (32 << 20) ||
           opts.request_size % 512)
-        goto bad_arg;
+        BAD ("a multiple of 512 from 4K to 32M");
       break;
     case O_SEGSIZE:
       if (parse_size (optarg, &opts.segment_size) == -1 ||
           opts.segment_size < (1 << 20) || opts.segment_size > (1ull << 31))
-        goto bad_arg;
+        BAD ("a size from 1M to 2G");
       break;
     case 'p':
       if (optarg == NULL) {
@@ -413,7 +415,7 @@ main (int argc, char **argv)
                (optarg[4] == 0 || optarg[4] == ':')) {
         unsigned fd = 2;
         if (optarg[4] == ':' && parse_uint (optarg + 5, 1, 1 << 20, &fd) == -1)
-          goto bad_arg;
+          BAD ("json:FD, FD a file descriptor number");
         progress = PROGRESS_JSON;
         progress_fp = fd == 2 ? stderr : fd == 1 ? stdout : fdopen (fd, "w");
         if (progress_fp == NULL) {
@@ -422,7 +424,7 @@ main (int argc, char **argv)
         }
       }
       else
-        goto bad_arg;
+        BAD ("nothing, json or json:FD");
       break;
     case O_JSON: json_summary = true; break;
     case O_VERIFY: verify = true; break;
@@ -431,15 +433,15 @@ main (int argc, char **argv)
     case O_CKPT_INT:
       opts.checkpoint_interval = strtod (optarg, &end);
       if (*end || !(opts.checkpoint_interval > 0))
-        goto bad_arg;
+        BAD ("seconds, more than 0");
       break;
     case O_RATE:
       if (parse_size (optarg, &opts.rate) == -1 || opts.rate == 0)
-        goto bad_arg;
+        BAD ("bytes per second, more than 0 (K, M, G suffixes)");
       break;
     case O_RETRIES:
       if (parse_uint (optarg, 0, 100, &opts.retries) == -1)
-        goto bad_arg;
+        BAD ("a number from 0 to 100");
       break;
     case O_TZERO: opts.target_is_zero = true; break;
     case O_NOZD: opts.zero_detect = false; break;
@@ -448,7 +450,7 @@ main (int argc, char **argv)
     case O_TIMEOUT:
       opts.timeout = strtod (optarg, &end);
       if (*end || !(opts.timeout >= 0))
-        goto bad_arg;
+        BAD ("seconds, 0 or more");
       break;
     case O_LIVE: live = optarg; break;
     case O_NO_RELAY: no_relay = true; break;
@@ -462,7 +464,7 @@ main (int argc, char **argv)
       else if (strcmp (optarg, "fixed") == 0)
         lo.create_kind = CREATE_FIXED;
       else
-        goto bad_arg;
+        BAD ("dynamic or fixed");
       break;
     case 'q': quiet = true; break;
     case 'v': opts.verbose = true; break;
@@ -471,10 +473,18 @@ main (int argc, char **argv)
     default:
       usage (stderr);
       exit (EXIT_USAGE);
-    bad_arg:
-      fprintf (stderr, "sxm-copy: bad value for %s: '%s'\n",
-               argv[optind - 1], optarg);
+    bad_arg: {
+      const struct option *o = long_opts;
+      while (o->name && o->val != c)
+        o++;
+      if (o->name)
+        fprintf (stderr, "sxm-copy: bad value for --%s: '%s' (expected %s)\n",
+                 o->name, optarg, want);
+      else
+        fprintf (stderr, "sxm-copy: bad value for -%c: '%s' (expected %s)\n",
+                 c, optarg, want);
       exit (EXIT_USAGE);
+    }
     }
   }
   if (no_relay && !live) {

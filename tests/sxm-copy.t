@@ -337,6 +337,13 @@ def main(scratch):
     tap.ok(rc == 4 and gone in err, "unreachable destination: exit 4", err)
     rc, _, err = copy("--request-size=3", zsrc, z1)
     tap.ok(rc == 2 and "request-size" in err, "bad option value: exit 2", err)
+    rc, _, err = copy("--segment-size=512K", zsrc, z1)
+    tap.ok(rc == 2 and "--segment-size: '512K' (expected a size from 1M to 2G)"
+           in err, "a bad value's message names the option and what it "
+           "should be", err)
+    rc, _, err = copy("-C", "0", zsrc, z1)
+    tap.ok(rc == 2 and "--connections: '0' (expected a number from 1 to 64)"
+           in err, "a short option's bad value is named by its long name", err)
     rc, _, err = copy(zsrc)
     tap.eq(rc, 2, "one argument: exit 2")
     rc, _, err = copy("null:", z1)
