@@ -98,36 +98,37 @@ crashlog_pwrite (nbdkit_next *next, void *handle, const void *buf,
   return r;
 }
 
+/* Zero and trim: a range and no data, recorded as TYPE. */
 static int
-crashlog_zero (nbdkit_next *next, void *handle, uint32_t count,
-               uint64_t offset, uint32_t flags, int *err)
+ranged (int type, int (*call) (nbdkit_next *, uint32_t, uint64_t, uint32_t,
+                               int *),
+        nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+        uint32_t flags, int *err)
 {
   int r;
 
   if (!LOGGED (handle))
-    return next->zero (next, count, offset, flags, err);
-
-  crash_record (trace_fd, CRASH_NBD_ZERO, 0, tag, offset, count, NULL, 0,
-                NULL, 0);
-  r = next->zero (next, count, offset, flags, err);
+    return call (next, count, offset, flags, err);
+  crash_record (trace_fd, type, 0, tag, offset, count, NULL, 0, NULL, 0);
+  r = call (next, count, offset, flags, err);
   done (offset, count, flags, r);
   return r;
+}
+
+static int
+crashlog_zero (nbdkit_next *next, void *handle, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err)
+{
+  return ranged (CRASH_NBD_ZERO, next->zero, next, handle, count, offset,
+                 flags, err);
 }
 
 static int
 crashlog_trim (nbdkit_next *next, void *handle, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
 {
-  int r;
-
-  if (!LOGGED (handle))
-    return next->trim (next, count, offset, flags, err);
-
-  crash_record (trace_fd, CRASH_NBD_TRIM, 0, tag, offset, count, NULL, 0,
-                NULL, 0);
-  r = next->trim (next, count, offset, flags, err);
-  done (offset, count, flags, r);
-  return r;
+  return ranged (CRASH_NBD_TRIM, next->trim, next, handle, count, offset,
+                 flags, err);
 }
 
 static int
