@@ -587,6 +587,9 @@ ac_row "auto-converge" /tmp/ac.json "$AC_ON_S" "$AC_ON_GAP"
 [ -f /tmp/acn.json ] && ac_row "no-auto-converge" /tmp/acn.json "$AC_S" "$AC_GAP"
 echo "sxm-xen-ac-result dirty_mib_s=${HOT_RATE:-} rate=${RATE:-} rounds=$(field rounds /tmp/ac.json) throttle_max=$(field throttle_max /tmp/ac.json) downtime_ms=$(field downtime_ms /tmp/ac.json) wire_over_ram=$(field wire_over_ram /tmp/ac.json) leg_s=$(( $(date +%s) - T_AC ))"
 echo "# triple faults in this run (TCG): $(xl dmesg | grep -c 'Triple fault')"
+# Where each one happened (Xen dumps the vCPU's state after the line):
+# the material for telling the emulator's faults from a guest's bug.
+xl dmesg | grep -a -A24 'Triple fault' | sed 's/^/# tf: /' | head -n 150
 xl destroy rigguest 2>/dev/null
 for f in $SXM_RUNDIR/*.info; do [ -e "$f" ] && $SXM detach --force "$(basename "$f" .info)"; done
 exit 0
