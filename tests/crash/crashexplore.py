@@ -43,11 +43,13 @@ F_DIR, F_NEW, F_ZERO, F_DATA, F_FUA, F_FAILED = 1, 2, 4, 8, 16, 32
 
 
 class Rec:
-    __slots__ = ("idx", "type", "flags", "tid", "ino", "off", "len", "data")
+    __slots__ = ("idx", "type", "flags", "tid", "ino", "off", "len", "data",
+                 "fid")
 
     def __init__(self, idx, t, flags, tid, ino, off, length, data):
         self.idx, self.type, self.flags, self.tid = idx, t, flags, tid
         self.ino, self.off, self.len, self.data = ino, off, length, data
+        self.fid = None          # FileTrace: (inode, generation)
 
     def payload(self):
         """A write's bytes (zeros for a punched hole)."""
@@ -111,9 +113,22 @@ class FileTrace:
         forgets every sync of that file."""
         self.recs, self.tdir = recs, os.path.realpath(tdir)
         dropped = set()
+        self.initial = {(ino, 0): data for _, (ino, data) in snap.items()}
+        self.names0 = {p: (ino, 0) for p, (ino, _) in snap.items()}
+        # A file is its inode number and a generation: a file system reuses
+        # the number of a deleted file (a checkpoint renamed over the old
+        # one frees it), and the new file must not inherit the old one's
+        # writes and syncs.
+        gen = {ino: 0 for ino, _ in self.initial}
+        for r in recs:
+            if r.type == "O" and r.flags & F_NEW and r.ino in gen:
+                gen[r.ino] += 1
+            if r.type in "OWTSE":
+                gen.setdefault(r.ino, 0)
+                r.fid = (r.ino, gen[r.ino])
         if drop_syncs_of:
-            ino = snap[os.path.realpath(drop_syncs_of)][0]
-            dropped = {r.idx for r in recs if r.type == "E" and r.ino == ino}
+            fid = self.names0[os.path.realpath(drop_syncs_of)]
+            dropped = {r.idx for r in recs if r.type == "E" and r.fid == fid}
         # With DROP_BARRIERS, the crash points where it matters: just
         # before the sync that follows a dropped one.
         self.barrier_points = []
@@ -126,31 +141,29 @@ class FileTrace:
                                 if q.type == "S" and q.ino == r.ino), None)
                     if nxt is not None:
                         self.barrier_points.append(nxt)
-        self.initial = {ino: data for _, (ino, data) in snap.items()}
-        self.names0 = {p: ino for p, (ino, _) in snap.items()}
-        self.ops = {}            # ino -> [rec W/T]
-        self.syncs = {}          # ino -> [(start idx, end idx)]
-        self.dirs = {}           # dir ino -> path
+        self.ops = {}            # file -> [rec W/T]
+        self.syncs = {}          # file -> [(start idx, end idx)]
+        self.dirs = {}           # directory's file -> path
         self.ns = []             # [(idx, kind, a, b)]
         started = {}
         for r in recs:
             if r.type == "O":
                 path = r.data.decode()
                 if r.flags & F_DIR:
-                    self.dirs[r.ino] = path
+                    self.dirs[r.fid] = path
                 elif r.flags & F_NEW:
-                    self.ns.append((r.idx, "create", path, r.ino))
-                    self.initial.setdefault(r.ino, b"")
+                    self.ns.append((r.idx, "create", path, r.fid))
+                    self.initial.setdefault(r.fid, b"")
                 else:
-                    self.initial.setdefault(r.ino, b"")
+                    self.initial.setdefault(r.fid, b"")
             elif r.type in "WT":
-                self.ops.setdefault(r.ino, []).append(r)
+                self.ops.setdefault(r.fid, []).append(r)
             elif r.type == "S":
-                started[(r.tid, r.ino)] = r.idx
+                started[(r.tid, r.fid)] = r.idx
             elif r.type == "E":
-                s = started.pop((r.tid, r.ino))
+                s = started.pop((r.tid, r.fid))
                 if r.idx not in dropped:
-                    self.syncs.setdefault(r.ino, []).append((s, r.idx))
+                    self.syncs.setdefault(r.fid, []).append((s, r.idx))
             elif r.type == "R":
                 a, b = r.data.split(b"\0")
                 self.ns.append((r.idx, "rename", a.decode(), b.decode()))
