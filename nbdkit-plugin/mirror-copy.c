@@ -253,8 +253,18 @@ copy_forward (bool zero, const void *buf, uint32_t count, uint64_t off,
     if (pend > end)
       pend = end;
     pace_enter ();
-    e = forward_piece (zero, (const char *) buf + (pos - off), pend - pos,
-                       pos, flags & NBDKIT_FLAG_FUA, sent);
+    /* A piece may have waited its turn (pace_enter) behind one whose
+     * destination request failed or timed out and broke the mirror: it
+     * must not go to the destination then.  Sent anyway, it can wait out
+     * a timeout of its own on another stalled connection, and each piece
+     * queued so in turn, while the copier (and a rollback waiting for it)
+     * waits for them all (tests/sxm-netfault.t, a stall in the live
+     * copy).  EIO, as the piece that broke it got. */
+    if (mirror_cur_state () != M_MIRRORING)
+      e = -EIO;
+    else
+      e = forward_piece (zero, (const char *) buf + (pos - off), pend - pos,
+                         pos, flags & NBDKIT_FLAG_FUA, sent);
     pace_leave ();
     pos = pend;
   }

@@ -468,3 +468,447 @@ def communicate_or_kill(proc, timeout, what):
         out, err = proc.communicate()
         err += f"\n(test: {what} did not end; killed)"
     return proc.returncode, out, err
+
+
+# ---- a running VM between two "hosts" (sxm-roundtrip.t, sxm-netfault.t) ----
+# Each host is an SR directory and an sxm run directory on this machine;
+# the VM is xenmem's uffd test guest run as a VM process (`xenmem guest
+# --monitor`) writing checksummed records to disks attached with `sxm
+# attach`; `sxm receive --monitor` keeps the moved guest running.
+
+SXM = os.path.join(ROOT, "scripts", "sxm")
+XENMEM = os.path.join(ROOT, "xenmem", "xenmem")
+VM_DISK_SIZE = 5 * GiB            # records land past 4 GiB too
+
+
+def fields(line):
+    """key=value fields of an attach line, percent-decoded."""
+    from urllib.parse import unquote
+    return {k: unquote(v) for k, v in (f.split("=", 1) for f in line.split())}
+
+
+class Host:
+    """An SR and a run directory: what sxm sees of one host."""
+
+    def __init__(self, d, name):
+        self.name, self.d = name, d
+        self.sr = os.path.join(d, "sr")
+        self.run = os.path.join(d, "run")
+        os.makedirs(self.sr, exist_ok=True)
+        self.env = dict(nbdkit_env(), SXM_RUNDIR=self.run)
+
+    def sxm(self, *args, timeout=300, **kw):
+        return subprocess.run([SXM, *args], capture_output=True, text=True,
+                              env=self.env, timeout=timeout, **kw)
+
+    def services(self):
+        import json
+        p = self.sxm("list", "--json")
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def vhds(self):
+        return sorted(f for f in os.listdir(self.sr) if f.endswith(".vhd"))
+
+
+def monitor(sock, *req, timeout=120):
+    """One request to a guest's monitor (xenmem monitor): its JSON reply,
+    or {"exit": status, "unparsed": output}."""
+    import json
+    p = subprocess.run([XENMEM, "monitor", sock, *req], capture_output=True,
+                       text=True, timeout=timeout)
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except Exception:
+        return {"exit": p.returncode, "unparsed": p.stdout + p.stderr}
+
+
+def guest_check(sock, seconds=1.0, io_errors_ok=False):
+    """The guest's own check: (ok, its JSON).  No disk request of the
+    guest ever failed (disk_io_errors counts them over its whole life, on
+    every host), so there was no moment without a disk - unless
+    IO_ERRORS_OK (its disk service was killed under it: tests/
+    sxm-diskkill.t); every record it was told was written must still
+    read back either way."""
+    j = monitor(sock, "check", str(seconds))
+    ok = (j.get("exit") == 0 and j.get("checksum_ok") is True and
+          j.get("counter_advanced") is True and j.get("records_bad") == 0 and
+          j.get("disk_reads_bad") == 0 and
+          (io_errors_ok or j.get("disk_io_errors") == 0) and
+          j.get("records_verified", 0) > 0 and
+          j.get("disk_seq", 0) > j.get("disk_seq_at_resume", 0))
+    return ok, j
+
+
+class VM:
+    """The VM on HOST: NDISKS disks created and attached there (PREFILL_MIB
+    MiB of data each, for a copy that takes a while), the xenmem guest
+    (GUEST_MEM) writing records to them; ENV: more variables for the VM
+    process (which also runs its migrations' memory sends); NAME: its
+    files' prefix (NAME-diskI.vhd in the SR, NAME.mon, NAME.log), so that
+    one host can run several (tests/soak/evacuate)."""
+
+    def __init__(self, host, ndisks, prefill_mib=0, guest_mem="64M",
+                 env=None, name="vm"):
+        from mirrortest import SXM_VHD, connect
+        self.name = name
+        self.ctls, self.uris = [], []
+        for i in range(ndisks):
+            f = os.path.join(host.sr, f"{name}-disk{i}.vhd")
+            subprocess.run([SXM_VHD, "create", f, str(VM_DISK_SIZE)],
+                           check=True, capture_output=True)
+            p = host.sxm("attach", f)
+            assert p.returncode == 0, p.stderr
+            kv = fields(p.stdout.strip())
+            self.ctls.append(kv["control"])
+            self.uris.append(kv["uri"])
+            if prefill_mib:
+                h = connect(kv["uri"])
+                blk = os.urandom(1 * MiB)
+                for m in range(prefill_mib):
+                    h.pwrite(blk, 1 * GiB + m * MiB)
+                h.flush()
+                h.shutdown()
+        self.mon = os.path.join(host.d, f"{name}.mon")
+        self.logpath = os.path.join(host.d, f"{name}.log")
+        self.log = open(self.logpath, "w")
+        args = [XENMEM, "guest", "--monitor=" + self.mon,
+                "--guest-mem=" + guest_mem, "--dirty-rate=4M",
+                "--disk-rate=200"]
+        args += ["--disk=" + u for u in self.uris]
+        self.proc = subprocess.Popen(args, stdout=self.log,
+                                     stderr=subprocess.STDOUT,
+                                     start_new_session=True,
+                                     env=dict(os.environ, **(env or {})))
+        deadline = time.time() + 30
+        while not os.path.exists(self.mon):
+            assert self.proc.poll() is None, "xenmem guest exited"
+            assert time.time() < deadline, "no monitor socket"
+            time.sleep(0.02)
+        time.sleep(0.5)                # some records before the move
+
+
+class Receive:
+    """`sxm receive --memory uffd --monitor` on HOST for NDISKS disks; the
+    token is in .token and .token_file.  ENV: more variables for it (and
+    the xenmem receive it starts); EXTRA: more options."""
+
+    def __init__(self, host, ndisks, mon_name, expires=120, env=None,
+                 extra=()):
+        self.host = host
+        self.port = free_ports(4)
+        self.mon = os.path.join(host.d, mon_name)
+        self.token_file = os.path.join(host.d, f"token.{self.port}")
+        args = [SXM, "receive", "--sr", host.sr, "--memory", "uffd",
+                "--monitor", self.mon, "--check", "0.5",
+                "--listen", f"127.0.0.1:{self.port}", "--expires",
+                str(expires), "--token-file", self.token_file, *extra]
+        for _ in range(ndisks):
+            args += ["--disk", str(VM_DISK_SIZE)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env=dict(host.env, **(env or {})))
+        self.token = self.proc.stdout.readline().strip()
+
+    def finish(self, timeout=180):
+        rc, self.out, self.err = communicate_or_kill(self.proc, timeout,
+                                                     "sxm receive")
+        return rc
+
+    def lines(self):
+        return [fields(x) for x in self.out.splitlines()
+                if x.startswith("name=")]
+
+
+def vm_migrate(host, token_file, ctls, mon, *extra, wait=True, **popen):
+    """`sxm migrate --memory uffd:MON` of the VM's disks CTLS on HOST:
+    (returncode, stdout, stderr), or with WAIT false the Popen (stdout and
+    stderr pipes).  POPEN: more Popen arguments (pass_fds)."""
+    args = [SXM, "migrate", "--token-file", token_file,
+            "--memory", "uffd:" + mon, *extra]
+    for c in ctls:
+        args += ["--disk", c]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=host.env, **popen)
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=300)
+    return p.returncode, out, err
+
+
+# ---- the network between two hosts -----------------------------------------
+
+class Relay:
+    """The network between two "hosts" on this machine: a user-space TCP
+    relay on 127.0.0.1, one listening port per destination port (.ports
+    maps destination port -> relay port).  It forwards bytes both ways
+    until told otherwise:
+
+    stall()  nothing moves any more, in either direction, and nothing is
+             closed: no FIN, no RST (a link that went dead).  New
+             connections complete TCP's handshake (the kernel's backlog)
+             and then stall too.
+    heal()   after a stall, everything flows again, nothing lost.
+    cut()    every connection is reset on both sides (RST) and the
+             listeners close: new connections are refused (the link is
+             gone for good).
+
+    .stall_at = N: stall() as the Nth connection is accepted (counted
+    over all ports), before it carries a byte.  .forwarded: bytes sent on
+    to each destination port so far.  .log: (time, event) of
+    what it did, for a failure's diagnosis."""
+
+    def __init__(self, dports, host="127.0.0.1"):
+        import threading
+        self.host = host
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.gone = threading.Event()
+        self.lock = threading.Lock()
+        self.conns = []               # [client, server] socket pairs
+        self.listeners = {}
+        self.ports = {}
+        self.log = []
+        self.accepted = 0
+        self.stall_at = None          # stall() as connection N comes
+        self.forwarded = {}           # destination port -> bytes sent to it
+        for dp in dports:
+            ls = socket.socket()
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind((host, 0))
+            ls.listen(64)
+            self.listeners[dp] = ls
+            self.ports[dp] = ls.getsockname()[1]
+            threading.Thread(target=self._accept, args=(ls, dp),
+                             daemon=True).start()
+
+    def _note(self, what):
+        self.log.append((round(time.time(), 3), what))
+
+    def _accept(self, ls, dport):
+        import select
+        import threading
+        while not self.gone.is_set():
+            if not self.flowing.is_set():
+                time.sleep(0.02)      # stalled: left in the backlog
+                continue
+            r, _, _ = select.select([ls], [], [], 0.05)
+            if not r or self.gone.is_set() or not self.flowing.is_set():
+                continue
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted == self.stall_at:
+                self.stall()          # this one and everything else
+            s = socket.socket()
+            try:
+                s.connect((self.host, dport))
+            except OSError as e:
+                self._note(f"connect to {dport} failed: {e}")
+                self._reset(c)
+                continue
+            with self.lock:
+                if self.gone.is_set():
+                    self._reset(c)
+                    self._reset(s)
+                    return
+                self.conns.append((c, s))
+            self._note(f"connection to {dport}")
+            threading.Thread(target=self._pump, args=(c, s, dport),
+                             daemon=True).start()
+
+    @staticmethod
+    def _reset(sock):
+        """Close SOCK with an RST (SO_LINGER 0), not a FIN."""
+        import struct
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        sock.close()
+
+    def _pump(self, a, b, dport):
+        """Both directions of one connection, in one thread: read only
+        what can be written on, never while stalled."""
+        import select
+        a.setblocking(False)
+        b.setblocking(False)
+        peer = {a: b, b: a}
+        pending = {a: b"", b: b""}    # bytes waiting to be written TO key
+        eof = {a: False, b: False}    # no more to read from key
+        while not self.gone.is_set():
+            if not self.flowing.is_set():
+                time.sleep(0.02)
+                continue
+            rd = [x for x in (a, b) if not eof[x] and not pending[peer[x]]]
+            wr = [x for x in (a, b) if pending[x]]
+            if not rd and not wr:
+                break                 # both sides finished
+            try:
+                r, w, _ = select.select(rd, wr, [], 0.05)
+            except (OSError, ValueError):
+                break
+            if self.gone.is_set() or not self.flowing.is_set():
+                continue
+            try:
+                for x in w:
+                    n = x.send(pending[x][:65536])
+                    pending[x] = pending[x][n:]
+                    if not pending[x] and eof[peer[x]]:
+                        x.shutdown(socket.SHUT_WR)
+                for x in r:
+                    data = x.recv(65536)
+                    if data:
+                        pending[peer[x]] += data
+                        if x is a:
+                            self.forwarded[dport] = \
+                                self.forwarded.get(dport, 0) + len(data)
+                    else:
+                        eof[x] = True
+                        if not pending[peer[x]]:
+                            peer[x].shutdown(socket.SHUT_WR)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                break                 # reset by one end: reset the other
+        if not self.gone.is_set():
+            with self.lock:
+                if (a, b) in self.conns:
+                    self.conns.remove((a, b))
+            self._reset(a)
+            self._reset(b)
+
+    def stall(self):
+        self._note("stall")
+        self.flowing.clear()
+
+    def heal(self):
+        self._note("heal")
+        self.flowing.set()
+
+    def cut(self):
+        self._note("cut")
+        with self.lock:
+            self.gone.set()
+            for ls in self.listeners.values():
+                ls.close()
+            for a, b in self.conns:
+                self._reset(a)
+                self._reset(b)
+            self.conns = []
+
+    close = cut
+
+
+def token_fields(token):
+    """An sxm token's key=value lines as a list of (key, value)."""
+    import base64
+    body = base64.b64decode(token[len("sxm1."):]).decode()
+    return [tuple(line.split("=", 1)) for line in body.splitlines()]
+
+
+def token_of(pairs):
+    import base64
+    body = "".join(f"{k}={v}\n" for k, v in pairs)
+    return "sxm1." + base64.b64encode(body.encode()).decode()
+
+
+def token_ports(token):
+    """Every TCP port an sxm token sends the source to: port, mport and
+    each export's front."""
+    ports = []
+    for k, v in token_fields(token):
+        if k in ("port", "mport"):
+            ports.append(int(v))
+        elif k == "export" and v.count(":") == 2:
+            ports.append(int(v.rsplit(":", 1)[1]))
+    return sorted(set(ports))
+
+
+def relay_token(token, relay):
+    """TOKEN with its host and every port (port, mport, each export's) made
+    RELAY's, so that all the source's traffic to the destination goes
+    through it.  Nothing else changes (key, expiry, sizes): sxm checks the
+    result as it checks any token."""
+    out = []
+    for k, v in token_fields(token):
+        if k == "host":
+            v = relay.host
+        elif k in ("port", "mport"):
+            v = str(relay.ports[int(v)])
+        elif k == "export":
+            parts = v.split(":")
+            if len(parts) == 3:
+                parts[2] = str(relay.ports[int(parts[2])])
+            v = ":".join(parts)
+        out.append((k, v))
+    return token_of(out)
+
+
+# ---- processes and files (sxm-diskkill.t, tests/soak/) ---------------------
+
+def wait_file(path, pattern, timeout):
+    """Until a file PATH (a glob) holds a line matching PATTERN (True), or
+    TIMEOUT (False)."""
+    import glob
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for f in glob.glob(path):
+            try:
+                with open(f, errors="replace") as fh:
+                    if re.search(pattern, fh.read()):
+                        return True
+            except OSError:
+                pass
+        time.sleep(0.01)
+    return False
+
+
+def procs_mentioning(text):
+    """{pid: argv} of the live processes (zombies have no command line)
+    with TEXT (a path, say a host's directory) in an argument: what a
+    test's "nothing left behind" looks at."""
+    found = {}
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace")
+                        for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if any(text in a for a in argv):
+            found[int(d)] = argv
+    return found
+
+
+def proc_stats(pid):
+    """(rss KiB, open fds, threads) of PID, or None if it is gone."""
+    try:
+        rss = threads = None
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Threads:"):
+                    threads = int(line.split()[1])
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        return rss, fds, threads
+    except (OSError, ValueError):
+        return None
+
+
+def kill_left(top):
+    """SIGKILL every live process with TOP (a test's scratch directory) in
+    an argument: the guests (sessions of their own) and receivers a failed
+    test leaves are not run_test's to stop (it stops disk services)."""
+    for pid in procs_mentioning(top):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -61,6 +61,33 @@ xm_hook_start (char *const *argv, const char *phase)
   return pid;
 }
 
+/* For tests only (doc/xenmem.pod, ENVIRONMENT): XENMEM_TEST_HOLD=WHERE:MS
+ * holds the migration for MS milliseconds at one point that a test cannot
+ * otherwise hit in time, saying so on standard error first, so that a test
+ * can fault the network exactly there (tests/sxm-netfault.t).  WHERE is
+ * "paused" (send: the guest just paused, before the hook's paused phase
+ * and the last round: inside the downtime) or "committed" (receive: the
+ * commit received, before the guest starts and "running" is sent).  Only
+ * the page-level engine has these points (not the xen backend). */
+static void
+xm_test_hold (const char *where)
+{
+  const char *v = getenv ("XENMEM_TEST_HOLD");
+  size_t n = strlen (where);
+  char *end;
+  long ms;
+
+  if (!v || strncmp (v, where, n) != 0 || v[n] != ':')
+    return;
+  ms = strtol (v + n + 1, &end, 10);
+  if (*end || ms <= 0 || ms > 600000)
+    return;
+  sxm_error ("XENMEM_TEST_HOLD: %s, holding %ld ms", where, ms);
+  struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+  while (nanosleep (&ts, &ts) == -1 && errno == EINTR)
+    ;
+}
+
 /* Wait for the hook *PID (then -1: nothing left to wait for). */
 int
 xm_hook_wait (pid_t *pid, const char *name)
@@ -654,6 +681,7 @@ stop_and_copy (struct sender *S)
   if (S->b->pause (S->s) == -1)
     return -1;
   S->paused = true;
+  xm_test_hold ("paused");
   if (S->o->paused_hook &&
       (S->hook = xm_hook_start (S->o->paused_hook, "paused")) == -1)
     return -1;
@@ -959,6 +987,7 @@ on_commit (struct receiver *R)
               R->r.u.ack.msg);
     return XM_RX_GONE;
   }
+  xm_test_hold ("committed");
   if (R->b->start (R->dst) == -1)
     return refuse (R, "cannot start the guest");
   R->started = true;
