@@ -5,6 +5,7 @@
 #   make check-asan   the same suite, built with ASan + UBSan
 #   make demo         the main job on a built-in default
 #   make crash-explore  the crash-state exploration at full size (CRASH_STATES, CRASH_OPS)
+#   make soak         8 VMs evacuated A -> B at once, then SOAK_ROUNDS (100) migrations of one VM, resources flat
 #   make check-xen    only tests/xen.t: Xen 4.17 under QEMU/TCG, xl vs xenmem (in check too)
 #   make xen-flake    tests/xen.t RUNS times (default 10): the rig's flake rate
 #   make bench        benchmarks against qemu-nbd / nbdcopy (printed, not asserted)
@@ -52,7 +53,7 @@ FUZZERS    := tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-vhd-write tests/fuzz/fuzz
 FUZZ_SECONDS ?= 60
 UNIT_TESTS := $(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
-.PHONY: all tools deb deps check check-asan check-xen xen-flake crash-explore demo bench fuzz install clean
+.PHONY: all tools deb deps check check-asan check-xen xen-flake crash-explore soak demo bench fuzz install clean
 all: deps $(PLUGIN) $(FILTER) $(TOOLS) $(UNIT_TESTS) $(BENCH_BINS) $(FUZZERS) $(XEN_TEST_BINS) $(CRASH_BINS)
 
 # Installs (as root) whatever Debian packages are missing; a no-op otherwise.
@@ -189,6 +190,14 @@ CRASH_STATES ?= 2000
 CRASH_OPS ?= 200
 crash-explore: all
 	CRASH_STATES=$(CRASH_STATES) CRASH_OPS=$(CRASH_OPS) prove -v --exec '' tests/crash-explore.t
+
+# Not in make check (tens of minutes): tests/soak/evacuate (8 running VMs
+# migrated at once, against one alone) and tests/soak/soak (SOAK_ROUNDS
+# migrations of one VM A -> B -> A ..., RSS/fds/threads sampled and held
+# flat, nothing left behind).  Figures in doc/testing.md.
+SOAK_ROUNDS ?= 100
+soak: all
+	SOAK_ROUNDS=$(SOAK_ROUNDS) prove -v --exec '' tests/soak/evacuate tests/soak/soak
 
 # Only the Xen test (also part of make check): a real Xen 4.17 under
 # QEMU/TCG, xl migrate and xenmem's xen backend side by side (tests/xen.t;
