@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "crash"))
 from sxmtest import (tap, run_test, start_nbdkit, stop_nbdkit, nbd_connect,  # noqa: E402
-                     nbdkit_env, sh, ROOT, MiB)
+                     nbdkit, nbdkit_env, sh, ROOT, MiB)
 import crashexplore as cx  # noqa: E402
 from mirrortest import (FILTER as MIRROR_FILTER, SXM_COPY, Guest, ctl,  # noqa: E402
                         live_copy)
@@ -46,16 +46,12 @@ TOTALS = {"states": 0, "violations": 0, "refused": 0}
 def fill(d, leaf, rng, regions):
     """Write random data into REGIONS [(offset, length)] of LEAF through
     the plugin (untraced: the workload's starting point)."""
-    sock = os.path.join(d, "fill.sock")
-    p = start_nbdkit(sock, leaf)
-    try:
-        h = nbd_connect(f"nbd+unix:///?socket={sock}")
+    with nbdkit(d, leaf) as uri:
+        h = nbd_connect(uri)
         for off, n in regions:
             h.pwrite(rng.randbytes(n), off)
         h.flush()
         h.shutdown()
-    finally:
-        stop_nbdkit(p)
 
 
 def read_now(d, leaf):
