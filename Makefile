@@ -36,7 +36,7 @@ NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 
 COMMON_SRCS := common/vhd.c common/vhd-create.c common/vhd-write.c common/vhd-check.c common/vhd-coalesce.c common/vhd-resize.c common/vhd-xen.c common/vhd-repair.c common/vhd-setparent.c common/bitmap.c common/log.c common/rangelock.c common/size.c \
                common/jsonline.c common/nbdpolicy.c common/nbdconnect.c common/mirrorctl.c \
-               common/fullio.c common/unixsock.c
+               common/fullio.c common/unixsock.c common/ctlsock.c
 COMMON_OBJS := $(COMMON_SRCS:.c=.o)
 COMMON_HDRS := $(wildcard common/*.h)
 
