@@ -71,8 +71,9 @@ common/libsxm.a: $(COMMON_OBJS)
 common/%.o: common/%.c $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
-$(PLUGIN): nbdkit-plugin/vhd.c common/libsxm.a $(COMMON_HDRS) | deps
-	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $< common/libsxm.a $(ALLLDFLAGS)
+PLUGIN_SRCS := nbdkit-plugin/vhd.c nbdkit-plugin/vhd-live.c
+$(PLUGIN): $(PLUGIN_SRCS) nbdkit-plugin/vhd-plugin.h common/libsxm.a $(COMMON_HDRS) | deps
+	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $(PLUGIN_SRCS) common/libsxm.a $(ALLLDFLAGS) -lpthread
 
 $(FILTER): $(FILTER_SRCS) nbdkit-plugin/mirror.h common/libsxm.a $(COMMON_HDRS) | deps
 	$(CC) $(ALLCFLAGS) $(NBDKIT_CFLAGS) -shared -o $@ $(FILTER_SRCS) common/libsxm.a \

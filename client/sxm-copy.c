@@ -81,6 +81,10 @@ usage (FILE *fp)
 "      --timeout=SECONDS   a server silent this long with requests pending\n"
 "                          is treated as lost (default 60, 0 = wait forever)\n"
 "      --target-is-zero    the destination is known to read zeros\n"
+"      --allocated-only    leave the destination alone wherever the source's\n"
+"                          block status says zero (an increment written onto\n"
+"                          an image that holds the rest; the source must\n"
+"                          report changed zeros as data: nbdkit vhd layer=)\n"
 "      --no-zero-detect    write all-zero source blocks as data\n"
 "      --no-flush          do not flush the destination at the end\n"
 "                          (a VHD destination's metadata is written anyway)\n"
@@ -335,7 +339,7 @@ int
 main (int argc, char **argv)
 {
   enum { O_REQSIZE = 256, O_SEGSIZE, O_JSON, O_VERIFY, O_VERIFY_ONLY,
-         O_CKPT, O_CKPT_INT, O_RATE, O_RETRIES, O_TZERO, O_NOZD, O_NOFLUSH,
+         O_CKPT, O_CKPT_INT, O_RATE, O_RETRIES, O_TZERO, O_ALLOC_ONLY, O_NOZD, O_NOFLUSH,
          O_INSECURE, O_TIMEOUT, O_LIVE, O_NO_RELAY, O_RAW, O_CREATE, O_HELP,
          O_VERSION };
   static const struct option long_opts[] = {
@@ -354,6 +358,7 @@ main (int argc, char **argv)
     { "rate", required_argument, NULL, O_RATE },
     { "retries", required_argument, NULL, O_RETRIES },
     { "target-is-zero", no_argument, NULL, O_TZERO },
+    { "allocated-only", no_argument, NULL, O_ALLOC_ONLY },
     { "no-zero-detect", no_argument, NULL, O_NOZD },
     { "no-flush", no_argument, NULL, O_NOFLUSH },
     { "insecure", no_argument, NULL, O_INSECURE },
@@ -444,6 +449,7 @@ main (int argc, char **argv)
         BAD ("a number from 0 to 100");
       break;
     case O_TZERO: opts.target_is_zero = true; break;
+    case O_ALLOC_ONLY: opts.allocated_only = true; break;
     case O_NOZD: opts.zero_detect = false; break;
     case O_NOFLUSH: opts.flush = false; break;
     case O_INSECURE: lo.insecure = true; break;
@@ -549,6 +555,14 @@ main (int argc, char **argv)
   }
   if (lo.create && (verify_only || live)) {
     fprintf (stderr, "sxm-copy: --create needs a destination to write\n");
+    exit (EXIT_USAGE);
+  }
+  if (opts.allocated_only && (verify || verify_only || opts.checkpoint ||
+                              live)) {
+    /* The destination differs from the source wherever the source has
+     * holes: no compare can pass; and a checkpoint does not record it. */
+    fprintf (stderr, "sxm-copy: --allocated-only writes part of a disk: not "
+             "with --verify, --verify-only, --checkpoint or --live\n");
     exit (EXIT_USAGE);
   }
   if (verify_only && opts.checkpoint) {

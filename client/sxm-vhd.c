@@ -3,11 +3,14 @@
  *   sxm-vhd create [--type=dynamic|fixed] [--block-size=SIZE] [--uuid=U] FILE SIZE
  *   sxm-vhd create [...] --sr DIR SIZE             (DIR/<uuid>.vhd)
  *   sxm-vhd snapshot [--uuid=U] PARENT CHILD
+ *   sxm-vhd snapshot --in-place [--uuid=U] LEAF [BASE]
  *   sxm-vhd info [--json] [--size-from=current|chs|qemu] FILE.vhd
  *   sxm-vhd map  [--json] FILE.vhd
  *   sxm-vhd check [--xen] FILE.vhd
  *   sxm-vhd repair FILE.vhd
  *   sxm-vhd set-parent CHILD.vhd PARENT
+ *   sxm-vhd relink CHILD.vhd ANCESTOR.vhd
+ *   sxm-vhd live SOCKET status|snapshot [BASE]|relink ANCESTOR
  *
  *   sxm-vhd coalesce [--force] CHILD.vhd
  *   sxm-vhd resize FILE.vhd NEW_SIZE
@@ -23,9 +26,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <uuid/uuid.h>
 
+#include "jsonline.h"
 #include "log.h"
+#include "mirrorctl.h"
 #include "size.h"
 #include "vhd.h"
 
@@ -44,11 +50,14 @@ usage (FILE *f)
 "                      FILE.vhd SIZE\n"
 "       sxm-vhd create [--type=...] [--block-size=SIZE] [--uuid=UUID] --sr DIR SIZE\n"
 "       sxm-vhd snapshot [--uuid=UUID] PARENT.vhd CHILD.vhd\n"
+"       sxm-vhd snapshot --in-place [--uuid=UUID] LEAF.vhd [BASE.vhd]\n"
 "       sxm-vhd info [--json] [--size-from=current|chs|qemu] FILE.vhd\n"
 "       sxm-vhd map  [--json] FILE.vhd\n"
 "       sxm-vhd check [--xen] FILE.vhd\n"
 "       sxm-vhd repair FILE.vhd\n"
 "       sxm-vhd set-parent CHILD.vhd PARENT\n"
+"       sxm-vhd relink CHILD.vhd ANCESTOR.vhd\n"
+"       sxm-vhd live SOCKET status | snapshot [BASE.vhd] | relink ANCESTOR.vhd\n"
 "       sxm-vhd coalesce [--force] CHILD.vhd\n"
 "       sxm-vhd resize FILE.vhd NEW_SIZE\n"
 "       sxm-vhd --version | --help\n"
@@ -59,6 +68,9 @@ usage (FILE *f)
 "          (an SR's naming) and the line is 'UUID PATH'\n"
 "snapshot  a new empty differencing child of PARENT (W2ru, W2ku and MacX\n"
 "          locators), same size and block size\n"
+"          --in-place: LEAF keeps its name and becomes the new empty child;\n"
+"          its data stays in its file, renamed BASE (default: LEAF's\n"
+"          directory/NEWUUID.vhd), crash-safely; prints BASE\n"
 "info      header fields of FILE and of every parent in its chain (and\n"
 "          whether the end footer is missing)\n"
 "map       allocated ranges of the whole chain (what NBD block status reports)\n"
@@ -71,6 +83,11 @@ usage (FILE *f)
 "set-parent  point CHILD at PARENT after the parent moved (PARENT must be\n"
 "          the image CHILD was made over: its UUID is checked); new\n"
 "          locators, written crash-safely, offline\n"
+"relink    point CHILD at ANCESTOR, an image further down its chain, after\n"
+"          the layers between were coalesced into it (they drop out)\n"
+"live      the same snapshot (in place) and relink on a file a running\n"
+"          nbdkit vhd serves, through its control=SOCKET; prints the JSON\n"
+"          reply (exit 1 if it says ok:false)\n"
 "coalesce  merge differencing CHILD into its parent (refused if the parent\n"
 "          has another child in its directory, unless --force)\n"
 "resize    grow a dynamic or differencing image (offline)\n"
@@ -85,9 +102,98 @@ usage (FILE *f)
 
 static int open_failure (const char *name, bool say);
 
+/* live SOCKET COMMAND [PATH]: one request to a serving plugin's control
+ * socket.  Snapshot and relink wait as long as they take (the plugin
+ * holds guest requests meanwhile, so they are short). */
+static int
+live (int n, char **args)
+{
+  struct jbuf req = { 0 };
+  struct json_obj reply;
+  char *raw = NULL;
+  bool ok = false;
+  int fd, r;
+
+  if (n < 2 || n > 3 ||
+      (strcmp (args[1], "status") == 0 && n != 2) ||
+      (strcmp (args[1], "relink") == 0 && n != 3) ||
+      (strcmp (args[1], "snapshot") != 0 && strcmp (args[1], "status") != 0
+       && strcmp (args[1], "relink") != 0)) {
+    fprintf (stderr, "sxm-vhd live: expected SOCKET status, SOCKET snapshot "
+             "[BASE.vhd] or SOCKET relink ANCESTOR.vhd\n");
+    return EXIT_USAGE;
+  }
+  jbuf_add (&req, "{\"cmd\":");
+  jbuf_str (&req, args[1]);
+  if (n == 3) {
+    jbuf_add (&req, strcmp (args[1], "relink") == 0 ? ",\"parent\":"
+                                                    : ",\"base\":");
+    jbuf_str (&req, args[2]);
+  }
+  jbuf_add (&req, "}");
+  if (req.oom) {
+    fprintf (stderr, "sxm-vhd: out of memory\n");
+    return EXIT_FAILURE;
+  }
+  fd = mirrorctl_connect (args[0]);
+  if (fd == -1) {
+    jbuf_free (&req);
+    return EXIT_FAILURE;
+  }
+  r = mirrorctl_call (fd, req.s, 0, &reply, &raw);
+  jbuf_free (&req);
+  close (fd);
+  if (r == -1)
+    return EXIT_FAILURE;
+  printf ("%s\n", raw);
+  if (json_bool (&reply, "ok", &ok) == -1 || !ok) {
+    const char *e = json_str (&reply, "error");
+    fprintf (stderr, "sxm-vhd live: %s\n", e ? e : "refused");
+    ok = false;
+  }
+  json_free (&reply);
+  free (raw);
+  return ok ? 0 : EXIT_FAILURE;
+}
+
+/* snapshot --in-place LEAF [BASE]: BASE defaults to a new UUID's name in
+ * LEAF's directory (an SR's naming). */
+static int
+snapshot_in_place (int n, char **args, const uuid_t uuid)
+{
+  char *base = NULL, *copy;
+  uuid_t bu;
+  char us[37];
+  int r;
+
+  if (n != 1 && n != 2) {
+    fprintf (stderr, "sxm-vhd snapshot --in-place: expected LEAF.vhd "
+             "[BASE.vhd]\n");
+    return EXIT_USAGE;
+  }
+  if (n == 2)
+    base = strdup (args[1]);
+  else if ((copy = strdup (args[0])) != NULL) {
+    uuid_generate (bu);
+    uuid_unparse_lower (bu, us);
+    if (asprintf (&base, "%s/%s.vhd", dirname (copy), us) == -1)
+      base = NULL;
+    free (copy);
+  }
+  if (!base) {
+    fprintf (stderr, "sxm-vhd: out of memory\n");
+    return EXIT_FAILURE;
+  }
+  r = vhd_snapshot_in_place (args[0], base, uuid);
+  if (r == 0)
+    printf ("%s\n", base);
+  free (base);
+  return r == 0 ? 0 : EXIT_FAILURE;
+}
+
 /* Print S as a JSON string, escaped. */
 static void
-json_str (const char *s)
+print_json_str (const char *s)
 {
   putchar ('"');
   for (; *s; s++) {
@@ -196,7 +302,7 @@ info_json (const struct vhd_layer *top, enum vhd_size_rule rule)
     vhd_uuid_str (l->footer.uuid, uuid);
     time_str (l->footer.timestamp, ts);
     printf ("%s\n  {\"file\": ", l->depth ? "," : "");
-    json_str (l->path);
+    print_json_str (l->path);
     if (l->raw) {
       printf (", \"type\": \"raw\", \"virtual_size\": %" PRIu64
               ", \"file_size\": %" PRIu64 "}", l->size, l->file_size);
@@ -211,7 +317,7 @@ info_json (const struct vhd_layer *top, enum vhd_size_rule rule)
             vhd_chs_size (&l->footer), vhd_size_rule_name (rule),
             size_rule_used (l), l->footer.cylinders, l->footer.heads,
             l->footer.sectors_per_track, uuid, ts);
-    json_str (printable4 (l->footer.creator_app, c));
+    print_json_str (printable4 (l->footer.creator_app, c));
     printf (", \"file_size\": %" PRIu64 ", \"end_footer_missing\": %s",
             l->file_size, l->footer_at == UINT64_MAX ? "true" : "false");
     if (l->footer.type != VHD_TYPE_FIXED)
@@ -221,9 +327,9 @@ info_json (const struct vhd_layer *top, enum vhd_size_rule rule)
     if (l->footer.type == VHD_TYPE_DIFF) {
       vhd_uuid_str (l->header.parent_uuid, uuid);
       printf (", \"parent_uuid\": \"%s\", \"parent_name\": ", uuid);
-      json_str (l->header.parent_name);
+      print_json_str (l->header.parent_name);
       printf (", \"parent_via\": ");
-      json_str (l->parent_via ? l->parent_via : "");
+      print_json_str (l->parent_via ? l->parent_via : "");
     }
     printf ("}");
   }
@@ -415,13 +521,14 @@ main (int argc, char **argv)
     { "force", no_argument, NULL, 'f' },
     { "sr", required_argument, NULL, 'S' },
     { "xen", no_argument, NULL, 'x' },
+    { "in-place", no_argument, NULL, 'i' },
     { NULL, 0, NULL, 0 }
   };
   enum vhd_size_rule rule = VHD_SIZE_CURRENT;
   enum vhd_type type = VHD_TYPE_DYNAMIC;
   uint64_t block_size = 2 << 20;
   uuid_t uuid;
-  bool json = false, have_uuid = false, force = false, xen = false;
+  bool json = false, have_uuid = false, force = false, xen = false, in_place = false;
   const char *cmd, *sr = NULL;
   struct vhd_layer *top;
   int c, r = 0;
@@ -440,10 +547,12 @@ main (int argc, char **argv)
     return EXIT_USAGE;
   }
   cmd = argv[1];
+  if (strcmp (cmd, "live") == 0)
+    return live (argc - 2, argv + 2);
   if (strcmp (cmd, "info") != 0 && strcmp (cmd, "map") != 0 &&
       strcmp (cmd, "check") != 0 && strcmp (cmd, "coalesce") != 0 &&
       strcmp (cmd, "resize") != 0 && strcmp (cmd, "repair") != 0 &&
-      strcmp (cmd, "set-parent") != 0 &&
+      strcmp (cmd, "set-parent") != 0 && strcmp (cmd, "relink") != 0 &&
       strcmp (cmd, "create") != 0 && strcmp (cmd, "snapshot") != 0) {
     fprintf (stderr, "sxm-vhd: unknown subcommand '%s'\n", cmd);
     usage (stderr);
@@ -484,6 +593,7 @@ main (int argc, char **argv)
       break;
     case 'f': force = true; break;
     case 'x': xen = true; break;
+    case 'i': in_place = true; break;
     case 'S':
       if (!*optarg) {
         fprintf (stderr, "sxm-vhd: --sr: expected a directory\n");
@@ -499,6 +609,25 @@ main (int argc, char **argv)
   if (xen && strcmp (cmd, "check") != 0) {
     fprintf (stderr, "sxm-vhd %s: --xen is for check\n", cmd);
     return EXIT_USAGE;
+  }
+  if (in_place && strcmp (cmd, "snapshot") != 0) {
+    fprintf (stderr, "sxm-vhd %s: --in-place is for snapshot\n", cmd);
+    return EXIT_USAGE;
+  }
+  if (in_place)
+    return snapshot_in_place (argc - optind, argv + optind, uuid);
+  if (strcmp (cmd, "relink") == 0) {
+    if (optind != argc - 2) {
+      fprintf (stderr, "sxm-vhd relink: expected CHILD.vhd ANCESTOR.vhd\n");
+      return EXIT_USAGE;
+    }
+    r = vhd_relink (argv[optind], argv[optind + 1]);
+    if (r == -1)
+      return open_failure (argv[optind], false);
+    if (r == -2)
+      return EXIT_FAILURE;
+    printf ("%s: parent is now %s\n", argv[optind], argv[optind + 1]);
+    return 0;
   }
   if (sr && strcmp (cmd, "create") != 0) {
     fprintf (stderr, "sxm-vhd %s: --sr is for create\n", cmd);

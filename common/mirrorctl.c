@@ -28,7 +28,7 @@ mirrorctl_connect (const char *path)
     return -1;
   }
   if (connect (fd, (struct sockaddr *) &sa, sizeof sa) == -1) {
-    sxm_error ("%s: cannot connect to the mirror control socket: %s", path,
+    sxm_error ("%s: cannot connect to the control socket: %s", path,
                strerror (errno));
     close (fd);
     return -1;
@@ -52,7 +52,7 @@ mirrorctl_call (int fd, const char *request, double timeout,
   memcpy (line, request, n);
   line[n] = '\n';
   if (full_send (fd, line, n + 1) == -1) {
-    sxm_error ("mirror control socket: send: %s", strerror (errno));
+    sxm_error ("control socket: send: %s", strerror (errno));
     free (line);
     return -1;
   }
@@ -72,7 +72,7 @@ mirrorctl_call (int fd, const char *request, double timeout,
     if (timeout > 0) {
       double left = deadline - sxm_now ();
       if (left <= 0) {
-        sxm_error ("mirror control socket: no reply within %.0f s", timeout);
+        sxm_error ("control socket: no reply within %.0f s", timeout);
         free (buf);
         return -1;
       }
@@ -81,7 +81,7 @@ mirrorctl_call (int fd, const char *request, double timeout,
     if (poll (&p, 1, ms) == -1) {
       if (errno == EINTR)
         continue;
-      sxm_error ("mirror control socket: poll: %s", strerror (errno));
+      sxm_error ("control socket: poll: %s", strerror (errno));
       free (buf);
       return -1;
     }
@@ -91,21 +91,21 @@ mirrorctl_call (int fd, const char *request, double timeout,
     if (r == -1 && errno == EINTR)
       continue;
     if (r <= 0) {
-      sxm_error ("mirror control socket: connection closed before a reply");
+      sxm_error ("control socket: connection closed before a reply");
       free (buf);
       return -1;
     }
     if (buf[have] == '\n')
       break;
     if (++have == JSON_MAX_LINE) {
-      sxm_error ("mirror control socket: reply too long");
+      sxm_error ("control socket: reply too long");
       free (buf);
       return -1;
     }
   }
   buf[have] = 0;
   if (json_parse (buf, have, reply, err, sizeof err) == -1) {
-    sxm_error ("mirror control socket: bad reply: %s", err);
+    sxm_error ("control socket: bad reply: %s", err);
     free (buf);
     return -1;
   }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -471,5 +472,97 @@ vhd_snapshot (const char *parent_path, const char *child_path,
  out:
   vhd_close_chain (parent);
   vhd_parent_refs_free (&refs);
+  return ret;
+}
+
+void
+vhd_uuid_random (uint8_t uuid[16])
+{
+  size_t got = 0;
+
+  while (got < 16) {
+    ssize_t r = getrandom (uuid + got, 16 - got, 0);
+    if (r > 0)
+      got += r;
+    else if (errno != EINTR)
+      abort ();                 /* no entropy source at all: cannot name */
+  }
+  uuid[6] = (uuid[6] & 0x0f) | 0x40;
+  uuid[8] = (uuid[8] & 0x3f) | 0x80;
+}
+
+static int
+sync_dir_of (const char *path)
+{
+  char *copy = strdup (path);
+  int dfd, r = -1;
+
+  if (!copy)
+    return -1;
+  dfd = open (dirname (copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    r = fsync (dfd);
+    close (dfd);
+  }
+  free (copy);
+  return r;
+}
+
+int
+vhd_snapshot_in_place (const char *leaf, const char *base,
+                       const uint8_t uuid[16])
+{
+  char *child = NULL;
+  int ret = -1;
+
+  if (vhd_has_footer (leaf) != 1) {
+    sxm_error ("%s: not a VHD (or cannot be read)", leaf);
+    return -1;
+  }
+  /* 1. A second name for today's file: from now on it is the base. */
+  if (link (leaf, base) == -1) {
+    sxm_error ("%s: cannot link it as %s: %s%s", leaf, base,
+               strerror (errno), errno == EXDEV
+               ? " (the base must be on the same file system)" : "");
+    return -1;
+  }
+  if (sync_dir_of (base) == -1) {
+    sxm_error ("%s: syncing its directory: %s", base, strerror (errno));
+    goto undo;
+  }
+  /* 2. The new leaf, complete and synced, beside LEAF.  A file of this
+   * name can only be a child made by an interrupted run: nothing names
+   * it, so it goes. */
+  if (asprintf (&child, "%s.snapshot-in-place", leaf) == -1) {
+    child = NULL;
+    sxm_error ("%s: out of memory", leaf);
+    goto undo;
+  }
+  if (unlink (child) == -1 && errno != ENOENT) {
+    sxm_error ("%s: removing a leftover: %s", child, strerror (errno));
+    goto undo;
+  }
+  if (vhd_snapshot (base, child, uuid) == -1)
+    goto undo;
+  /* 3. One rename makes it the leaf. */
+  if (rename (child, leaf) == -1) {
+    sxm_error ("%s: renaming %s over it: %s", leaf, child, strerror (errno));
+    unlink (child);
+    goto undo;
+  }
+  if (sync_dir_of (leaf) == -1) {
+    /* LEAF is the child now either way: report, do not undo. */
+    sxm_error ("%s: syncing its directory: %s", leaf, strerror (errno));
+    free (child);
+    return -1;
+  }
+  ret = 0;
+  free (child);
+  return ret;
+ undo:
+  /* LEAF still names the old file: the second name goes. */
+  unlink (base);
+  sync_dir_of (base);
+  free (child);
   return ret;
 }

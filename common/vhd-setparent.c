@@ -11,7 +11,13 @@
  * to it: until that write the old locators are untouched, so a crash
  * leaves the child as it was.  The header write itself (1 KiB, two
  * sectors) is the one window a torn write could leave a header whose
- * checksum fails; the format has no second header to fall back to. */
+ * checksum fails; the format has no second header to fall back to.
+ *
+ * vhd_relink is the same write with the parent's UUID changed too: it
+ * points the child past its parent at an image further down its own
+ * chain, once the layers between have been coalesced into that image (the
+ * source side of sxm backup, blktap's 'vhd-util modify -p' after a
+ * coalesce). */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,8 +32,8 @@
 #include "vhd.h"
 #include "vhd-internal.h"
 
-int
-vhd_set_parent (const char *child_path, const char *parent_path)
+static int
+set_parent (const char *child_path, const char *parent_path, bool ancestor)
 {
   static const uint8_t zero_uuid[16];
   struct vhd_layer *c, *p = NULL;
@@ -55,6 +61,11 @@ vhd_set_parent (const char *child_path, const char *parent_path)
 
   /* The new parent: the same image the child was made over. */
   raw = memcmp (c->header.parent_uuid, zero_uuid, 16) == 0;
+  if (raw && ancestor) {
+    sxm_error ("%s: its parent is a raw file: there is no chain below it "
+               "to relink to", child_path);
+    goto out;
+  }
   if (raw) {
     if (vhd_has_footer (parent_path) != 0) {
       sxm_error ("%s: its parent is a raw file (parent UUID all zeros), "
@@ -62,6 +73,32 @@ vhd_set_parent (const char *child_path, const char *parent_path)
                  parent_path);
       goto out;
     }
+  }
+  else if (ancestor) {
+    /* The new parent must already be in the child's chain, below its
+     * parent: the layers between are dropped (their data must be in it:
+     * the caller coalesced them). */
+    struct vhd_layer *whole = vhd_open_chain (child_path, VHD_SIZE_CURRENT);
+    const struct vhd_layer *a;
+    char got[37];
+    if (!whole)
+      goto out;
+    p = vhd_open_chain (parent_path, VHD_SIZE_CURRENT);
+    for (a = whole; p && a && memcmp (a->footer.uuid, p->footer.uuid, 16);
+         a = a->parent)
+      ;
+    if (p && (!a || a->depth < 2)) {
+      vhd_uuid_str (p->footer.uuid, got);
+      sxm_error ("%s (UUID %s) is %s of %s's chain: relink only skips "
+                 "layers, to an image further down the chain", parent_path,
+                 got, a ? "the parent, not an ancestor below the parent"
+                 : "not part", child_path);
+      vhd_close_chain (whole);
+      goto out;
+    }
+    vhd_close_chain (whole);
+    if (!p)
+      goto out;
   }
   else {
     char want[37], got[37];
@@ -154,7 +191,10 @@ vhd_set_parent (const char *child_path, const char *parent_path)
     goto out;
   }
 
-  /* 3. One header write switches to them. */
+  /* 3. One header write switches to them (and, relinking, to the new
+   * parent's UUID). */
+  if (ancestor)
+    memcpy (header + 40, p->footer.uuid, 16);
   be32_store (header + 56, refs.mtime);
   memset (header + 64, 0, 512);
   memcpy (header + 64, refs.name, refs.name_len);
@@ -174,4 +214,16 @@ vhd_set_parent (const char *child_path, const char *parent_path)
     vhd_close_chain (p);
   vhd_close_chain (c);
   return ret;
+}
+
+int
+vhd_set_parent (const char *child_path, const char *parent_path)
+{
+  return set_parent (child_path, parent_path, false);
+}
+
+int
+vhd_relink (const char *child_path, const char *ancestor_path)
+{
+  return set_parent (child_path, ancestor_path, true);
 }

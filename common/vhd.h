@@ -187,6 +187,20 @@ int vhd_create (const char *path, enum vhd_type type, uint64_t size,
  * locators.  Same virtual size and block size as the parent. */
 int vhd_snapshot (const char *parent, const char *child,
                   const uint8_t uuid[16]);
+/* Snapshot LEAF keeping its name (XenServer's way: the disk's file stays
+ * the one that takes the writes): LEAF's file gets the second name BASE
+ * (which must not exist, on the same file system) and LEAF becomes a new
+ * empty differencing child of BASE with UUID.  Crash-safe: BASE is a hard
+ * link (directory synced), the child is written beside LEAF and synced,
+ * then renamed over LEAF (directory synced), so LEAF always names a whole
+ * image that reads the same.  A crash before the rename leaves BASE as a
+ * second name of LEAF's file.  Offline: nobody may have LEAF open for
+ * writing (the vhd plugin's "snapshot" control command closes its chain
+ * around this).  0, or -1 after sxm_error() with LEAF as it was. */
+int vhd_snapshot_in_place (const char *leaf, const char *base,
+                           const uint8_t uuid[16]);
+/* A random (version 4) UUID, from getrandom(2). */
+void vhd_uuid_random (uint8_t uuid[16]);
 
 /* Merge differencing image CHILD into its parent (vhd-coalesce.c): every
  * sector CHILD holds is written into the parent through the crash-safe
@@ -250,6 +264,11 @@ int vhd_xen_rules (const char *path, vhd_xen_report report, void *opaque);
  * vhd_last_open_*); -2 for anything else (PARENT refused, I/O): with a
  * message. */
 int vhd_set_parent (const char *child, const char *parent);
+/* The same, but ANCESTOR is an image further down CHILD's chain (not its
+ * parent): CHILD's parent UUID becomes ANCESTOR's, so the layers between
+ * drop out.  They must have been coalesced into ANCESTOR first (the
+ * caller's promise: CHILD then reads the same).  Same returns. */
+int vhd_relink (const char *child, const char *ancestor);
 
 /* Repair what check calls repairable (vhd-repair.c), offline: a geometry
  * larger than blktap accepts, a missing end footer, a footer copy at

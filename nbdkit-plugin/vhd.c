@@ -7,7 +7,9 @@
  * config_complete time, so a bad image stops nbdkit from starting at all.
  * With sr=, an image is opened by the first connection that names it and
  * shared by all connections to it (one writer state per file), closed (and
- * flushed) when the last one goes. */
+ * flushed) when the last one goes.  With control=, vhd-live.c can replace
+ * the file= chain while it is served (snapshot, relink): every callback
+ * then reaches the chain through hold()/release(). */
 
 #include <ctype.h>
 #include <dirent.h>
@@ -24,16 +26,18 @@
 #include <nbdkit-plugin.h>
 
 #include "log.h"
-#include "vhd.h"
+#include "vhd-plugin.h"
 
 #ifndef SXM_VERSION
 #define SXM_VERSION "unknown"
 #endif
 
-static char *filename;
+char *filename;
 static char *sr_dir;
-static enum vhd_size_rule size_rule = VHD_SIZE_CURRENT;
-static struct vhd_layer *chain;         /* file= mode */
+static char *control_path;              /* control= */
+enum vhd_size_rule size_rule = VHD_SIZE_CURRENT;
+struct vhd_layer *chain;                /* file= mode (vhd-plugin.h) */
+pthread_rwlock_t chain_lock;
 /* layer=: serve only this layer's own data (read-only); -1: the disk. */
 static long layer_index = -1;
 static struct vhd_layer *own;           /* that layer of 'chain' */
@@ -48,11 +52,15 @@ struct sr_image {
 static struct sr_image *sr_open_images;
 static pthread_mutex_t sr_lock = PTHREAD_MUTEX_INITIALIZER;
 
+__thread char last_error[1024];
+
 static void
 log_to_nbdkit (enum sxm_log_level level, const char *msg)
 {
-  if (level == SXM_LOG_ERROR)
+  if (level == SXM_LOG_ERROR) {
+    snprintf (last_error, sizeof last_error, "%s", msg);
     nbdkit_error ("%s", msg);
+  }
   else
     nbdkit_debug ("%s", msg);
 }
@@ -60,7 +68,14 @@ log_to_nbdkit (enum sxm_log_level level, const char *msg)
 static void
 vhd_load (void)
 {
+  pthread_rwlockattr_t a;
+
   sxm_log_set_sink (log_to_nbdkit);
+  pthread_rwlockattr_init (&a);
+  pthread_rwlockattr_setkind_np (&a,
+                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&chain_lock, &a);
+  pthread_rwlockattr_destroy (&a);
 }
 
 static void
@@ -69,6 +84,36 @@ vhd_unload (void)
   vhd_close_chain (chain);
   free (filename);
   free (sr_dir);
+  free (control_path);
+}
+
+/* The chain a request works on, and the end of its use.  In file= mode
+ * that is the shared chain, held against replacement (vhd-live.c) for
+ * the request's duration; NULL (errno EIO) if a replacement broke it. */
+static struct vhd_layer *
+hold (void *handle)
+{
+  struct vhd_layer *c;
+
+  if (sr_dir)
+    return handle;
+  pthread_rwlock_rdlock (&chain_lock);
+  c = own ? own : chain;
+  if (!c) {
+    pthread_rwlock_unlock (&chain_lock);
+    nbdkit_error ("%s: the disk is unusable since a change through the "
+                  "control socket failed (see the log): restart the disk "
+                  "service", filename);
+    errno = EIO;
+  }
+  return c;
+}
+
+static void
+release (void)
+{
+  if (!sr_dir)
+    pthread_rwlock_unlock (&chain_lock);
 }
 
 /* A canonical UUID, 8-4-4-4-12 hex digits: the only export names sr mode
@@ -133,6 +178,15 @@ vhd_config (const char *key, const char *value)
     }
     return 0;
   }
+  if (strcmp (key, "control") == 0) {
+    free (control_path);
+    control_path = strdup (value);
+    if (!control_path) {
+      nbdkit_error ("strdup: %s", strerror (errno));
+      return -1;
+    }
+    return 0;
+  }
   if (strcmp (key, "size_from") == 0) {
     if (vhd_size_rule_parse (value, &size_rule) == -1) {
       nbdkit_error ("size_from=%s: expected current, chs or qemu", value);
@@ -157,6 +211,13 @@ vhd_config_complete (void)
     nbdkit_error ("layer= serves a layer of one file: not with sr=DIR");
     return -1;
   }
+  if (control_path && (sr_dir || layer_index >= 0)) {
+    nbdkit_error ("control= changes the chain of a served file: not with "
+                  "%s", sr_dir ? "sr=DIR" : "layer=");
+    return -1;
+  }
+  if (control_path && live_check (control_path) == -1)
+    return -1;
   if (sr_dir)
     return 0;
   if (!filename) {
@@ -201,7 +262,9 @@ vhd_config_complete (void)
   "sr=<DIRECTORY>        Serve every <uuid>.vhd in it as export <uuid>.\n" \
   "size_from=current|chs|qemu  Virtual size rule (default current).\n" \
   "layer=top|N           Serve only that layer's own data (an increment),\n" \
-  "                      read-only; the rest reads as zeros, reported holes."
+  "                      read-only; the rest reads as zeros, reported holes.\n" \
+  "control=<SOCKET>      Control socket: snapshot or relink the file while\n" \
+  "                      it is served (unix, mode 0600; JSON lines)."
 
 static void
 vhd_dump_plugin (void)
@@ -216,6 +279,19 @@ vhd_dump_plugin (void)
   printf ("vhd_write=yes\n");
   printf ("vhd_sr=yes\n");
   printf ("vhd_layer=yes\n");
+  printf ("vhd_control=status,snapshot,relink\n");
+}
+
+static int
+vhd_after_fork (void)
+{
+  return control_path ? live_start (control_path) : 0;
+}
+
+static void
+vhd_cleanup (void)
+{
+  live_stop ();
 }
 
 static int
@@ -319,9 +395,17 @@ sr_release (struct vhd_layer *c)
 static void *
 vhd_open (int readonly)
 {
-  struct vhd_layer *c = own ? own : chain;
+  struct vhd_layer *c;
 
-  if (sr_dir) {
+  if (!sr_dir) {
+    /* file= mode: the handle only marks the connection open; requests
+     * find the (replaceable) chain through hold(). */
+    if (!readonly && !own && chain && !chain->writable)
+      nbdkit_debug ("%s is not writable here: the export is read-only",
+                    filename);
+    return &chain;
+  }
+  {
     const char *name = nbdkit_export_name ();
     if (!name || !*name) {
       nbdkit_error ("this server serves an SR (%s): choose an export by its "
@@ -349,7 +433,14 @@ vhd_close (void *handle)
 static int64_t
 vhd_get_size (void *handle)
 {
-  return ((struct vhd_layer *) handle)->size;
+  struct vhd_layer *c = hold (handle);
+  int64_t size;
+
+  if (!c)
+    return -1;
+  size = c->size;
+  release ();
+  return size;
 }
 
 /* A file we could only open read-only makes a read-only export: nbdkit
@@ -357,7 +448,14 @@ vhd_get_size (void *handle)
 static int
 vhd_can_write (void *handle)
 {
-  return ((struct vhd_layer *) handle)->writable;
+  struct vhd_layer *c = hold (handle);
+  int w;
+
+  if (!c)
+    return -1;
+  w = c->writable;
+  release ();
+  return w;
 }
 
 static int
@@ -366,26 +464,35 @@ vhd_can_fast_zero (void *handle)
   return 1;
 }
 
+/* Each request: hold the chain, call into common/, report errno. */
+#define ON_CHAIN(handle, call)                  \
+  do {                                          \
+    struct vhd_layer *c = hold (handle);        \
+    int r_;                                     \
+    if (!c) {                                   \
+      nbdkit_set_error (EIO);                   \
+      return -1;                                \
+    }                                           \
+    r_ = (call);                                \
+    if (r_ == -1)                               \
+      nbdkit_set_error (errno);                 \
+    release ();                                 \
+    return r_ == -1 ? -1 : 0;                   \
+  } while (0)
+
 static int
 vhd_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  if (vhd_write (handle, buf, count, offset) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  ON_CHAIN (handle, vhd_write (c, buf, count, offset));
 }
 
 /* FUA is emulated by nbdkit with a flush after the write. */
 static int
 vhd_zero_cb (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  if (vhd_zero (handle, count, offset, flags & NBDKIT_FLAG_FAST_ZERO) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  ON_CHAIN (handle, vhd_zero (c, count, offset,
+                              flags & NBDKIT_FLAG_FAST_ZERO));
 }
 
 /* Trim is advisory in NBD: accepted and ignored.  Space is not reclaimed
@@ -400,11 +507,7 @@ vhd_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 vhd_flush_cb (void *handle, uint32_t flags)
 {
-  if (vhd_flush (handle) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  ON_CHAIN (handle, vhd_flush (c));
 }
 
 static int
@@ -423,11 +526,7 @@ static int
 vhd_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  if ((own ? vhd_read_own : vhd_read) (handle, buf, count, offset) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  ON_CHAIN (handle, (own ? vhd_read_own : vhd_read) (c, buf, count, offset));
 }
 
 static int
@@ -444,13 +543,9 @@ static int
 vhd_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
              struct nbdkit_extents *extents)
 {
-  if ((own ? vhd_map_own : vhd_map) (handle, offset, count,
-                                     flags & NBDKIT_FLAG_REQ_ONE,
-                                     add_extent, extents) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  ON_CHAIN (handle, (own ? vhd_map_own : vhd_map) (c, offset, count,
+                                                   flags & NBDKIT_FLAG_REQ_ONE,
+                                                   add_extent, extents));
 }
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -464,6 +559,8 @@ static struct nbdkit_plugin plugin = {
   .config            = vhd_config,
   .config_complete   = vhd_config_complete,
   .config_help       = vhd_config_help,
+  .after_fork        = vhd_after_fork,
+  .cleanup           = vhd_cleanup,
   .magic_config_key  = "file",
   .dump_plugin       = vhd_dump_plugin,
   .open              = vhd_open,

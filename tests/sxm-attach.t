@@ -233,7 +233,8 @@ def body(scratch, sr, run):
 
 COMMANDS = {"receive": "cmd_receive", "migrate": "cmd_migrate",
             "token-info": "cmd_token_info", "attach": "cmd_attach",
-            "list": "cmd_list", "detach": "cmd_detach"}
+            "list": "cmd_list", "detach": "cmd_detach",
+            "backup": "cmd_backup", "restore": "cmd_restore"}
 COMMON = {"--log", "-q", "-h", "--help"}
 OPT = r"(?<![\w-])(--?[a-z][a-z-]*)"
 
@@ -303,6 +304,10 @@ def command_line(scratch, run, vhd_b):
     svc = set().union(*(parsed_options(src, COMMANDS[c])
                         for c in ("attach", "list", "detach"))) - COMMON
     tap.eq(sorted(items.get("attach, list, detach", set())), sorted(svc), "attach, list, detach: OPTIONS items name their options")
+    bk = set().union(*(parsed_options(src, COMMANDS[c])
+                       for c in ("backup", "restore"))) - COMMON
+    tap.eq(sorted(items.get("backup, restore", set())), sorted(bk),
+           "backup, restore: OPTIONS items name their options")
     tap.eq(items.get("Every command"), COMMON, "OPTIONS: every command's options")
     tap.eq(sorted(usage_all - every), [], "--help names no option no command takes")
     tap.eq(sorted(every - usage_all), [], "--help names every option")

@@ -304,7 +304,10 @@ plan_zeros (struct worker *w, struct seg *s, uint64_t off, uint64_t len)
   enum op_kind kind = cp->mode == MODE_COPY ? OP_ZERO : OP_CHKZERO;
   int r = 0;
 
-  if (cp->mode == MODE_COPY && cp->dst_zero) {
+  /* Nothing to do where the destination reads zeros already, or where
+   * it keeps what it holds (an increment: the source's holes are the
+   * ranges it did not change). */
+  if (cp->mode == MODE_COPY && (cp->dst_zero || cp->o->allocated_only)) {
     s->skipped += len;
     return 0;
   }

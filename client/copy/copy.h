@@ -203,6 +203,7 @@ struct copy_opts {
   uint64_t segment_size;        /* unit of work hand-out and of checkpoints */
   bool zero_detect;
   bool target_is_zero;
+  bool allocated_only;          /* source holes: leave the destination */
   bool flush;                   /* flush the destination at the end */
   unsigned retries;
   double checkpoint_interval;   /* seconds between destination flushes */
