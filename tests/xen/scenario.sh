@@ -499,6 +499,16 @@ ac_send() {
   AC_GAP=$(probe_stop)
   AC_DST=$(xl domid rigguest 2>/dev/null)
 }
+# The fastest the guest dirtied memory during a migration, in KiB/s, from
+# xenmem's round_stats: what round k+1 sent was dirtied during round k.
+# Under TCG the log-dirty faults of a save can slow the guest's rewriting
+# loop far below the rate it reached before (hot_rate), most of all when
+# the host is busy; the throttle then rightly has nothing to do.
+ac_dirty_kib_s() {
+  grep -o '"pages":[0-9]*,"seconds":[0-9.]*' "$1" 2>/dev/null | tr -c '0-9.\n' ' ' |
+    awk '{ p[NR] = $1; s[NR] = $2 }
+         END { m = 0; for (i = 2; i <= NR; i++) if (s[i-1] > 0 && p[i] * 4 / s[i-1] > m) m = p[i] * 4 / s[i-1]; printf "%d", m }'
+}
 ac_row() {      # ac_row LABEL JSON TOTAL_S PROBE_MS: a line of the table
   printf '# %-18s %6s %8s %8s %9s %9s %11s %8s  %s\n' "$1" "$(field rounds $2)" \
     "$(field throttle_max $2)" "$3" "$4" "$(field downtime_ms $2)" "$(field wire_bytes $2)" \
@@ -506,7 +516,7 @@ ac_row() {      # ac_row LABEL JSON TOTAL_S PROBE_MS: a line of the table
 }
 T_AC=$(date +%s)
 for try in 1 2 3; do
-  ac_ok=no cap_ok=no
+  ac_ok=no cap_ok=no ac_idle=no
   guest || break
   HOT_RATE=$(hot_rate)
   RATE=$(awk -v r="$HOT_RATE" 'BEGIN { k = int(r * 1024 / 4); if (k < 4096) k = 4096; if (k > 8192) k = 8192; print k "k" }')
@@ -519,13 +529,25 @@ for try in 1 2 3; do
   [ -n "$AC_DST" ] && [ "$AC_DST" != "$AC_SRC" ] && [ -n "$cap1" ] && [ "$cap1" = "$cap0" ] && [ "$(ndom)" = 1 ] &&
     counts_on "after the throttled migration" && cap_ok=yes
   [ "$ac_ok$cap_ok" != yesyes ] && [ "$(tf)" -gt "$tf0" ] && { echo "# auto-converge try $try: a guest triple-faulted (TCG); again"; xl destroy rigguest 2>/dev/null; xl destroy rigguest--migratedaway 2>/dev/null; continue; }
+  # Converged unthrottled, correctly, because the guest never dirtied
+  # faster than the link during the migration: this try did not test the
+  # throttle (the precondition, measured, not met); again.
+  if [ $ac_ok = no ] && [ $cap_ok = yes ] && [ "$AC_RC$AC_RRC" = 00 ] &&
+     [ "$(field throttle_max /tmp/ac.json)" = 0 ] &&
+     [ "$(ac_dirty_kib_s /tmp/ac.json)" -lt "${RATE%k}" ]; then
+    ac_idle=yes
+    echo "# auto-converge try $try: the guest dirtied at most $(ac_dirty_kib_s /tmp/ac.json) KiB/s during the migration (${HOT_RATE} MiB/s before it), under the link's ${RATE}/s: it converged unthrottled, the throttle untested; again"
+    continue
+  fi
   break
 done
 echo "# $SCHED scheduler; the guest rewrites $HOT MiB at ${HOT_RATE:-?} MiB/s (of $HOTMEM MiB); link --rate=${RATE:-?}"
 grep -v 'pages dirty' /tmp/acs.err | sed 's/^/#   send: /' | tail -n 24
 sed 's/^/#   recv: /' /tmp/acr.err | tail -n 3
 cut -c1-600 /tmp/ac.json 2>/dev/null | sed 's/^/#   /'
-if [ $ac_ok = yes ]; then
+if [ $ac_idle = yes ]; then
+  echo "ok 16 # SKIP in 3 tries the guest never dirtied faster than the link during the migration (TCG log-dirty faults, host load): the throttle was not exercised (it converged unthrottled, exit 0, as it should)"
+elif [ $ac_ok = yes ]; then
   echo "ok 16 - auto-converge on Xen: a guest dirtying ${HOT_RATE} MiB/s over --rate=$RATE migrates (exit 0 both sides), stop: predicted downtime under the target, throttle up to $(field throttle_max /tmp/ac.json)%, cap_restored"
 else
   echo "not ok 16 - auto-converge on Xen (send ${AC_RC:-?}, receive ${AC_RRC:-?}, stop $(field stop_reason /tmp/ac.json), throttle_max $(field throttle_max /tmp/ac.json), cap_restored $(field cap_restored /tmp/ac.json))"
