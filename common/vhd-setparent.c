@@ -159,6 +159,20 @@ set_parent (const char *child_path, const char *parent_path, bool ancestor)
   end = c->footer_at;
   if (vhd_move_blocks_below (c, fd, at, &end) == -1)
     goto out;
+  /* An image with no block after its metadata (a fresh snapshot) has its
+   * end footer right there, where the new locators go: the footer moves
+   * past them first, synced, so the file never lacks an end footer. */
+  if (at > end) {
+    uint8_t foot[VHD_FOOTER_SIZE];
+    if (vhd_pread_full (fd, foot, sizeof foot, c->footer_at) == -1 ||
+        full_pwrite (fd, foot, sizeof foot, at) == -1 ||
+        fdatasync (fd) == -1) {
+      sxm_error ("%s: moving the end footer to %" PRIu64 ": %s", child_path,
+                 at, strerror (errno));
+      goto out;
+    }
+    end = at;
+  }
 
   /* 2. The new locators' data, synced. */
   at = meta;

@@ -91,5 +91,22 @@ def main(d):
     r = run("set-parent", kid)
     tap.eq(r.returncode, 2, "one argument: usage, exit 2")
 
+    # A fresh child holds no block: its end footer follows its metadata,
+    # where the longer new locators go; it must move past them (it did
+    # not: the child was left with no end footer, "repairable" and refused
+    # by XenServer's rules).
+    os.makedirs(p("f", "a", "much", "deeper", "than", "before"))
+    sh(SXM_VHD, "create", p("f", "base.vhd"), "64M")
+    sh(SXM_VHD, "snapshot", p("f", "base.vhd"), p("f", "kid.vhd"))
+    moved = p("f", "a", "much", "deeper", "than", "before", "base.vhd")
+    shutil.move(p("f", "base.vhd"), moved)
+    r = run("set-parent", p("f", "kid.vhd"), moved)
+    c = run("check", "--xen", p("f", "kid.vhd"))
+    tap.ok(r.returncode == 0 and c.returncode == 0 and
+           "no footer" not in c.stdout + c.stderr,
+           "a child with no block re-pointed at a parent with a longer "
+           "path: clean, an end footer, XenServer's rules pass",
+           r.stderr + c.stdout + c.stderr)
+
 
 run_test(main)
