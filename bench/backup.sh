@@ -16,7 +16,10 @@
 # bytes each tool's source nbdkit served, counted by nbdkit's stats filter
 # (for sxm backup through an nbdkit in its PATH that adds the filter).
 # Every output is made durable inside its timing (sync -f).  Prints per
-# round and the medians with ratios.  RUNS=N rounds (default 3).
+# round and the medians with ratios.  RUNS=N rounds (default 3);
+# ALLOC_GIB=N (default 1): the disk holds N GiB (beyond the sample's 1 GiB,
+# written as 64 MiB patterned runs) - the round's fixed costs (snapshot,
+# check, coalesce, relink, process starts) against a full copy that grows.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-3}
@@ -64,6 +67,14 @@ echo "== setup: the 8 GiB sample disk, attached; the first (full) backup"
 sample_vhd "$work/disk.vhd" "$work/raw.tmp"
 "$SXM" attach --name disk "$work/disk.vhd" >/dev/null
 uri="nbd+unix:///?socket=$work/run/disk.sock"
+ALLOC_GIB=${ALLOC_GIB:-1}
+if [ "$ALLOC_GIB" -gt 1 ]; then
+  for i in $(seq 0 $(( (ALLOC_GIB - 1) * 16 - 1 ))); do
+    # 64 MiB runs in the 2nd half of every 128 MiB (the sample's 16 MiB
+    # runs sit at the start of each): (ALLOC_GIB - 1) GiB more.
+    qemu-io -f raw -c "write -P $(( i % 250 + 1 )) $(( (i * 128 + 64) << 20 )) 64M" "$uri" >/dev/null
+  done
+fi
 SXM_BENCH_STATS=$work/full.stats PATH="$work/wrap:$PATH" \
   "$SXM" backup -q --to "$work/archive" disk >/dev/null
 echo "full backup: $(jq '.points[0].bytes_read' "$work/archive/disk.backup.json") bytes read"
@@ -110,7 +121,7 @@ PY
 done
 
 echo
-echo "medians over $RUNS rounds (1 % of 8 GiB changed before each)"
+echo "medians over $RUNS rounds (1 % of 8 GiB changed before each; $ALLOC_GIB GiB allocated)"
 printf '  %-11s %12s %9s %18s %18s\n' tool "MiB read" wall "bytes vs increment" "time vs increment"
 ib=$(cut -d' ' -f2 "$work/increment.t" | median)
 iw=$(cut -d' ' -f1 "$work/increment.t" | median)
