@@ -237,33 +237,35 @@ accept_loop (void *arg)
 }
 
 int
-ctl_check_path (const char *path, const char **why)
+ctl_check (const char *param, const char *path)
 {
   struct sockaddr_un sa;
   struct stat st;
 
   if (strlen (path) >= sizeof sa.sun_path) {
-    *why = "path too long for a unix socket";
+    sxm_error ("%s=%s: path too long for a unix socket", param, path);
     return -1;
   }
   /* A stale socket from an earlier run is replaced; anything else at
    * that path is not ours to remove. */
   if (lstat (path, &st) == 0 && !S_ISSOCK (st.st_mode)) {
-    *why = "exists and is not a socket";
+    sxm_error ("%s=%s: exists and is not a socket", param, path);
     return -1;
   }
   return 0;
 }
 
 struct ctl_server *
-ctl_start (const char *what, const char *path,
+ctl_start (const char *param, const char *path,
            const struct ctl_command *commands, size_t n)
 {
   struct ctl_server *s = calloc (1, sizeof *s);
   const char *step;
+  char *what = NULL;
 
-  if (!s) {
-    sxm_error ("%s: out of memory", what);
+  if (!s || asprintf (&what, "%s=%s", param, path) == -1) {
+    sxm_error ("%s=%s: out of memory", param, path);
+    free (s);
     return NULL;
   }
   s->listen_fd = s->stop_pipe[0] = s->stop_pipe[1] = -1;
@@ -271,7 +273,8 @@ ctl_start (const char *what, const char *path,
   s->ncommands = n;
   pthread_mutex_init (&s->cmd_lock, NULL);
   pthread_mutex_init (&s->clients_lock, NULL);
-  if (!(s->what = strdup (what)) || !(s->path = strdup (path))) {
+  s->what = what;
+  if (!(s->path = strdup (path))) {
     sxm_error ("%s: out of memory", what);
     goto fail;
   }

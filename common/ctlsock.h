@@ -31,14 +31,15 @@ struct ctl_command {
 struct ctl_server;
 
 /* At configuration time, so that a bad path stops the server before it
- * serves anything: 0, or -1 with *WHY set to a constant reason ("path
- * too long for a unix socket", "exists and is not a socket"). */
-int ctl_check_path (const char *path, const char **why);
+ * serves anything: 0, or -1 with a message naming PARAM=PATH ("path too
+ * long for a unix socket", "exists and is not a socket"). */
+int ctl_check (const char *param, const char *path);
 
 /* Listen on PATH (a stale socket there is replaced, nothing else) and
- * start the accept thread.  COMMANDS (N of them) must outlive the server.
- * NULL with a message on failure, nothing left at PATH. */
-struct ctl_server *ctl_start (const char *what, const char *path,
+ * start the accept thread; PARAM names the socket in messages
+ * (PARAM=PATH).  COMMANDS (N of them) must outlive the server.  NULL
+ * with a message on failure, nothing left at PATH. */
+struct ctl_server *ctl_start (const char *param, const char *path,
                               const struct ctl_command *commands, size_t n);
 
 /* Stop accepting, shut down every client, join every thread, unlink the

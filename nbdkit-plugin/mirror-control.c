@@ -3,8 +3,6 @@
  * Commands that change the mirror run one at a time; "status" does not
  * wait for them, so a client can watch a long switchover from a second
  * connection. */
-#include <stdio.h>
-
 #include <nbdkit-filter.h>
 
 #include "ctlsock.h"
@@ -28,22 +26,13 @@ static struct ctl_server *server;
 int
 control_check (const char *path)
 {
-  const char *why;
-
-  if (ctl_check_path (path, &why) == -1) {
-    nbdkit_error ("mirror-control=%s: %s", path, why);
-    return -1;
-  }
-  return 0;
+  return ctl_check ("mirror-control", path);
 }
 
 int
 control_start (const char *path)
 {
-  char what[4200];
-
-  snprintf (what, sizeof what, "mirror-control=%s", path);
-  server = ctl_start (what, path, commands,
+  server = ctl_start ("mirror-control", path, commands,
                       sizeof commands / sizeof commands[0]);
   return server ? 0 : -1;
 }

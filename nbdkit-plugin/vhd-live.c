@@ -224,22 +224,13 @@ static const struct ctl_command commands[] = {
 int
 live_check (const char *path)
 {
-  const char *why;
-
-  if (ctl_check_path (path, &why) == -1) {
-    nbdkit_error ("control=%s: %s", path, why);
-    return -1;
-  }
-  return 0;
+  return ctl_check ("control", path);
 }
 
 int
 live_start (const char *path)
 {
-  char what[4200];
-
-  snprintf (what, sizeof what, "control=%s", path);
-  server = ctl_start (what, path, commands,
+  server = ctl_start ("control", path, commands,
                       sizeof commands / sizeof commands[0]);
   return server ? 0 : -1;
 }
