@@ -290,5 +290,58 @@ def main(S):
     vm.proc.kill()
 
 
+def offline(S):
+    """A VHD file nothing serves: the same rounds on the file itself
+    (sxm-vhd snapshot --in-place, relink), a differencing disk included."""
+    import random
+    rng = random.Random(5)
+    a = Host(os.path.join(S, "off"), "off")
+    arch = os.path.join(S, "off-archive")
+    os.makedirs(arch)
+    base = os.path.join(a.sr, "template.vhd")
+    disk = os.path.join(a.sr, "vm.vhd")
+    subprocess.run([SXM_VHD, "create", base, str(5 * GiB)], check=True,
+                   capture_output=True)
+    refs = {}
+    for n in range(1, 4):
+        # Change the disk (through the plugin, then stopped), keep what it
+        # reads as the reference, back it up.
+        target = base if n == 1 else disk
+        with nbdkit(S, target) as uri:
+            h = connect(uri)
+            for _ in range(6):
+                h.pwrite(rng.randbytes(rng.choice([4096, 300 * 1024])),
+                         rng.choice(REGIONS) + rng.randrange(0, 4 * MiB))
+            h.zero(64 * 1024, REGIONS[1])
+            h.flush()
+            h.shutdown()
+        if n == 1:
+            subprocess.run([SXM_VHD, "snapshot", base, disk], check=True,
+                           capture_output=True)
+        ref = os.path.join(S, f"off-ref-{n}.raw")
+        r = subprocess.run(
+            ["nbdkit", "-U", "-", "--readonly", PLUGIN, disk, "--run",
+             f"qemu-img convert -f raw -O raw -S 4k \"$uri\" {ref}"],
+            capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        b = a.sxm("backup", "--to", arch, disk)
+        ok = b.returncode == 0
+        if ok:
+            refs[json.loads(b.stdout.strip().splitlines()[-1])["n"]] = ref
+        chain = chain_of(disk)
+        tap.ok(ok and len(chain) == 3,
+               f"offline round {n}: exit 0; the file over its base over the "
+               "template it was made from", b.stderr + str(chain))
+    m = json.load(open(os.path.join(arch, "vm.backup.json")))
+    for pt in m["points"]:
+        out = os.path.join(S, f"off-restored-{pt['n']}.vhd")
+        r = a.sxm("restore", "--verify", os.path.join(arch, pt["file"]), out)
+        c = subprocess.run(["qemu-img", "compare", "-F", "raw", qemu_vhd(out),
+                            refs[pt["n"]]], capture_output=True, text=True)
+        tap.ok(r.returncode == 0 and c.returncode == 0,
+               f"offline point {pt['n']} restored (--verify) equals the file "
+               "as it was", r.stderr + c.stdout + c.stderr)
+
+
 if __name__ == "__main__":
-    run_test(main)
+    run_test(main, offline)
