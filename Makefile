@@ -223,6 +223,7 @@ bench: all
 	bench/mirror.sh
 	bench/xenmem.sh
 	bench/migrate.sh
+	bench/backup.sh
 	bench/front.sh
 
 install: tools
