@@ -41,8 +41,13 @@ cp "$ROOT/xenmem/xenmem" "$share/sxm/xenmem/"
 cp "$ROOT/nbdkit-plugin/nbdkit-vhd-plugin.so" "$ROOT/nbdkit-plugin/nbdkit-mirror-filter.so" "$share/sxm/nbdkit-plugin/"
 "$ROOT/tests/xen/build-guest" "$share"
 t1=$(date +%s)
-"$ROOT/tests/xen/run-rig" "$ROOT/tests/xen/scenario.sh" "$share" 1500 >"$log" 2>&1
+# The whole scenario's limit: ~8-13 min alone, up to twice that beside
+# other tests (make check runs it beside the rest); 25 min killed a run
+# on a host busy with three other jobs (doc/testing.md, flake rate).
+limit=${XEN_RIG_LIMIT:-2700}
+"$ROOT/tests/xen/run-rig" "$ROOT/tests/xen/scenario.sh" "$share" "$limit" >"$log" 2>&1
 rc=$?
+[ "$rc" != 124 ] || echo "# the rig hit its $limit s limit (XEN_RIG_LIMIT) and was killed: the tests it had not reached are missing" >&2
 awk '/^(ok|not ok|1\.\.[0-9]+|#)/ { print; next } /^sxm-rig: scenario exit/ { next } { print "# " $0 }' "$log"
 grep -q '^1\.\.' "$log" || { echo "1..1"; echo "not ok 1 - the rig ran the scenario (run-rig exit $rc)"; }
 # A failure's context on stderr too, where prove (and make check's log) shows it.
