@@ -61,7 +61,7 @@ def main(S):
         fio = subprocess.Popen(
             ["fio", "--name=w", "--ioengine=nbd", f"--uri={uri}",
              "--rw=randwrite", "--bs=4k", "--iodepth=4", "--size=4G",
-             "--offset=512M", "--number_ios=100000", "--verify=crc32c",
+             "--offset=512M", "--number_ios=50000", "--verify=crc32c",
              "--verify_fatal=1", "--do_verify=1", "--randseed=7",
              "--verify_state_save=0", "--output-format=terse"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -79,7 +79,7 @@ def main(S):
 
         pauses, rounds, problems = [], 0, []
         while fio.poll() is None and rounds < 8:
-            time.sleep(0.3)
+            time.sleep(0.1)
             t0 = time.time()
             rc, snap, err = live(ctl, "snapshot")
             pauses.append(time.time() - t0)
