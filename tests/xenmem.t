@@ -528,6 +528,14 @@ def send_kill_receiver(addr, after, *args):
     """A send (new test guest, ARGS) whose receiver is killed AFTER
     seconds: (exit status, report, stderr)."""
     r = start_recv(addr)
+    # The kill must come mid-stream: on a busy host the receiver can take
+    # longer than AFTER to listen (seen: killed before it did, the sender
+    # then refused for 20 s), so the clock starts once it listens.
+    if addr.startswith("unix:"):
+        deadline = time.time() + 30
+        while not os.path.exists(addr[5:]) and time.time() < deadline and \
+                r.poll() is None:
+            time.sleep(0.02)
     sp = subprocess.Popen([XENMEM, "send", "--backend=uffd", "-q", "--json",
                            "--timeout=20", *args, addr],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
