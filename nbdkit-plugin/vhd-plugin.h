@@ -12,8 +12,9 @@
 extern char *filename;                  /* file=, absolute */
 extern enum vhd_size_rule size_rule;
 
-/* The chain every connection reads and writes.  Each request holds
- * chain_lock's read side while it uses the chain; the control commands
+/* The chain every connection reads and writes.  With control=, each
+ * request holds chain_lock's read side while it uses the chain (without
+ * it the chain never changes and nothing locks); the control commands
  * that replace the chain hold the write side (the lock prefers writers,
  * so a stream of guest requests cannot starve them).  NULL after a
  * replacement failed to reopen the file: every request then fails with

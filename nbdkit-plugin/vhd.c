@@ -8,8 +8,8 @@
  * With sr=, an image is opened by the first connection that names it and
  * shared by all connections to it (one writer state per file), closed (and
  * flushed) when the last one goes.  With control=, vhd-live.c can replace
- * the file= chain while it is served (snapshot, relink): every callback
- * then reaches the chain through hold()/release(). */
+ * the file= chain while it is served (snapshot, relink); every callback
+ * reaches the chain through hold()/release(), which lock only then. */
 
 #include <ctype.h>
 #include <dirent.h>
@@ -87,9 +87,11 @@ vhd_unload (void)
   free (control_path);
 }
 
-/* The chain a request works on, and the end of its use.  In file= mode
- * that is the shared chain, held against replacement (vhd-live.c) for
- * the request's duration; NULL (errno EIO) if a replacement broke it. */
+/* The chain a request works on, and the end of its use.  Only with
+ * control= can the file= chain be replaced (vhd-live.c): then it is held
+ * against replacement for the request's duration, and NULL (errno EIO)
+ * if a replacement broke it.  Otherwise it never changes after open and
+ * requests take no lock. */
 static struct vhd_layer *
 hold (void *handle)
 {
@@ -97,6 +99,8 @@ hold (void *handle)
 
   if (sr_dir)
     return handle;
+  if (!control_path)
+    return own ? own : chain;
   pthread_rwlock_rdlock (&chain_lock);
   c = own ? own : chain;
   if (!c) {
@@ -112,7 +116,7 @@ hold (void *handle)
 static void
 release (void)
 {
-  if (!sr_dir)
+  if (!sr_dir && control_path)
     pthread_rwlock_unlock (&chain_lock);
 }
 
