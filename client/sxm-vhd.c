@@ -156,39 +156,24 @@ live (int n, char **args)
   return ok ? 0 : EXIT_FAILURE;
 }
 
-/* snapshot --in-place LEAF [BASE]: BASE defaults to a new UUID's name in
- * LEAF's directory (an SR's naming). */
+/* snapshot --in-place LEAF [BASE] (BASE: vhd_snapshot_in_place's
+ * default when not given). */
 static int
 snapshot_in_place (int n, char **args, const uuid_t uuid)
 {
-  char *base = NULL, *copy;
-  uuid_t bu;
-  char us[37];
-  int r;
+  char *base;
 
   if (n != 1 && n != 2) {
     fprintf (stderr, "sxm-vhd snapshot --in-place: expected LEAF.vhd "
              "[BASE.vhd]\n");
     return EXIT_USAGE;
   }
-  if (n == 2)
-    base = strdup (args[1]);
-  else if ((copy = strdup (args[0])) != NULL) {
-    uuid_generate (bu);
-    uuid_unparse_lower (bu, us);
-    if (asprintf (&base, "%s/%s.vhd", dirname (copy), us) == -1)
-      base = NULL;
-    free (copy);
-  }
-  if (!base) {
-    fprintf (stderr, "sxm-vhd: out of memory\n");
+  if (vhd_snapshot_in_place (args[0], n == 2 ? args[1] : NULL, uuid,
+                             &base) == -1)
     return EXIT_FAILURE;
-  }
-  r = vhd_snapshot_in_place (args[0], base, uuid);
-  if (r == 0)
-    printf ("%s\n", base);
+  printf ("%s\n", base);
   free (base);
-  return r == 0 ? 0 : EXIT_FAILURE;
+  return 0;
 }
 
 /* Print S as a JSON string, escaped. */

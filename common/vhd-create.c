@@ -509,14 +509,29 @@ sync_dir_of (const char *path)
 }
 
 int
-vhd_snapshot_in_place (const char *leaf, const char *base,
-                       const uint8_t uuid[16])
+vhd_snapshot_in_place (const char *leaf, const char *base_in,
+                       const uint8_t uuid[16], char **base_out)
 {
-  char *child = NULL;
+  char *child = NULL, *base = NULL;
   int ret = -1;
 
   if (vhd_has_footer (leaf) != 1) {
     sxm_error ("%s: not a VHD (or cannot be read)", leaf);
+    return -1;
+  }
+  if (base_in)
+    base = strdup (base_in);
+  else {
+    char *dir = strdup (leaf), u[37];
+    uint8_t bu[16];
+    vhd_uuid_random (bu);
+    vhd_uuid_str (bu, u);
+    if (!dir || asprintf (&base, "%s/%s.vhd", dirname (dir), u) == -1)
+      base = NULL;
+    free (dir);
+  }
+  if (!base) {
+    sxm_error ("%s: out of memory", leaf);
     return -1;
   }
   /* 1. A second name for today's file: from now on it is the base. */
@@ -524,6 +539,7 @@ vhd_snapshot_in_place (const char *leaf, const char *base,
     sxm_error ("%s: cannot link it as %s: %s%s", leaf, base,
                strerror (errno), errno == EXDEV
                ? " (the base must be on the same file system)" : "");
+    free (base);
     return -1;
   }
   if (sync_dir_of (base) == -1) {
@@ -554,15 +570,17 @@ vhd_snapshot_in_place (const char *leaf, const char *base,
     /* LEAF is the child now either way: report, do not undo. */
     sxm_error ("%s: syncing its directory: %s", leaf, strerror (errno));
     free (child);
+    free (base);
     return -1;
   }
-  ret = 0;
   free (child);
-  return ret;
+  *base_out = base;
+  return 0;
  undo:
   /* LEAF still names the old file: the second name goes. */
   unlink (base);
   sync_dir_of (base);
   free (child);
+  free (base);
   return ret;
 }

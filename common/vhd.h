@@ -189,7 +189,9 @@ int vhd_snapshot (const char *parent, const char *child,
                   const uint8_t uuid[16]);
 /* Snapshot LEAF keeping its name (XenServer's way: the disk's file stays
  * the one that takes the writes): LEAF's file gets the second name BASE
- * (which must not exist, on the same file system) and LEAF becomes a new
+ * (which must not exist, on the same file system; NULL: a new random
+ * UUID's name in LEAF's directory, an SR's naming; the name used is
+ * returned in *BASE_OUT, malloc'd, on success) and LEAF becomes a new
  * empty differencing child of BASE with UUID.  Crash-safe: BASE is a hard
  * link (directory synced), the child is written beside LEAF and synced,
  * then renamed over LEAF (directory synced), so LEAF always names a whole
@@ -198,7 +200,7 @@ int vhd_snapshot (const char *parent, const char *child,
  * writing (the vhd plugin's "snapshot" control command closes its chain
  * around this).  0, or -1 after sxm_error() with LEAF as it was. */
 int vhd_snapshot_in_place (const char *leaf, const char *base,
-                           const uint8_t uuid[16]);
+                           const uint8_t uuid[16], char **base_out);
 /* A random (version 4) UUID, from getrandom(2). */
 void vhd_uuid_random (uint8_t uuid[16]);
 

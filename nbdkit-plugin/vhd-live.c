@@ -19,7 +19,6 @@
  * rather than reach a chain nobody checked. */
 #include <errno.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,52 +140,38 @@ change_chain (const char *kind, int (*change) (void *), void *arg,
 }
 
 struct snapshot_args {
-  const char *base;
+  const char *base;             /* NULL: the default name */
   uint8_t uuid[16];
+  char *made;                   /* the base's name, once made */
 };
 
 static int
 do_snapshot (void *p)
 {
   struct snapshot_args *a = p;
-  return vhd_snapshot_in_place (filename, a->base, a->uuid) == 0 ? 0 : -1;
+  return vhd_snapshot_in_place (filename, a->base, a->uuid, &a->made);
 }
 
 static int
 cmd_snapshot (const struct json_obj *req, struct jbuf *out)
 {
-  struct snapshot_args a;
-  const char *base = json_str (req, "base");
-  char *made = NULL, u[37];
+  struct snapshot_args a = { .base = json_str (req, "base") };
+  char u[37];
   int r;
 
   vhd_uuid_random (a.uuid);
-  if (!base) {
-    /* An SR's naming: LEAF's directory/NEWUUID.vhd. */
-    uint8_t bu[16];
-    char *dir = strdup (filename);
-    vhd_uuid_random (bu);
-    vhd_uuid_str (bu, u);
-    if (!dir || asprintf (&made, "%s/%s.vhd", dirname (dir), u) == -1) {
-      free (dir);
-      return fail (out, "snapshot: out of memory");
-    }
-    free (dir);
-    base = made;
-  }
-  a.base = base;
   pthread_rwlock_wrlock (&chain_lock);
   r = change_chain ("snapshot", do_snapshot, &a, out);
   if (r == 0) {
     vhd_uuid_str (a.uuid, u);
     jbuf_add (out, ",\"base\":");
-    jbuf_str (out, base);
+    jbuf_str (out, a.made);
     jbuf_add (out, ",\"leaf_uuid\":\"%s\"", u);
     add_chain (out, chain);
-    nbdkit_debug ("control: snapshot: %s now over %s", filename, base);
+    nbdkit_debug ("control: snapshot: %s now over %s", filename, a.made);
   }
   pthread_rwlock_unlock (&chain_lock);
-  free (made);
+  free (a.made);
   return r;
 }
 
